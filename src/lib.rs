@@ -1,0 +1,21 @@
+//! tinyscale: a small self-hosted Tailscale control server.
+//!
+//! The crate is split into rooms with one concern each (see README.md):
+//! wire codecs without I/O, the JSON wire types, the Noise transport, the
+//! HTTP front door, the control plane, state and storage, policy, DERP/STUN,
+//! the admin plane and the CLI.
+
+pub mod admin;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod control;
+pub mod derp;
+pub mod http;
+pub mod keys;
+pub mod noise;
+pub mod policy;
+pub mod state;
+pub mod tailcfg;
+pub mod timefmt;
+pub mod wire;

@@ -1,0 +1,91 @@
+//! The in-memory model: users, pre-auth keys and nodes. These structs are
+//! also the redb values (postcard-encoded), so every field change here is a
+//! schema change: bump `store::SCHEMA_VERSION` and add a migration.
+
+use serde::{Deserialize, Serialize};
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// Unix seconds. 0 means "unset" wherever a time is optional.
+pub type Unix = i64;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct User {
+    pub id: u64,
+    /// Unique, as given to `users create`.
+    pub name: String,
+    pub display_name: String,
+    pub email: String,
+    pub created: Unix,
+}
+
+impl User {
+    /// How policies and profiles name this user: the email when it has one,
+    /// else `name@` (Headscale's convention).
+    pub fn login_name(&self) -> String {
+        if self.email.is_empty() {
+            format!("{}@", self.name)
+        } else {
+            self.email.clone()
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreAuthKey {
+    pub id: u64,
+    /// Owning user (0 when the key only carries tags).
+    pub user: u64,
+    /// Public, non-secret part of the key, used to find it and to list it.
+    pub prefix: String,
+    /// BLAKE2s-256 of the whole key string; the key itself is never stored.
+    pub hash: [u8; 32],
+    pub reusable: bool,
+    pub ephemeral: bool,
+    pub used: bool,
+    pub created: Unix,
+    /// 0 = never expires.
+    pub expiration: Unix,
+    pub tags: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: u64,
+    pub machine_key: [u8; 32],
+    pub node_key: [u8; 32],
+    /// The key this node replaced at its last rotation (all zero if none).
+    pub old_node_key: [u8; 32],
+    pub disco_key: [u8; 32],
+    /// Owning user; ignored for ownership when `tags` is non-empty.
+    pub user: u64,
+    pub tags: Vec<String>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// Hostname as the client reported it.
+    pub hostname: String,
+    /// DNS label (unique), the first label of the MagicDNS name.
+    pub given_name: String,
+    /// Raw Hostinfo JSON as last reported, echoed to peers.
+    pub hostinfo: String,
+    pub endpoints: Vec<String>,
+    pub home_derp: i32,
+    pub cap: u32,
+    pub created: Unix,
+    /// 0 = never expires.
+    pub expiry: Unix,
+    pub last_seen: Unix,
+    pub ephemeral: bool,
+    /// The pre-auth key that registered it (0 if none).
+    pub auth_key: u64,
+    pub advertised_routes: Vec<String>,
+    pub approved_routes: Vec<String>,
+}
+
+impl Node {
+    pub fn is_tagged(&self) -> bool {
+        !self.tags.is_empty()
+    }
+    pub fn is_expired(&self, now: Unix) -> bool {
+        self.expiry != 0 && self.expiry <= now
+    }
+}
