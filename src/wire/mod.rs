@@ -4,3 +4,4 @@
 pub mod base64;
 pub mod mapframe;
 pub mod noise;
+pub mod stun;
