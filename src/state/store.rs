@@ -1,6 +1,40 @@
-//! redb persistence. PLACEHOLDER interface: replaced by the real redb store.
+//! redb persistence: one table per kind of record, values postcard-encoded
+//! model structs, plus a `meta` table holding the schema version and the
+//! id counters.
+//!
+//! Every `apply` is one write transaction committed with
+//! `Durability::Immediate` (fsync) before it returns, so a change the caller
+//! acknowledges survives a crash. The server process is the only writer.
+//!
+//! Schema versioning: `meta["schema_version"]` (u32, little endian). A
+//! database written by a newer tinyscale is refused with a clear error; an
+//! older one is brought forward by [`migrate`] inside one transaction.
 
 use super::model::{Node, PreAuthKey, User};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use std::path::Path;
+
+/// Version of the on-disk layout. Bump it whenever a model struct or a table
+/// changes, and teach [`migrate`] to convert the previous version.
+pub const SCHEMA_VERSION: u32 = 1;
+
+const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
+const KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("preauth_keys");
+const NODES: TableDefinition<u64, &[u8]> = TableDefinition::new("nodes");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+/// Meta keys owned by the store itself; `PutMeta` may not overwrite them.
+pub const META_SCHEMA_VERSION: &str = "schema_version";
+pub const META_NEXT_USER_ID: &str = "next_user_id";
+pub const META_NEXT_KEY_ID: &str = "next_key_id";
+pub const META_NEXT_NODE_ID: &str = "next_node_id";
+const RESERVED_META: [&str; 4] = [
+    META_SCHEMA_VERSION,
+    META_NEXT_USER_ID,
+    META_NEXT_KEY_ID,
+    META_NEXT_NODE_ID,
+];
 
 #[derive(Debug)]
 pub struct StoreError(pub String);
@@ -12,6 +46,10 @@ impl std::fmt::Display for StoreError {
 }
 impl std::error::Error for StoreError {}
 
+fn err<E: std::fmt::Display>(what: &'static str) -> impl Fn(E) -> StoreError {
+    move |e| StoreError(format!("{what}: {e}"))
+}
+
 /// One change; `Store::apply` commits a batch atomically and durably.
 pub enum Op<'a> {
     PutUser(&'a User),
@@ -21,6 +59,13 @@ pub enum Op<'a> {
     PutNode(&'a Node),
     DelNode(u64),
     PutMeta(&'a str, Vec<u8>),
+    /// Explicitly raises the persisted id counters (never lowers them).
+    /// `Put*` ops already raise them past the id they carry.
+    BumpNextIds {
+        user: u64,
+        key: u64,
+        node: u64,
+    },
 }
 
 #[derive(Default)]
@@ -33,19 +78,427 @@ pub struct Snapshot {
     pub next_node_id: u64,
 }
 
-pub struct Store {}
+pub struct Store {
+    db: Database,
+}
 
 impl Store {
-    pub fn open(_path: &std::path::Path) -> Result<Store, StoreError> {
-        Ok(Store {})
+    /// Opens (creating if needed) the database at `path`. A directory that
+    /// has to be created is made owner-only (0700); a new database file is
+    /// created 0600.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            create_private_dir(dir).map_err(|e| {
+                StoreError(format!(
+                    "creating database directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        create_private_file(path)
+            .map_err(|e| StoreError(format!("creating database {}: {e}", path.display())))?;
+        let db = Database::create(path)
+            .map_err(|e| StoreError(format!("opening database {}: {e}", path.display())))?;
+        let store = Store { db };
+        store.init_schema()?;
+        Ok(store)
     }
-    pub fn load(&self) -> Result<Snapshot, StoreError> {
-        Ok(Snapshot::default())
-    }
-    pub fn apply(&self, _ops: &[Op<'_>]) -> Result<(), StoreError> {
+
+    fn init_schema(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(err("begin write"))?;
+        txn.set_durability(Durability::Immediate);
+        let found = {
+            let meta = txn.open_table(META).map_err(err("open meta"))?;
+            let v = meta
+                .get(META_SCHEMA_VERSION)
+                .map_err(err("read schema version"))?;
+            v.map(|g| g.value().to_vec())
+        };
+        let version = match found {
+            None => None,
+            Some(b) => {
+                Some(u32::from_le_bytes(b.as_slice().try_into().map_err(
+                    |_| StoreError("database schema_version is corrupt".into()),
+                )?))
+            }
+        };
+        match version {
+            Some(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError(format!(
+                    "database schema version {v} is newer than this tinyscale supports \
+                     ({SCHEMA_VERSION}); run a newer tinyscale or restore a backup"
+                )));
+            }
+            Some(v) if v == SCHEMA_VERSION => {}
+            other => {
+                // Brand-new database (None) or an older layout.
+                migrate(&txn, other.unwrap_or(0))?;
+            }
+        }
+        // Make sure every table exists so read transactions can open them.
+        txn.open_table(USERS).map_err(err("open users"))?;
+        txn.open_table(KEYS).map_err(err("open keys"))?;
+        txn.open_table(NODES).map_err(err("open nodes"))?;
+        {
+            let mut meta = txn.open_table(META).map_err(err("open meta"))?;
+            meta.insert(META_SCHEMA_VERSION, &SCHEMA_VERSION.to_le_bytes()[..])
+                .map_err(err("write schema version"))?;
+        }
+        txn.commit().map_err(err("commit"))?;
         Ok(())
     }
-    pub fn get_meta(&self, _key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(None)
+
+    /// Reads everything.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let txn = self.db.begin_read().map_err(err("begin read"))?;
+        let mut snap = Snapshot {
+            users: read_all(&txn.open_table(USERS).map_err(err("open users"))?, "user")?,
+            keys: read_all(&txn.open_table(KEYS).map_err(err("open keys"))?, "key")?,
+            nodes: read_all(&txn.open_table(NODES).map_err(err("open nodes"))?, "node")?,
+            ..Snapshot::default()
+        };
+        let meta = txn.open_table(META).map_err(err("open meta"))?;
+        let counter = |k: &str| -> Result<u64, StoreError> {
+            Ok(meta
+                .get(k)
+                .map_err(err("read meta"))?
+                .and_then(|g| g.value().try_into().ok().map(u64::from_le_bytes))
+                .unwrap_or(0))
+        };
+        snap.next_user_id = counter(META_NEXT_USER_ID)?;
+        snap.next_key_id = counter(META_NEXT_KEY_ID)?;
+        snap.next_node_id = counter(META_NEXT_NODE_ID)?;
+        Ok(snap)
+    }
+
+    /// Commits `ops` in one write transaction, durably, or not at all.
+    pub fn apply(&self, ops: &[Op<'_>]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(err("begin write"))?;
+        txn.set_durability(Durability::Immediate);
+        {
+            let mut users = txn.open_table(USERS).map_err(err("open users"))?;
+            let mut keys = txn.open_table(KEYS).map_err(err("open keys"))?;
+            let mut nodes = txn.open_table(NODES).map_err(err("open nodes"))?;
+            let mut meta = txn.open_table(META).map_err(err("open meta"))?;
+            let (mut nu, mut nk, mut nn) = (0u64, 0u64, 0u64);
+            for op in ops {
+                match op {
+                    Op::PutUser(u) => {
+                        users
+                            .insert(u.id, encode(*u)?.as_slice())
+                            .map_err(err("write user"))?;
+                        nu = nu.max(u.id + 1);
+                    }
+                    Op::DelUser(id) => {
+                        users.remove(id).map_err(err("delete user"))?;
+                    }
+                    Op::PutKey(k) => {
+                        keys.insert(k.id, encode(*k)?.as_slice())
+                            .map_err(err("write key"))?;
+                        nk = nk.max(k.id + 1);
+                    }
+                    Op::DelKey(id) => {
+                        keys.remove(id).map_err(err("delete key"))?;
+                    }
+                    Op::PutNode(n) => {
+                        nodes
+                            .insert(n.id, encode(*n)?.as_slice())
+                            .map_err(err("write node"))?;
+                        nn = nn.max(n.id + 1);
+                    }
+                    Op::DelNode(id) => {
+                        nodes.remove(id).map_err(err("delete node"))?;
+                    }
+                    Op::PutMeta(k, v) => {
+                        if k.is_empty() || RESERVED_META.contains(k) {
+                            return Err(StoreError(format!("meta key {k:?} is reserved")));
+                        }
+                        meta.insert(*k, v.as_slice()).map_err(err("write meta"))?;
+                    }
+                    Op::BumpNextIds { user, key, node } => {
+                        nu = nu.max(*user);
+                        nk = nk.max(*key);
+                        nn = nn.max(*node);
+                    }
+                }
+            }
+            for (name, n) in [
+                (META_NEXT_USER_ID, nu),
+                (META_NEXT_KEY_ID, nk),
+                (META_NEXT_NODE_ID, nn),
+            ] {
+                if n == 0 {
+                    continue;
+                }
+                let cur = meta
+                    .get(name)
+                    .map_err(err("read meta"))?
+                    .and_then(|g| g.value().try_into().ok().map(u64::from_le_bytes))
+                    .unwrap_or(0);
+                if n > cur {
+                    meta.insert(name, &n.to_le_bytes()[..])
+                        .map_err(err("write meta"))?;
+                }
+            }
+        }
+        // Dropping an uncommitted transaction (the early returns above)
+        // aborts it: nothing of the batch is written.
+        txn.commit().map_err(err("commit"))?;
+        Ok(())
+    }
+
+    pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().map_err(err("begin read"))?;
+        let meta = txn.open_table(META).map_err(err("open meta"))?;
+        let v = meta.get(key).map_err(err("read meta"))?;
+        Ok(v.map(|g| g.value().to_vec()))
+    }
+
+    /// Writes one (non-reserved) meta value durably.
+    pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.apply(&[Op::PutMeta(key, value.to_vec())])
+    }
+
+    /// The schema version recorded in the database.
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        Ok(self
+            .get_meta(META_SCHEMA_VERSION)?
+            .and_then(|b| b.as_slice().try_into().ok().map(u32::from_le_bytes))
+            .unwrap_or(0))
+    }
+}
+
+/// Brings a database at schema version `from` (0 = brand new) up to
+/// [`SCHEMA_VERSION`] inside the caller's transaction. Add one arm per old
+/// version; each arm rewrites the tables it changed.
+fn migrate(_txn: &redb::WriteTransaction, from: u32) -> Result<(), StoreError> {
+    let mut v = from;
+    while v < SCHEMA_VERSION {
+        match v {
+            // 0 → 1: new database, tables are created by the caller.
+            0 => {}
+            other => {
+                return Err(StoreError(format!(
+                    "no migration from database schema version {other}"
+                )))
+            }
+        }
+        v += 1;
+    }
+    Ok(())
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    postcard::to_stdvec(v).map_err(err("encode"))
+}
+
+fn read_all<T: DeserializeOwned>(
+    table: &redb::ReadOnlyTable<u64, &[u8]>,
+    what: &str,
+) -> Result<Vec<T>, StoreError> {
+    let mut out = Vec::new();
+    for row in table.iter().map_err(err("iterate"))? {
+        let (k, v) = row.map_err(err("read row"))?;
+        let item = postcard::from_bytes(v.value())
+            .map_err(|e| StoreError(format!("decoding {what} {}: {e}", k.value())))?;
+        out.push(item);
+    }
+    Ok(out)
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    // Parents we have to create get 0700 too; that is stricter than needed
+    // but never wrong for a data directory.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)
+}
+
+fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    match o.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> std::path::PathBuf {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).unwrap();
+        std::env::temp_dir()
+            .join(format!(
+                "tinyscale-store-{name}-{:016x}",
+                u64::from_le_bytes(b)
+            ))
+            .join("sub")
+            .join("db.redb")
+    }
+
+    fn user(id: u64, name: &str) -> User {
+        User {
+            id,
+            name: name.into(),
+            display_name: format!("{name} display"),
+            email: String::new(),
+            created: 1_700_000_000,
+        }
+    }
+
+    fn node(id: u64) -> Node {
+        Node {
+            id,
+            machine_key: [1; 32],
+            node_key: [2; 32],
+            old_node_key: [0; 32],
+            disco_key: [3; 32],
+            user: 1,
+            tags: vec!["tag:x".into()],
+            ipv4: Some("100.64.0.1".parse().unwrap()),
+            ipv6: Some("fd7a:115c:a1e0::1".parse().unwrap()),
+            hostname: "host".into(),
+            given_name: "host".into(),
+            hostinfo: "{}".into(),
+            endpoints: vec!["1.2.3.4:41641".into()],
+            home_derp: 999,
+            cap: 100,
+            created: 1,
+            expiry: 0,
+            last_seen: 5,
+            ephemeral: false,
+            auth_key: 7,
+            advertised_routes: vec![],
+            approved_routes: vec![],
+        }
+    }
+
+    fn key(id: u64) -> PreAuthKey {
+        PreAuthKey {
+            id,
+            user: 1,
+            prefix: "0123456789ab".into(),
+            hash: [9; 32],
+            reusable: true,
+            ephemeral: false,
+            used: false,
+            created: 3,
+            expiration: 0,
+            tags: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trip_and_reopen() {
+        let p = tmp("rt");
+        {
+            let s = Store::open(&p).unwrap();
+            assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+            let (u, k, n) = (user(1, "alice"), key(4), node(9));
+            s.apply(&[Op::PutUser(&u), Op::PutKey(&k), Op::PutNode(&n)])
+                .unwrap();
+            s.put_meta("policy", b"{}").unwrap();
+            let snap = s.load().unwrap();
+            assert_eq!(snap.users, vec![u.clone()]);
+            assert_eq!(snap.keys, vec![k.clone()]);
+            assert_eq!(snap.nodes, vec![n.clone()]);
+            assert_eq!(
+                (snap.next_user_id, snap.next_key_id, snap.next_node_id),
+                (2, 5, 10)
+            );
+        }
+        let s = Store::open(&p).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.users, vec![user(1, "alice")]);
+        assert_eq!(snap.nodes, vec![node(9)]);
+        assert_eq!(s.get_meta("policy").unwrap().as_deref(), Some(&b"{}"[..]));
+        // Deleting the record keeps the counter: ids are never reused.
+        s.apply(&[Op::DelNode(9), Op::DelUser(1)]).unwrap();
+        let snap = s.load().unwrap();
+        assert!(snap.nodes.is_empty() && snap.users.is_empty());
+        assert_eq!(snap.next_node_id, 10);
+        s.apply(&[Op::BumpNextIds {
+            user: 50,
+            key: 0,
+            node: 3,
+        }])
+        .unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!((snap.next_user_id, snap.next_node_id), (50, 10));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let m = std::fs::metadata(&p).unwrap().permissions().mode();
+            assert_eq!(m & 0o777, 0o600);
+            let m = std::fs::metadata(p.parent().unwrap())
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(m & 0o777, 0o700);
+        }
+        drop(s);
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn batch_is_atomic() {
+        let p = tmp("atomic");
+        let s = Store::open(&p).unwrap();
+        let u = user(1, "alice");
+        s.apply(&[Op::PutUser(&u)]).unwrap();
+        let u2 = user(2, "bob");
+        // The reserved meta key fails the batch after the user was written
+        // inside the transaction: nothing of it may persist.
+        let e = s.apply(&[
+            Op::PutUser(&u2),
+            Op::DelUser(1),
+            Op::PutMeta(META_SCHEMA_VERSION, vec![9, 9, 9, 9]),
+        ]);
+        assert!(e.is_err());
+        let snap = s.load().unwrap();
+        assert_eq!(snap.users, vec![u]);
+        assert_eq!(snap.next_user_id, 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(s);
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let p = tmp("newer");
+        {
+            let s = Store::open(&p).unwrap();
+            let mut txn = s.db.begin_write().unwrap();
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_SCHEMA_VERSION, &(SCHEMA_VERSION + 1).to_le_bytes()[..])
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let e = Store::open(&p).err().expect("must refuse").to_string();
+        assert!(e.contains("newer than this tinyscale supports"), "{e}");
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
     }
 }
