@@ -5,3 +5,4 @@ pub mod base64;
 pub mod mapframe;
 pub mod noise;
 pub mod stun;
+pub mod derp;
