@@ -1,1 +1,287 @@
-//! client
+//! A protocol-level Tailscale client: `/key`, the `/ts2021` upgrade, Noise,
+//! HTTP/2, register, the map stream and lite updates. Used by the
+//! integration tests, the load generator and the cross smoke test; it
+//! speaks the same bytes as a real client (vectors in tests/vectors).
+
+pub mod netmap;
+
+use crate::keys::{self, DiscoKey, MachineKey, NodeKey};
+use crate::noise::{Initiator, NoiseStream};
+use crate::tailcfg::{MapRequest, RegisterRequest, RegisterResponse, RegisterResponseAuth};
+use crate::wire::{base64, mapframe, noise as wn};
+use async_io::Async;
+use bytes::Bytes;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use h2::client::SendRequest;
+use h2::RecvStream;
+use std::io::{self, Error, ErrorKind};
+use std::net::{SocketAddr, TcpStream};
+
+/// The capability version this client claims (Go client 1.90).
+pub const CAPVER: u16 = 130;
+
+fn other(e: impl std::fmt::Display) -> Error {
+    Error::other(e.to_string())
+}
+
+async fn read_http_head(s: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Result<(u16, usize)> {
+    loop {
+        let mut hdrs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hdrs);
+        if let httparse::Status::Complete(n) = r.parse(buf).map_err(other)? {
+            return Ok((r.code.unwrap_or(0), n));
+        }
+        if buf.len() > 16 * 1024 {
+            return Err(Error::new(ErrorKind::InvalidData, "response head too large"));
+        }
+        let mut tmp = [0u8; 4096];
+        let n = s.read(&mut tmp).await?;
+        if n == 0 {
+            return Err(ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// `GET /key?v=N`: the server's Noise public key.
+pub async fn fetch_key(addr: SocketAddr) -> io::Result<[u8; 32]> {
+    let mut s = Async::<TcpStream>::connect(addr).await?;
+    let req = format!("GET /key?v={CAPVER} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let (code, n) = read_http_head(&mut s, &mut buf).await?;
+    if code != 200 {
+        return Err(other(format!("/key: HTTP {code}")));
+    }
+    let len = {
+        let mut hdrs = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut hdrs);
+        let _ = r.parse(&buf);
+        r.headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+            .unwrap_or(64 * 1024)
+            .min(64 * 1024)
+    };
+    let mut body = buf.split_off(n);
+    while body.len() < len {
+        let mut tmp = [0u8; 4096];
+        let k = s.read(&mut tmp).await?;
+        if k == 0 {
+            break;
+        }
+        body.extend_from_slice(&tmp[..k]);
+    }
+    let v: crate::tailcfg::OverTlsPublicKeyResponse = serde_json::from_slice(&body).map_err(other)?;
+    if v.public_key.is_zero() {
+        return Err(other("server has no noise key"));
+    }
+    Ok(v.public_key.0)
+}
+
+/// A Noise + HTTP/2 connection to the control server.
+pub struct Conn {
+    send: SendRequest<Bytes>,
+    pub machine_public: [u8; 32],
+}
+
+/// Dials `/ts2021` and completes the handshake; the HTTP/2 connection is
+/// driven by a task on smol's executor.
+pub async fn connect(addr: SocketAddr, server_public: &[u8; 32], machine_private: &[u8; 32]) -> io::Result<Conn> {
+    connect_version(addr, server_public, machine_private, CAPVER).await
+}
+
+pub async fn connect_version(
+    addr: SocketAddr,
+    server_public: &[u8; 32],
+    machine_private: &[u8; 32],
+    version: u16,
+) -> io::Result<Conn> {
+    let mut s = Async::<TcpStream>::connect(addr).await?;
+    let _ = s.get_ref().set_nodelay(true);
+    let (ini, init) = Initiator::start(machine_private, server_public, version).map_err(other)?;
+    let req = format!(
+        "POST /ts2021 HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: upgrade\r\nUpgrade: tailscale-control-protocol\r\nX-Tailscale-Handshake: {}\r\n\r\n",
+        base64::encode(&init)
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let (code, n) = read_http_head(&mut s, &mut buf).await?;
+    if code != 101 {
+        return Err(other(format!("/ts2021: HTTP {code}")));
+    }
+    buf.drain(..n);
+    while buf.len() < 3 {
+        read_more(&mut s, &mut buf).await?;
+    }
+    if buf[0] == wn::TYPE_ERROR {
+        let len = u16::from_be_bytes([buf[1], buf[2]]) as usize;
+        while buf.len() < 3 + len {
+            read_more(&mut s, &mut buf).await?;
+        }
+        return Err(other(format!("server error: {:?}", String::from_utf8_lossy(&buf[3..3 + len]))));
+    }
+    while buf.len() < wn::RESPONSE_LEN {
+        read_more(&mut s, &mut buf).await?;
+    }
+    let keys = ini.finish(&buf[..wn::RESPONSE_LEN]).map_err(other)?;
+    let leftover = buf.split_off(wn::RESPONSE_LEN);
+    let noise = NoiseStream::new(s, &keys, leftover);
+    let (send, conn) = h2::client::Builder::new()
+        .initial_window_size(1 << 20)
+        .handshake::<_, Bytes>(noise)
+        .await
+        .map_err(other)?;
+    smol::spawn(async move {
+        let _ = conn.await;
+    })
+    .detach();
+    Ok(Conn { send, machine_public: keys::x25519_public(machine_private) })
+}
+
+async fn read_more(s: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut tmp = [0u8; 4096];
+    let n = s.read(&mut tmp).await?;
+    if n == 0 {
+        return Err(ErrorKind::UnexpectedEof.into());
+    }
+    buf.extend_from_slice(&tmp[..n]);
+    Ok(())
+}
+
+impl Conn {
+    /// POSTs JSON; returns the status and the response body stream.
+    pub async fn post(&mut self, path: &str, body: Vec<u8>) -> io::Result<(u16, RecvStream)> {
+        let mut send = self.send.clone().ready().await.map_err(other)?;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri(format!("https://unused{path}"))
+            .body(())
+            .map_err(other)?;
+        let (resp, mut tx) = send.send_request(req, false).map_err(other)?;
+        crate::http::h2srv::send_all_client(&mut tx, Bytes::from(body)).await?;
+        let resp = resp.await.map_err(other)?;
+        Ok((resp.status().as_u16(), resp.into_body()))
+    }
+
+    /// POSTs JSON and reads the whole (bounded) response.
+    pub async fn post_json(&mut self, path: &str, body: Vec<u8>) -> io::Result<(u16, Vec<u8>)> {
+        let (status, rx) = self.post(path, body).await?;
+        let body = crate::http::h2srv::read_body(rx, 64 << 20).await?;
+        Ok((status, body))
+    }
+
+    pub async fn register(&mut self, req: &RegisterRequest) -> io::Result<RegisterResponse> {
+        let (status, body) = self.post_json("/machine/register", serde_json::to_vec(req).map_err(other)?).await?;
+        if status != 200 {
+            return Err(other(format!("register: HTTP {status}: {}", String::from_utf8_lossy(&body))));
+        }
+        serde_json::from_slice(&body).map_err(other)
+    }
+
+    /// Opens a map poll; with `Stream: true` messages keep coming.
+    pub async fn map(&mut self, req: &MapRequest) -> io::Result<MapStream> {
+        let (status, rx) = self.post("/machine/map", serde_json::to_vec(req).map_err(other)?).await?;
+        if status != 200 {
+            let body = crate::http::h2srv::read_body(rx, 1 << 20).await.unwrap_or_default();
+            return Err(other(format!("map: HTTP {status}: {}", String::from_utf8_lossy(&body))));
+        }
+        Ok(MapStream { rx, buf: Vec::new(), zstd: req.compress == "zstd", bytes: 0 })
+    }
+}
+
+/// The message stream of a map poll.
+pub struct MapStream {
+    rx: RecvStream,
+    buf: Vec<u8>,
+    zstd: bool,
+    /// Wire bytes received so far.
+    pub bytes: u64,
+}
+
+impl MapStream {
+    /// The next MapResponse as JSON; None at end of stream.
+    pub async fn next(&mut self) -> io::Result<Option<serde_json::Value>> {
+        loop {
+            if let Some((body, used)) = mapframe::split_message(&self.buf).map_err(|e| other(format!("{e:?}")))? {
+                let json = if self.zstd {
+                    let mut out = Vec::new();
+                    mapframe::decode_zstd_raw(body, &mut out).map_err(|e| other(format!("{e:?}")))?;
+                    out
+                } else {
+                    body.to_vec()
+                };
+                self.buf.drain(..used);
+                return serde_json::from_slice(&json).map(Some).map_err(other);
+            }
+            match self.rx.data().await {
+                None => return Ok(None),
+                Some(chunk) => {
+                    let chunk = chunk.map_err(other)?;
+                    let _ = self.rx.flow_control().release_capacity(chunk.len());
+                    self.bytes += chunk.len() as u64;
+                    self.buf.extend_from_slice(&chunk);
+                }
+            }
+        }
+    }
+}
+
+/// A synthetic node: its keys and the requests a real client would send.
+pub struct Node {
+    pub machine_private: [u8; 32],
+    pub node_private: [u8; 32],
+    pub disco_private: [u8; 32],
+    pub hostname: String,
+}
+
+impl Node {
+    pub fn new(hostname: &str) -> Node {
+        Node {
+            machine_private: keys::random32(),
+            node_private: keys::random32(),
+            disco_private: keys::random32(),
+            hostname: hostname.to_string(),
+        }
+    }
+    pub fn machine_key(&self) -> MachineKey {
+        MachineKey(keys::x25519_public(&self.machine_private))
+    }
+    pub fn node_key(&self) -> NodeKey {
+        NodeKey(keys::x25519_public(&self.node_private))
+    }
+    pub fn disco_key(&self) -> DiscoKey {
+        DiscoKey(keys::x25519_public(&self.disco_private))
+    }
+    pub fn hostinfo(&self, routes: &[&str]) -> serde_json::Value {
+        serde_json::json!({
+            "Hostname": self.hostname, "OS": "linux", "IPNVersion": "tinyscale-testclient",
+            "BackendLogID": "0000000000000000000000000000000000000000000000000000000000000000",
+            "RoutableIPs": routes, "NetInfo": {"PreferredDERP": 999},
+        })
+    }
+    pub fn register_request(&self, auth_key: Option<&str>) -> RegisterRequest {
+        RegisterRequest {
+            version: CAPVER as u32,
+            node_key: self.node_key(),
+            auth: auth_key.map(|k| RegisterResponseAuth { auth_key: k.to_string() }),
+            hostinfo: Some(self.hostinfo(&[])),
+            ..Default::default()
+        }
+    }
+    /// A streaming map request (`zstd` as the Go client always asks).
+    pub fn map_request(&self, stream: bool, endpoints: &[&str]) -> MapRequest {
+        MapRequest {
+            version: CAPVER as u32,
+            compress: "zstd".into(),
+            keep_alive: true,
+            node_key: self.node_key(),
+            disco_key: self.disco_key(),
+            stream,
+            omit_peers: !stream,
+            hostinfo: Some(self.hostinfo(&[])),
+            endpoints: Some(endpoints.iter().map(|e| serde_json::json!(e)).collect()),
+        }
+    }
+}

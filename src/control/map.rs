@@ -1,1 +1,371 @@
-//! Node-facing protocol
+//! `POST /machine/map` (protocol/map.md): the streaming long poll (a full
+//! map, then deltas and keep-alives), lite updates of endpoints / hostinfo /
+//! disco key, and one-shot full maps.
+
+use crate::control::hub::Subscription;
+use crate::control::netmap::{self, peer_json, render_node, to_raw};
+use crate::control::{Change, Server, SharedServer};
+use crate::http::h2srv::{self, ConnCtx};
+use crate::http::MIN_CAPVER;
+use crate::keys::{DiscoKey, NodeKey};
+use crate::state::{now, Node, Op, State};
+use crate::tailcfg::{self, MapRequest, MapResponse, PeerChange, SharedRaw};
+use crate::timefmt::rfc3339;
+use crate::wire::mapframe;
+use async_io::Timer;
+use bytes::Bytes;
+use futures_lite::future::{self, poll_fn, FutureExt};
+use h2::server::SendResponse;
+use h2::SendStream;
+use http::StatusCode;
+use log::{debug, info};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Keep-alive base interval; the client's watchdog fires after 120 s.
+const KEEPALIVE: Duration = Duration::from_secs(50);
+/// How long a node may be gone before peers are told it is offline.
+const OFFLINE_GRACE: Duration = Duration::from_secs(10);
+
+pub async fn handle(
+    server: SharedServer,
+    ctx: Arc<ConnCtx>,
+    body: &[u8],
+    mut respond: SendResponse<Bytes>,
+) -> io::Result<()> {
+    let req: MapRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            let msg = format!("invalid map request: {e}\n").into_bytes();
+            return h2srv::reply(&mut respond, StatusCode::BAD_REQUEST, "text/plain", msg).await;
+        }
+    };
+    if req.version < MIN_CAPVER as u32 {
+        let msg = b"unsupported client version\n".to_vec();
+        return h2srv::reply(&mut respond, StatusCode::BAD_REQUEST, "text/plain", msg).await;
+    }
+    let found = {
+        let st = server.state();
+        st.node_by_node_key(&req.node_key.0)
+            .filter(|n| n.machine_key == ctx.machine_key)
+            .map(|n| n.id)
+    };
+    let Some(node_id) = found else {
+        let msg = b"node not found\n".to_vec();
+        return h2srv::reply(&mut respond, StatusCode::NOT_FOUND, "text/plain", msg).await;
+    };
+    apply_update(&server, node_id, &req);
+    let zstd = req.compress == "zstd";
+    if !req.stream {
+        if req.omit_peers {
+            // Lite update: stored and fanned out above; the body is ignored.
+            return h2srv::reply(&mut respond, StatusCode::OK, "text/plain", Vec::new()).await;
+        }
+        let msg = full_map(&server, node_id, &mut BTreeSet::new(), false).map(|m| frame(&m, zstd));
+        let Some(msg) = msg else {
+            return h2srv::reply(&mut respond, StatusCode::NOT_FOUND, "text/plain", Vec::new()).await;
+        };
+        let mut tx = h2srv::start(&mut respond, StatusCode::OK, "application/octet-stream", false)?;
+        return h2srv::send_all(&mut tx, msg, true).await;
+    }
+    let (sub, was_online) = server.hub.subscribe(node_id);
+    if !was_online {
+        server.hub.notify(Change::NodePatch(node_id));
+    }
+    info!("map: node {node_id} streaming (capver {})", req.version);
+    let result = stream(&server, &sub, &mut respond, zstd, req.keep_alive).await;
+    if server.hub.unsubscribe(node_id, sub.seq) {
+        went_offline(server.clone(), node_id, sub.seq);
+    }
+    debug!("map: node {node_id} stream ended: {result:?}");
+    result
+}
+
+/// Stores what a MapRequest reports and tells whoever must know.
+fn apply_update(server: &Server, id: u64, req: &MapRequest) {
+    let mut st = server.state();
+    let Some(old) = st.nodes.get(&id).cloned() else { return };
+    let mut n = old.clone();
+    if !req.disco_key.is_zero() {
+        n.disco_key = req.disco_key.0;
+    }
+    if let Some(eps) = &req.endpoints {
+        // Tolerant: skip anything that is not an ip:port string.
+        n.endpoints = eps
+            .iter()
+            .filter_map(|e| e.as_str())
+            .filter(|s| s.parse::<std::net::SocketAddr>().is_ok())
+            .take(64)
+            .map(String::from)
+            .collect();
+    }
+    n.cap = req.version;
+    if let Some(h) = &req.hostinfo {
+        crate::control::register::apply_hostinfo(&mut n, h);
+    }
+    if n == old {
+        return;
+    }
+    let patch_only = Node { endpoints: old.endpoints.clone(), disco_key: old.disco_key, home_derp: old.home_derp, cap: old.cap, ..n.clone() } == old;
+    n.last_seen = now();
+    if let Err(e) = st.store.apply(&[Op::PutNode(&n)]) {
+        log::warn!("map: storing update of node {id}: {e}");
+        return;
+    }
+    st.nodes.insert(id, n);
+    drop(st);
+    server.hub.notify(if patch_only { Change::NodePatch(id) } else { Change::NodeUpsert(id) });
+}
+
+/// After a stream ends: peers learn the node is offline after a grace
+/// period; an ephemeral node is deleted after the inactivity timeout.
+fn went_offline(server: SharedServer, id: u64, _seq: u64) {
+    {
+        let mut st = server.state();
+        if let Some(n) = st.nodes.get_mut(&id) {
+            n.last_seen = now();
+        }
+    }
+    smol::spawn(async move {
+        Timer::after(OFFLINE_GRACE).await;
+        if server.hub.is_online(id) {
+            return;
+        }
+        server.hub.notify(Change::NodePatch(id));
+        let ephemeral = server.state().nodes.get(&id).is_some_and(|n| n.ephemeral);
+        if !ephemeral {
+            return;
+        }
+        let wait = server.cfg.ephemeral_inactivity_timeout.saturating_sub(OFFLINE_GRACE);
+        Timer::after(wait).await;
+        if server.hub.is_online(id) {
+            return;
+        }
+        let deleted = {
+            let mut st = server.state();
+            st.nodes.get(&id).is_some_and(|n| n.ephemeral) && st.delete_node(id).is_ok()
+        };
+        if deleted {
+            info!("ephemeral node {id} removed after inactivity");
+            server.hub.notify(Change::NodeRemoved(id));
+        }
+    })
+    .detach();
+}
+
+/// Whether `viewer` may see `peer`. Allow-all until the policy is wired.
+fn visible(_st: &State, viewer: &Node, peer: &Node) -> bool {
+    viewer.id != peer.id
+}
+
+fn frame(m: &MapResponse, zstd: bool) -> Bytes {
+    let json = serde_json::to_vec(m).unwrap_or_else(|_| b"{}".to_vec());
+    let mut out = Vec::with_capacity(json.len() + 16);
+    mapframe::emit_message(&json, zstd, &mut out);
+    Bytes::from(out)
+}
+
+/// A complete snapshot for `id`; fills `known` with the peers sent.
+fn full_map(server: &Server, id: u64, known: &mut BTreeSet<u64>, resync: bool) -> Option<MapResponse> {
+    let t = now();
+    let st = server.state();
+    let me = st.nodes.get(&id)?;
+    let mut profiles = BTreeMap::new();
+    let p = netmap::profile_for(&server.cfg, &st, me, true);
+    profiles.insert(p.id, p);
+    let mut peers = Vec::new();
+    let previously = std::mem::take(known);
+    for n in st.nodes.values() {
+        if !visible(&st, me, n) {
+            continue;
+        }
+        peers.push(peer_json(server, n, t));
+        known.insert(n.id);
+        let p = netmap::profile_for(&server.cfg, &st, n, false);
+        profiles.entry(p.id).or_insert(p);
+    }
+    let removed: Vec<u64> = previously.difference(known).copied().collect();
+    let mut filters = BTreeMap::new();
+    filters.insert("base".to_string(), netmap::allow_all_filter());
+    let self_node = to_raw(&render_node(server, me, true, t));
+    drop(st);
+    let peers_empty = peers.is_empty();
+    Some(MapResponse {
+        node: Some(self_node),
+        derp_map: Some(to_raw(&netmap::derp_map(&server.cfg))),
+        // A non-empty Peers replaces the set; an empty one means "no
+        // change" (trap 10), so vanished peers go in PeersRemoved.
+        peers: (!peers_empty).then_some(peers),
+        peers_removed: (peers_empty && resync && !removed.is_empty()).then_some(removed),
+        dns_config: netmap::dns_config(&server.cfg).map(|d| to_raw(&d)),
+        domain: netmap::dns_suffix(&server.cfg),
+        collect_services: Some(false),
+        packet_filters: Some(filters),
+        user_profiles: profiles.into_values().collect(),
+        control_time: Some(rfc3339(t)),
+        debug: Some(tailcfg::Debug { disable_log_tail: true }),
+        ..Default::default()
+    })
+}
+
+fn patch_for(server: &Server, n: &Node, t: i64) -> PeerChange {
+    let online = server.hub.is_online(n.id);
+    PeerChange {
+        node_id: n.id,
+        derp_region: Some(if n.home_derp > 0 { n.home_derp } else { server.cfg.derp_region_id as i32 }),
+        cap: (n.cap > 0).then_some(n.cap),
+        endpoints: Some(if n.is_expired(t) { vec![] } else { n.endpoints.clone() }),
+        key: Some(NodeKey(n.node_key)),
+        disco_key: (n.disco_key != [0; 32]).then_some(DiscoKey(n.disco_key)),
+        online: Some(online),
+        last_seen: (!online && n.last_seen != 0).then(|| rfc3339(n.last_seen)),
+        key_expiry: Some(rfc3339(n.expiry)),
+    }
+}
+
+/// Turns a batch of changes into one delta message (None if nothing to say).
+fn delta(server: &Server, id: u64, changes: &[Change], known: &mut BTreeSet<u64>) -> Option<MapResponse> {
+    let t = now();
+    let st = server.state();
+    let me = st.nodes.get(&id)?;
+    let mut m = MapResponse::default();
+    let mut changed: BTreeMap<u64, SharedRaw> = BTreeMap::new();
+    let mut removed = BTreeSet::new();
+    let mut patches: BTreeMap<u64, PeerChange> = BTreeMap::new();
+    let mut profiles = BTreeMap::new();
+    for c in changes {
+        match c {
+            Change::NodeUpsert(x) if *x == id => m.node = Some(to_raw(&render_node(server, me, true, t))),
+            Change::NodeUpsert(x) | Change::NodePatch(x) => match st.nodes.get(x) {
+                Some(n) if visible(&st, me, n) => {
+                    let full = matches!(c, Change::NodeUpsert(_)) || !known.contains(x);
+                    if full {
+                        patches.remove(x);
+                        changed.insert(*x, peer_json(server, n, t));
+                        let p = netmap::profile_for(&server.cfg, &st, n, false);
+                        profiles.insert(p.id, p);
+                    } else if !changed.contains_key(x) {
+                        patches.insert(*x, patch_for(server, n, t));
+                    }
+                    removed.remove(x);
+                    known.insert(*x);
+                }
+                _ => {
+                    if known.remove(x) {
+                        removed.insert(*x);
+                    }
+                    changed.remove(x);
+                    patches.remove(x);
+                }
+            },
+            Change::NodeRemoved(x) => {
+                if known.remove(x) {
+                    removed.insert(*x);
+                }
+                changed.remove(x);
+                patches.remove(x);
+            }
+            Change::UserChanged(_) => {
+                for n in st.nodes.values().filter(|n| n.id == id || known.contains(&n.id)) {
+                    let p = netmap::profile_for(&server.cfg, &st, n, n.id == id);
+                    profiles.insert(p.id, p);
+                }
+            }
+            Change::Everything => return None, // handled by the caller
+        }
+    }
+    drop(st);
+    if !changed.is_empty() {
+        m.peers_changed = Some(changed.into_values().collect());
+    }
+    if !removed.is_empty() {
+        m.peers_removed = Some(removed.into_iter().collect());
+    }
+    if !patches.is_empty() {
+        m.peers_changed_patch = Some(patches.into_values().collect());
+    }
+    m.user_profiles = profiles.into_values().collect();
+    let empty = m.node.is_none()
+        && m.peers_changed.is_none()
+        && m.peers_removed.is_none()
+        && m.peers_changed_patch.is_none()
+        && m.user_profiles.is_empty();
+    (!empty).then_some(m)
+}
+
+enum Event {
+    Changes(Vec<Change>),
+    KeepAlive,
+    Closed,
+}
+
+async fn next_event(sub: &Subscription, tx: &mut SendStream<Bytes>, keepalive: Duration) -> Event {
+    let recv = async {
+        match sub.rx.recv().await {
+            Ok(c) => {
+                let mut v = vec![c];
+                while let Ok(c) = sub.rx.try_recv() {
+                    v.push(c);
+                }
+                Event::Changes(v)
+            }
+            Err(_) => Event::Closed,
+        }
+    };
+    let ka = async {
+        Timer::after(keepalive).await;
+        Event::KeepAlive
+    };
+    let reset = async {
+        let _ = poll_fn(|cx| tx.poll_reset(cx)).await;
+        Event::Closed
+    };
+    recv.or(ka).or(reset).await
+}
+
+async fn stream(
+    server: &SharedServer,
+    sub: &Subscription,
+    respond: &mut SendResponse<Bytes>,
+    zstd: bool,
+    keep_alive: bool,
+) -> io::Result<()> {
+    let id = sub.node_id;
+    let mut tx = h2srv::start(respond, StatusCode::OK, "application/octet-stream", false)?;
+    let mut known = BTreeSet::new();
+    let Some(first) = full_map(server, id, &mut known, false) else {
+        return Ok(());
+    };
+    h2srv::send_all(&mut tx, frame(&first, zstd), false).await?;
+    drop(first);
+    let ka_msg = frame(&MapResponse { keep_alive: true, ..Default::default() }, zstd);
+    loop {
+        // 50 s plus jitter, so keep-alives of many nodes do not align.
+        let jitter = Duration::from_millis(u64::from(crate::keys::random32()[0]) * 35);
+        let ka = if keep_alive { KEEPALIVE + jitter } else { Duration::from_secs(3600) };
+        match next_event(sub, &mut tx, ka).await {
+            Event::Closed => {
+                // Replaced or disconnected: end the body cleanly.
+                let _ = tx.send_data(Bytes::new(), true);
+                return Ok(());
+            }
+            Event::KeepAlive => h2srv::send_all(&mut tx, ka_msg.clone(), false).await?,
+            Event::Changes(changes) => {
+                let msg = if sub.take_resync() || changes.contains(&Change::Everything) {
+                    full_map(server, id, &mut known, true)
+                } else {
+                    delta(server, id, &changes, &mut known)
+                };
+                if let Some(m) = msg {
+                    h2srv::send_all(&mut tx, frame(&m, zstd), false).await?;
+                } else if !server.state().nodes.contains_key(&id) {
+                    let _ = tx.send_data(Bytes::new(), true);
+                    return Ok(()); // deleted
+                }
+            }
+        }
+        future::yield_now().await;
+    }
+}

@@ -2,6 +2,7 @@
 //! fans changes out to connected map sessions.
 
 pub mod hub;
+pub mod netmap;
 pub mod map;
 pub mod register;
 
@@ -30,3 +31,98 @@ impl Server {
 }
 
 pub type SharedServer = Arc<Server>;
+
+/// Loads the store and the Noise key and builds the shared server.
+pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
+    use std::io::{Error, ErrorKind};
+    let _ = ErrorKind::Other;
+    if let Some(dir) = cfg.database_path.parent() {
+        create_private_dir(dir)?;
+    }
+    let store = crate::state::Store::open(&cfg.database_path)
+        .map_err(|e| Error::other(format!("database {}: {e}", cfg.database_path.display())))?;
+    let state = State::load(store).map_err(|e| Error::other(format!("loading database: {e}")))?;
+    let noise_private = load_or_create_key(&cfg.noise_private_key_path)
+        .map_err(|e| Error::new(e.kind(), format!("noise.private_key_path {}: {e}", cfg.noise_private_key_path.display())))?;
+    let noise_public = crate::keys::x25519_public(&noise_private);
+    Ok(Arc::new(Server { cfg, state: Mutex::new(state), hub: Hub::default(), noise_private, noise_public }))
+}
+
+/// Creates `dir` (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// Reads a `privkey:<hex>` file, or creates one (mode 0600) on first start.
+pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
+    use std::io::{Error, ErrorKind, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::read_to_string(path) {
+        Ok(s) => {
+            let hex = s.trim().strip_prefix("privkey:").unwrap_or(s.trim());
+            crate::keys::from_hex::<32>(hex)
+                .ok_or_else(|| Error::new(ErrorKind::InvalidData, "not a private key (want privkey:<64 hex>)"))
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                create_private_dir(dir)?;
+            }
+            let key = crate::keys::random32();
+            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            writeln!(f, "privkey:{}", crate::keys::to_hex(&key))?;
+            f.sync_all()?;
+            log::info!("generated a new key in {}", path.display());
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Starts every listener and serves until the process ends.
+pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
+    if std::env::var_os("SMOL_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        std::env::set_var("SMOL_THREADS", n.to_string());
+    }
+    let listener = crate::http::bind(&server)?;
+    if let Some(addr) = server.cfg.stun_listen_addr {
+        if server.cfg.derp_server_enabled {
+            start_stun(addr);
+        }
+    }
+    start_admin(&server);
+    println!("tinyscale listening on {}; server_url {}", server.cfg.listen_addr, server.cfg.server_url);
+    smol::block_on(crate::http::accept_loop(server, listener));
+    Ok(())
+}
+
+fn start_stun(addr: std::net::SocketAddr) {
+    match crate::derp::stun::spawn_stun(addr) {
+        Ok(s) => {
+            log::info!("STUN on {}", s.local_addr());
+            s.detach();
+        }
+        Err(e) => log::warn!("STUN on {addr}: {e} (clients will take longer to find direct paths)"),
+    }
+}
+
+fn start_admin(server: &SharedServer) {
+    // LEAD: admin::spawn lands with the admin plane.
+    #[allow(clippy::let_unit_value)]
+    let r: std::io::Result<()> = Ok(());
+    if let Err(e) = r {
+        log::warn!("admin socket {}: {e} (the CLI cannot reach this server)", server.cfg.unix_socket.display());
+    }
+}
+
+/// Binds the control listener and serves it on smol's executor; returns
+/// the bound address (tests and benchmarks bind port 0).
+pub fn start_background(server: &SharedServer) -> std::io::Result<(std::net::SocketAddr, smol::Task<()>)> {
+    let listener = crate::http::bind(server)?;
+    let addr = listener.get_ref().local_addr()?;
+    Ok((addr, smol::spawn(crate::http::accept_loop(server.clone(), listener))))
+}

@@ -1,1 +1,315 @@
-//!
+//! `POST /machine/register` (protocol/register.md): pre-auth keys, restart
+//! of a known node, node-key rotation, expiry and logout. Every answer is
+//! HTTP 200 with a RegisterResponse carrying `Error` (empty when fine),
+//! except malformed requests and unsupported versions (400).
+
+use crate::control::{Change, Server};
+use crate::http::h2srv::ConnCtx;
+use crate::http::MIN_CAPVER;
+use crate::keys::NodeKey;
+use crate::state::{now, Node, Op, State};
+use crate::tailcfg::{self, RegisterRequest, RegisterResponse};
+use crate::timefmt::{parse_rfc3339, rfc3339};
+use http::StatusCode;
+use log::{info, warn};
+
+/// Handles one request; returns the status and the JSON body.
+pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode, Vec<u8>) {
+    let req: RegisterRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid register request: {e}\n").into_bytes()),
+    };
+    if req.version < MIN_CAPVER as u32 {
+        return (StatusCode::BAD_REQUEST, b"unsupported client version\n".to_vec());
+    }
+    if req.node_key.is_zero() {
+        return (StatusCode::BAD_REQUEST, b"missing NodeKey\n".to_vec());
+    }
+    let resp = register(server, ctx, &req);
+    match serde_json::to_vec(&resp) {
+        Ok(v) => (StatusCode::OK, v),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()),
+    }
+}
+
+fn error_response(msg: impl Into<String>) -> RegisterResponse {
+    RegisterResponse { error: msg.into(), ..Default::default() }
+}
+
+/// The success answer for `node`.
+fn success(server: &Server, st: &State, n: &Node) -> RegisterResponse {
+    let p = crate::control::netmap::profile_for(&server.cfg, st, n, true);
+    RegisterResponse {
+        user: tailcfg::User {
+            id: p.id,
+            display_name: p.display_name.clone(),
+            profile_pic_url: String::new(),
+            created: rfc3339(st.users.get(&n.user).map(|u| u.created).unwrap_or(n.created)),
+        },
+        login: tailcfg::Login {
+            id: p.id,
+            provider: String::new(),
+            login_name: p.login_name,
+            display_name: p.display_name,
+            profile_pic_url: String::new(),
+        },
+        node_key_expired: false,
+        machine_authorized: true,
+        auth_url: String::new(),
+        error: String::new(),
+    }
+}
+
+fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterResponse {
+    let t = now();
+    let mut st = server.state();
+    let hostinfo = req.hostinfo.clone().unwrap_or_else(|| serde_json::json!({}));
+    let expiry_req = req.expiry.as_deref().and_then(parse_rfc3339).unwrap_or(0);
+    let by_key = st.node_by_node_key(&req.node_key.0).map(|n| n.id);
+
+    if let Some(id) = by_key {
+        let n = st.nodes[&id].clone();
+        if n.machine_key != ctx.machine_key {
+            return error_response("node key belongs to a different machine");
+        }
+        // Logout is checked before any auth key handling (trap 14).
+        if expiry_req != 0 && expiry_req < t {
+            return logout(server, &mut st, n, t);
+        }
+        if expiry_req > t {
+            // SetExpirySooner: shortening only.
+            if n.expiry != 0 && expiry_req > n.expiry {
+                return error_response("extending key is not allowed");
+            }
+            let mut n2 = n.clone();
+            n2.expiry = expiry_req;
+            return commit_node(server, &mut st, n2, None, Change::NodeUpsert(id));
+        }
+        if !n.is_expired(t) {
+            // Known node restarting: success even if its auth key is spent.
+            let mut n2 = n.clone();
+            apply_hostinfo(&mut n2, &hostinfo);
+            if n2 != n {
+                if let Err(e) = st.store.apply(&[Op::PutNode(&n2)]) {
+                    return error_response(format!("storage error: {e}"));
+                }
+                st.nodes.insert(id, n2.clone());
+                drop(st);
+                server.hub.notify(Change::NodeUpsert(id));
+                st = server.state();
+            }
+            let n2 = st.nodes.get(&id).cloned().unwrap_or(n2);
+            return success(server, &st, &n2);
+        }
+        // Expired: re-authenticate with a key, else tell it to rotate.
+        match req.auth.as_ref().map(|a| a.auth_key.as_str()).filter(|k| !k.is_empty()) {
+            Some(secret) => return reauth(server, &mut st, n, secret, req, &hostinfo, t),
+            None => {
+                return RegisterResponse { node_key_expired: true, machine_authorized: false, ..Default::default() }
+            }
+        }
+    }
+
+    // Rotation: unknown NodeKey, known OldNodeKey of the same machine.
+    if !req.old_node_key.is_zero() {
+        if let Some(n) = st.node_by_node_key(&req.old_node_key.0).cloned() {
+            if n.machine_key == ctx.machine_key {
+                return match req.auth.as_ref().map(|a| a.auth_key.as_str()).filter(|k| !k.is_empty()) {
+                    Some(secret) => reauth(server, &mut st, n, secret, req, &hostinfo, t),
+                    None if !n.is_expired(t) => {
+                        // Seamless renewal of a valid node: the old key proves it.
+                        let mut n2 = n;
+                        n2.old_node_key = n2.node_key;
+                        n2.node_key = req.node_key.0;
+                        apply_hostinfo(&mut n2, &hostinfo);
+                        let id = n2.id;
+                        commit_node(server, &mut st, n2, None, Change::NodeUpsert(id))
+                    }
+                    None => error_response("node key expired: log in again with an auth key"),
+                };
+            }
+        }
+    }
+
+    let Some(secret) = req.auth.as_ref().map(|a| a.auth_key.as_str()).filter(|k| !k.is_empty()) else {
+        return error_response("interactive login is not available on this server yet: use an auth key (--authkey)");
+    };
+    let key = match st.validate_preauth_key(secret) {
+        Ok(k) => k.clone(),
+        Err(e) => {
+            info!("register: rejected auth key: {e}");
+            return error_response(e.to_string());
+        }
+    };
+    if let Err(e) = check_request_tags(&key.tags, &hostinfo) {
+        return error_response(e);
+    }
+    // The same machine logging in again (state kept, new node key) keeps
+    // its node, IPs and name if the owner is unchanged.
+    if let Some(n) = st.node_by_machine_key(&ctx.machine_key).cloned() {
+        if n.user == key.user && n.tags == key.tags {
+            return reauth(server, &mut st, n, secret, req, &hostinfo, t);
+        }
+    }
+    let (v4, v6) = match crate::state::ipalloc::allocate(&st, server.cfg.prefix_v4, server.cfg.prefix_v6) {
+        Ok(a) => a,
+        Err(e) => return error_response(e.to_string()),
+    };
+    let id = st.alloc_node_id();
+    let hostname = tailcfg::hostinfo_str(&hostinfo, "Hostname").to_string();
+    let tagged = !key.tags.is_empty();
+    let mut n = Node {
+        id,
+        machine_key: ctx.machine_key,
+        node_key: req.node_key.0,
+        old_node_key: [0; 32],
+        disco_key: [0; 32],
+        user: key.user,
+        tags: key.tags.clone(),
+        ipv4: Some(v4),
+        ipv6: Some(v6),
+        given_name: st.unique_given_name(&hostname, 0),
+        hostname,
+        hostinfo: String::new(),
+        endpoints: vec![],
+        home_derp: 0,
+        cap: req.version,
+        created: t,
+        expiry: default_expiry(server, tagged, t),
+        last_seen: t,
+        ephemeral: req.ephemeral || key.ephemeral,
+        auth_key: key.id,
+        advertised_routes: vec![],
+        approved_routes: vec![],
+    };
+    apply_hostinfo(&mut n, &hostinfo);
+    info!("register: new node {} {} ({}, {:?})", n.id, n.given_name, v4, NodeKey(n.node_key));
+    commit_node(server, &mut st, n, Some(key), Change::NodeUpsert(id))
+}
+
+fn default_expiry(server: &Server, tagged: bool, t: i64) -> i64 {
+    if tagged || server.cfg.node_expiry.is_zero() {
+        0
+    } else {
+        t + server.cfg.node_expiry.as_secs() as i64
+    }
+}
+
+/// Requested tags must be among those the key grants (until the policy's
+/// tagOwners can say more).
+fn check_request_tags(granted: &[String], hostinfo: &serde_json::Value) -> Result<(), String> {
+    let req = tailcfg::hostinfo_strs(hostinfo, "RequestTags");
+    let bad: Vec<&String> = req.iter().filter(|t| !granted.contains(t)).collect();
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        let list: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
+        Err(format!("requested tags [{}] are invalid or not permitted", list.join(" ")))
+    }
+}
+
+/// Re-authentication with an auth key: same node ID, IPs and name; new
+/// node key and expiry.
+fn reauth(
+    server: &Server,
+    st: &mut std::sync::MutexGuard<'_, State>,
+    n: Node,
+    secret: &str,
+    req: &RegisterRequest,
+    hostinfo: &serde_json::Value,
+    t: i64,
+) -> RegisterResponse {
+    let key = match st.validate_preauth_key(secret) {
+        Ok(k) => k.clone(),
+        Err(e) => return error_response(e.to_string()),
+    };
+    if let Err(e) = check_request_tags(&key.tags, hostinfo) {
+        return error_response(e);
+    }
+    let mut n2 = n.clone();
+    if n2.node_key != req.node_key.0 {
+        n2.old_node_key = n2.node_key;
+        n2.node_key = req.node_key.0;
+    }
+    n2.user = key.user;
+    n2.tags = key.tags.clone();
+    n2.expiry = default_expiry(server, !key.tags.is_empty(), t);
+    n2.auth_key = key.id;
+    n2.ephemeral = n.ephemeral || req.ephemeral || key.ephemeral;
+    apply_hostinfo(&mut n2, hostinfo);
+    let id = n2.id;
+    commit_node(server, st, n2, Some(key), Change::NodeUpsert(id))
+}
+
+fn logout(server: &Server, st: &mut std::sync::MutexGuard<'_, State>, n: Node, t: i64) -> RegisterResponse {
+    let id = n.id;
+    if n.ephemeral {
+        if let Err(e) = st.delete_node(id) {
+            return error_response(e.to_string());
+        }
+        server.hub.disconnect(id);
+        server.hub.notify(Change::NodeRemoved(id));
+        return RegisterResponse { node_key_expired: true, ..Default::default() };
+    }
+    let mut n2 = n;
+    n2.expiry = t;
+    match st.store.apply(&[Op::PutNode(&n2)]) {
+        Ok(()) => {
+            st.nodes.insert(id, n2);
+            server.hub.disconnect(id);
+            server.hub.notify(Change::NodeUpsert(id));
+            RegisterResponse { node_key_expired: true, ..Default::default() }
+        }
+        Err(e) => error_response(format!("storage error: {e}")),
+    }
+}
+
+/// Persists the node (and marks a single-use key used) in one batch, then
+/// updates memory and tells the hub.
+fn commit_node(
+    server: &Server,
+    st: &mut std::sync::MutexGuard<'_, State>,
+    n: Node,
+    key: Option<crate::state::PreAuthKey>,
+    change: Change,
+) -> RegisterResponse {
+    let mut key = key;
+    if let Some(k) = key.as_mut() {
+        k.used = true;
+    }
+    let mut ops = vec![Op::PutNode(&n)];
+    if let Some(k) = key.as_ref() {
+        ops.push(Op::PutKey(k));
+    }
+    if let Err(e) = st.store.apply(&ops) {
+        warn!("register: storage error: {e}");
+        return error_response(format!("storage error: {e}"));
+    }
+    drop(ops);
+    if let Some(k) = key {
+        st.keys.insert(k.id, k);
+    }
+    st.next_node_id = st.next_node_id.max(n.id + 1);
+    st.nodes.insert(n.id, n.clone());
+    let resp = success(server, st, &n);
+    server.hub.notify(change);
+    resp
+}
+
+/// Copies what the client reports in Hostinfo onto the node.
+pub fn apply_hostinfo(n: &mut Node, hostinfo: &serde_json::Value) {
+    if !hostinfo.is_object() || hostinfo.as_object().is_some_and(|o| o.is_empty()) {
+        return;
+    }
+    let hn = tailcfg::hostinfo_str(hostinfo, "Hostname");
+    if !hn.is_empty() {
+        n.hostname = hn.to_string();
+    }
+    let d = tailcfg::preferred_derp(hostinfo);
+    if d > 0 {
+        n.home_derp = d;
+    }
+    n.advertised_routes = tailcfg::hostinfo_strs(hostinfo, "RoutableIPs");
+    n.hostinfo = serde_json::to_string(hostinfo).unwrap_or_default();
+}
+

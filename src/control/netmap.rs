@@ -1,0 +1,221 @@
+//! Renders the state into the client's wire objects: self and peer `Node`s,
+//! user profiles, DERP map, DNS config and packet filter.
+
+use crate::config::Config;
+use crate::control::Server;
+use crate::keys::{DiscoKey, MachineKey, NodeKey};
+use crate::state::{Node, State};
+use crate::tailcfg::{self, SharedRaw, UserProfile};
+use crate::timefmt::rfc3339;
+use std::collections::BTreeMap;
+
+/// The shared user that tagged nodes belong to in peer views (Headscale's ID).
+pub const TAGGED_USER_ID: u64 = 2_147_455_555;
+/// Base of the per-node synthetic users of tagged nodes' self views
+/// (kept apart from real user IDs, below 2^53).
+pub const TAGGED_SELF_BASE: u64 = 1 << 40;
+
+/// The MagicDNS suffix, without dots at either end.
+pub fn dns_suffix(cfg: &Config) -> String {
+    cfg.base_domain.trim_matches('.').to_string()
+}
+
+/// The node's FQDN with the trailing dot.
+pub fn fqdn(cfg: &Config, n: &Node) -> String {
+    let s = dns_suffix(cfg);
+    if s.is_empty() {
+        n.given_name.clone()
+    } else {
+        format!("{}.{}.", n.given_name, s)
+    }
+}
+
+fn addresses(n: &Node) -> Vec<String> {
+    let mut v = Vec::with_capacity(2);
+    if let Some(a) = n.ipv4 {
+        v.push(format!("{a}/32"));
+    }
+    if let Some(a) = n.ipv6 {
+        v.push(format!("{a}/128"));
+    }
+    v
+}
+
+/// The user ID a node carries in a view.
+pub fn user_for(n: &Node, self_view: bool) -> u64 {
+    if n.is_tagged() {
+        if self_view {
+            TAGGED_SELF_BASE + n.id
+        } else {
+            TAGGED_USER_ID
+        }
+    } else {
+        n.user
+    }
+}
+
+pub fn profile_for(cfg: &Config, st: &State, n: &Node, self_view: bool) -> UserProfile {
+    let id = user_for(n, self_view);
+    if n.is_tagged() {
+        if self_view {
+            UserProfile {
+                id,
+                login_name: fqdn(cfg, n).trim_end_matches('.').to_string(),
+                display_name: n.given_name.clone(),
+                profile_pic_url: String::new(),
+            }
+        } else {
+            UserProfile {
+                id,
+                login_name: "tagged-devices".into(),
+                display_name: "Tagged Devices".into(),
+                profile_pic_url: String::new(),
+            }
+        }
+    } else {
+        match st.users.get(&n.user) {
+            Some(u) => UserProfile {
+                id,
+                login_name: u.login_name(),
+                display_name: if u.display_name.is_empty() { u.name.clone() } else { u.display_name.clone() },
+                profile_pic_url: String::new(),
+            },
+            None => UserProfile { id, login_name: "unknown@".into(), display_name: "unknown".into(), ..Default::default() },
+        }
+    }
+}
+
+/// Builds a node as seen by itself (`self_view`) or by a peer.
+pub fn render_node(server: &Server, n: &Node, self_view: bool, now: i64) -> tailcfg::Node {
+    let cfg = &server.cfg;
+    let addrs = addresses(n);
+    let mut allowed = addrs.clone();
+    let approved: Vec<String> = n.approved_routes.iter().filter(|r| n.advertised_routes.contains(r)).cloned().collect();
+    allowed.extend(approved.iter().cloned());
+    let primary: Vec<String> = approved
+        .iter()
+        .filter(|r| r.as_str() != "0.0.0.0/0" && r.as_str() != "::/0")
+        .cloned()
+        .collect();
+    let hostinfo = serde_json::from_str::<serde_json::Value>(&n.hostinfo)
+        .ok()
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| serde_json::json!({}));
+    let online = server.hub.is_online(n.id);
+    let expired = n.is_expired(now);
+    let mut cap_map = None;
+    if self_view {
+        let mut m = BTreeMap::new();
+        m.insert("disable-captive-portal-detection".to_string(), serde_json::json!([]));
+        m.insert("https://tailscale.com/cap/file-sharing".to_string(), serde_json::json!([]));
+        cap_map = Some(m);
+    }
+    tailcfg::Node {
+        id: n.id,
+        stable_id: format!("n{}", n.id),
+        name: fqdn(cfg, n),
+        user: user_for(n, self_view),
+        key: NodeKey(n.node_key),
+        key_expiry: rfc3339(n.expiry),
+        machine: Some(MachineKey(n.machine_key)),
+        disco_key: (n.disco_key != [0; 32]).then_some(DiscoKey(n.disco_key)),
+        addresses: addrs,
+        allowed_ips: allowed,
+        endpoints: if expired { vec![] } else { n.endpoints.clone() },
+        home_derp: if n.home_derp > 0 { n.home_derp } else if self_view { 0 } else { cfg.derp_region_id as i32 },
+        hostinfo: Some(hostinfo),
+        created: rfc3339(n.created),
+        cap: n.cap,
+        tags: n.tags.clone(),
+        primary_routes: primary,
+        last_seen: (!self_view && !online && n.last_seen != 0).then(|| rfc3339(n.last_seen)),
+        online: (!self_view).then_some(online),
+        machine_authorized: !expired || self_view,
+        cap_map,
+        expired: expired && !self_view,
+    }
+}
+
+/// The peer JSON for `n`, from the hub's cache or freshly serialised.
+/// Call with the state lock held so the cache never keeps a stale render.
+pub fn peer_json(server: &Server, n: &Node, now: i64) -> SharedRaw {
+    if let Some(r) = server.hub.cached_peer(n.id) {
+        return r;
+    }
+    let node = render_node(server, n, false, now);
+    let raw = to_raw(&node);
+    server.hub.cache_peer(n.id, raw.clone());
+    raw
+}
+
+pub fn to_raw<T: serde::Serialize>(v: &T) -> SharedRaw {
+    // Our own types always serialise; fall back to null defensively.
+    serde_json::to_string(v)
+        .ok()
+        .and_then(SharedRaw::new)
+        .unwrap_or_else(|| SharedRaw::new("null".into()).expect("null is JSON"))
+}
+
+/// Host part of server_url.
+pub fn server_host(cfg: &Config) -> String {
+    let u = cfg.server_url.split("://").nth(1).unwrap_or(&cfg.server_url);
+    let hostport = u.split('/').next().unwrap_or(u);
+    if let Some(rest) = hostport.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or(rest).to_string();
+    }
+    hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).to_string()
+}
+
+pub fn derp_map(cfg: &Config) -> tailcfg::DerpMap {
+    let host = server_host(cfg);
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let ipv4 = cfg.derp_ipv4.clone().unwrap_or_else(|| {
+        if host.parse::<std::net::Ipv4Addr>().is_ok() {
+            host.clone()
+        } else {
+            String::new()
+        }
+    });
+    let node = tailcfg::DerpNode {
+        name: format!("{}a", cfg.derp_region_id),
+        region_id: cfg.derp_region_id,
+        host_name: host.clone(),
+        ipv4,
+        ipv6: cfg.derp_ipv6.clone().unwrap_or_else(|| if is_ip { "none".into() } else { String::new() }),
+        stun_port: cfg.stun_listen_addr.map(|a| a.port() as i32).unwrap_or(-1),
+        derp_port: 443,
+        ..Default::default()
+    };
+    let mut regions = BTreeMap::new();
+    regions.insert(
+        cfg.derp_region_id.to_string(),
+        tailcfg::DerpRegion {
+            region_id: cfg.derp_region_id,
+            region_code: cfg.derp_region_code.clone(),
+            region_name: cfg.derp_region_name.clone(),
+            avoid: false,
+            nodes: vec![node],
+        },
+    );
+    tailcfg::DerpMap { regions, omit_default_regions: true }
+}
+
+pub fn dns_config(cfg: &Config) -> Option<tailcfg::DnsConfig> {
+    let suffix = dns_suffix(cfg);
+    let mut d = tailcfg::DnsConfig {
+        resolvers: cfg.nameservers_global.iter().map(|a| tailcfg::Resolver { addr: a.clone() }).collect(),
+        ..Default::default()
+    };
+    d.domains = cfg.search_domains.clone();
+    if cfg.magic_dns && !suffix.is_empty() {
+        d.proxied = true;
+        d.domains.insert(0, suffix.clone());
+    }
+    Some(d)
+}
+
+/// Allow-all packet filter, used until a policy is configured.
+pub fn allow_all_filter() -> SharedRaw {
+    SharedRaw::new(r#"[{"SrcIPs":["*"],"DstPorts":[{"IP":"*","Ports":{"First":0,"Last":65535}}]}]"#.into())
+        .expect("literal JSON")
+}

@@ -1,0 +1,92 @@
+//! Shared helpers for integration tests: an in-process server on loopback.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use tinyscale::config::Config;
+use tinyscale::control::SharedServer;
+
+pub struct TestServer {
+    pub server: SharedServer,
+    pub task: Option<smol::Task<()>>,
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if !self.dir.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn tempdir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "tinyscale-test-{tag}-{}-{}",
+        std::process::id(),
+        tinyscale::keys::to_hex(&tinyscale::keys::random32()[..4])
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn config(dir: &std::path::Path) -> Config {
+    let mut cfg = Config::defaults(dir);
+    cfg.listen_addr = "127.0.0.1:0".parse().unwrap();
+    cfg.stun_listen_addr = None;
+    cfg.base_domain = "tail.test".into();
+    cfg.ephemeral_inactivity_timeout = Duration::from_secs(12);
+    cfg
+}
+
+pub fn start_with(cfg: Config, dir: PathBuf) -> TestServer {
+    let server = tinyscale::control::build_server(cfg).unwrap();
+    let (addr, task) = tinyscale::control::start_background(&server).unwrap();
+    TestServer { server, addr, dir, task: Some(task) }
+}
+
+pub fn start(tag: &str) -> TestServer {
+    let dir = tempdir(tag);
+    start_with(config(&dir), dir)
+}
+
+impl TestServer {
+    /// Stops listening and waits until every connection task let go of the
+    /// server, so its database closes (a restart within one process).
+    pub fn stop(mut self) {
+        if let Some(t) = self.task.take() {
+            smol::block_on(t.cancel());
+        }
+        for _ in 0..200 {
+            if std::sync::Arc::strong_count(&self.server) == 1 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(std::sync::Arc::strong_count(&self.server), 1, "server still referenced");
+        self.dir = PathBuf::new();
+    }
+
+    /// Creates a user (if needed) and a key; returns the secret.
+    pub fn key(&self, user: &str, reusable: bool, ephemeral: bool, tags: &[&str]) -> String {
+        let mut st = self.server.state();
+        if st.find_user(user).is_none() {
+            st.create_user(user, "", "").unwrap();
+        }
+        let u = if tags.is_empty() { Some(user) } else { None };
+        st.create_preauth_key(u, reusable, ephemeral, None, tags.iter().map(|s| s.to_string()).collect())
+            .unwrap()
+            .1
+    }
+}
+
+/// Runs `f` with a deadline; panics on timeout so tests never hang.
+pub fn block_on_timeout<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    use futures_lite::FutureExt;
+    smol::block_on(f.or(async move {
+        async_io::Timer::after(Duration::from_secs(secs)).await;
+        panic!("test timed out after {secs} s");
+    }))
+}

@@ -1,0 +1,162 @@
+//! Integration tests with the protocol-level client against an in-process
+//! server on loopback: register, map stream, deltas, lite updates, restart.
+
+mod common;
+
+use common::*;
+use tinyscale::client::{self, netmap::NetMap, Node};
+
+async fn join(ts: &TestServer, node: &Node, key: &str) -> (client::Conn, client::MapStream, NetMap) {
+    let server_pub = client::fetch_key(ts.addr).await.unwrap();
+    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private).await.unwrap();
+    let r = conn.register(&node.register_request(Some(key))).await.unwrap();
+    assert_eq!(r.error, "", "register error");
+    assert!(r.machine_authorized);
+    let mut stream = conn.map(&node.map_request(true, &["198.51.100.1:41641"])).await.unwrap();
+    let mut nm = NetMap::default();
+    let first = stream.next().await.unwrap().expect("first map");
+    nm.apply(&first);
+    (conn, stream, nm)
+}
+
+/// Reads messages until `pred` holds for the accumulated netmap.
+async fn until(stream: &mut client::MapStream, nm: &mut NetMap, pred: impl Fn(&NetMap) -> bool) {
+    while !pred(nm) {
+        let m = stream.next().await.unwrap().expect("stream ended");
+        nm.apply(&m);
+    }
+}
+
+#[test]
+fn two_nodes_see_each_other_and_updates() {
+    let ts = start("two");
+    let key = ts.key("alice", true, false, &[]);
+    block_on_timeout(30, async {
+        let a = Node::new("alpha");
+        let b = Node::new("beta");
+        let (_ca, mut sa, mut nma) = join(&ts, &a, &key).await;
+        // First map: self node with addresses, authorized, DERP map, filter.
+        let me = &nma.self_node;
+        assert_eq!(me["MachineAuthorized"], true);
+        assert_eq!(me["Name"], "alpha.tail.test.");
+        assert!(me["Addresses"][0].as_str().unwrap().starts_with("100.64."));
+        assert!(nma.derp_map["Regions"].as_object().is_some_and(|r| !r.is_empty()));
+        assert_eq!(nma.packet_filter[0]["SrcIPs"][0], "*");
+        assert!(nma.peers.is_empty());
+
+        let (mut cb, mut sb, mut nmb) = join(&ts, &b, &key).await;
+        assert_eq!(nmb.peers.len(), 1);
+        let pa = nmb.peer_by_name("alpha").unwrap();
+        assert_eq!(pa["DiscoKey"], a.disco_key().to_string());
+        assert!(pa["HomeDERP"].as_i64().unwrap() > 0);
+        assert_eq!(pa["Online"], true);
+        // a learns about b as a delta.
+        until(&mut sa, &mut nma, |n| n.peer_by_name("beta").is_some()).await;
+        assert_eq!(nma.peer_by_name("beta").unwrap()["Key"], b.node_key().to_string());
+
+        // Lite update from b: new endpoints reach a as a patch.
+        let lite = b.map_request(false, &["203.0.113.9:41641"]);
+        let (status, _) = cb.post_json("/machine/map", serde_json::to_vec(&lite).unwrap()).await.unwrap();
+        assert_eq!(status, 200);
+        until(&mut sa, &mut nma, |n| {
+            n.peer_by_name("beta").is_some_and(|p| p["Endpoints"][0] == "203.0.113.9:41641")
+        })
+        .await;
+
+        // Deleting b removes it from a's map and ends b's stream.
+        let bid = nmb.self_node["ID"].as_u64().unwrap();
+        ts.server.state().delete_node(bid).unwrap();
+        ts.server.hub.disconnect(bid);
+        ts.server.hub.notify(tinyscale::control::Change::NodeRemoved(bid));
+        until(&mut sa, &mut nma, |n| n.peers.is_empty()).await;
+        while let Some(m) = sb.next().await.unwrap() {
+            nmb.apply(&m);
+        }
+    });
+}
+
+#[test]
+fn bad_keys_get_clear_errors() {
+    let ts = start("badkeys");
+    let once = ts.key("bob", false, false, &[]);
+    block_on_timeout(30, async {
+        let server_pub = client::fetch_key(ts.addr).await.unwrap();
+        let n = Node::new("one");
+        let mut c = client::connect(ts.addr, &server_pub, &n.machine_private).await.unwrap();
+        let r = c.register(&n.register_request(Some("hskey-auth-000000000000-nope"))).await.unwrap();
+        assert_eq!(r.error, "invalid key");
+        let r = c.register(&n.register_request(Some(&once))).await.unwrap();
+        assert_eq!(r.error, "");
+        // Single-use key, second machine: spent.
+        let n2 = Node::new("two");
+        let mut c2 = client::connect(ts.addr, &server_pub, &n2.machine_private).await.unwrap();
+        let r = c2.register(&n2.register_request(Some(&once))).await.unwrap();
+        assert_eq!(r.error, "authkey already used");
+        // ...but the first node restarting with the spent key is fine.
+        let r = c.register(&n.register_request(Some(&once))).await.unwrap();
+        assert_eq!(r.error, "");
+        // A map poll for a node key this machine does not own: 404.
+        let err = c2.map(&n.map_request(true, &[])).await.err().unwrap();
+        assert!(err.to_string().contains("404"), "{err}");
+        // Wrong server key: the handshake fails for that client alone.
+        let wrong = tinyscale::keys::random32();
+        let e = client::connect(ts.addr, &wrong, &n.machine_private).await.err().unwrap();
+        assert!(e.to_string().contains("server error"), "{e}");
+        // Too-old client version: a Noise error frame that says why.
+        let e = client::connect_version(ts.addr, &server_pub, &n.machine_private, 100).await.err().unwrap();
+        assert!(e.to_string().contains("unsupported client version"), "{e}");
+        // The server still serves.
+        assert_eq!(client::fetch_key(ts.addr).await.unwrap(), server_pub);
+    });
+}
+
+#[test]
+fn restart_keeps_identity_and_ips() {
+    let dir = tempdir("restart");
+    let n = Node::new("keeper");
+    let (ip1, id1, key_pub);
+    {
+        let ts = start_with(config(&dir), dir.clone());
+        let key = ts.key("carol", false, false, &[]);
+        let (c, s, nm) = block_on_timeout(30, join(&ts, &n, &key));
+        ip1 = nm.self_node["Addresses"].clone();
+        id1 = nm.self_node["ID"].clone();
+        key_pub = ts.server.noise_public;
+        drop((c, s));
+        ts.stop(); // keeps the directory, closes the database
+    }
+    // A second server process on the same data directory.
+    let ts = start_with(config(&dir), dir.clone());
+    assert_eq!(ts.server.noise_public, key_pub, "noise key persisted");
+    block_on_timeout(30, async {
+        let mut c = client::connect(ts.addr, &key_pub, &n.machine_private).await.unwrap();
+        let r = c.register(&n.register_request(None)).await.unwrap();
+        assert_eq!(r.error, "");
+        let mut s = c.map(&n.map_request(true, &[])).await.unwrap();
+        let mut nm = NetMap::default();
+        nm.apply(&s.next().await.unwrap().unwrap());
+        assert_eq!(nm.self_node["Addresses"], ip1);
+        assert_eq!(nm.self_node["ID"], id1);
+    });
+}
+
+#[test]
+fn garbage_on_the_front_door_is_refused() {
+    use std::io::{Read, Write};
+    let ts = start("garbage");
+    for req in [
+        &b"\x16\x03\x01garbage\r\n\r\n"[..],
+        b"POST /ts2021 HTTP/1.1\r\nUpgrade: tailscale-control-protocol\r\nX-Tailscale-Handshake: !!!\r\n\r\n",
+        b"POST /ts2021 HTTP/1.1\r\nUpgrade: tailscale-control-protocol\r\nX-Tailscale-Handshake: AAAA\r\n\r\n",
+        b"GET /key HTTP/1.1\r\n\r\n",
+    ] {
+        let mut s = std::net::TcpStream::connect(ts.addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        s.write_all(req).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.is_empty() || text.starts_with("HTTP/1.1 400"), "{text}");
+    }
+    block_on_timeout(10, async { client::fetch_key(ts.addr).await.unwrap() });
+}
