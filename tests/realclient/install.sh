@@ -55,6 +55,6 @@ PY
   mv -f "$tmp" "$RC_CADDY"
 fi
 "$RC_CADDY" version >/dev/null || die "installed caddy does not run"
-"$RC_CADDY" list-modules 2>/dev/null | grep -qx 'http.reverse_proxy.transport.tailscale' \
-  || die "installed caddy lacks the tailscale modules"
+modules="$("$RC_CADDY" list-modules 2>/dev/null)" || die "caddy list-modules failed"
+grep -qx 'http.reverse_proxy.transport.tailscale' <<<"$modules" || die "installed caddy lacks the tailscale modules"
 log "ok: caddy=$RC_CADDY ($("$RC_CADDY" version | cut -d' ' -f1))"

@@ -58,14 +58,17 @@ bridge_up() {  # keep an existing bridge: a control server may already be bound 
   local other
   other="$(ip -o -4 addr show 2>/dev/null | awk -v a="$RC_HOST_IP/" -v b="$RC_BRIDGE" 'index($4, a) == 1 && $2 != b {print $2}' | head -n1)"
   [ -z "$other" ] || die "$RC_HOST_IP is already assigned to interface $other: another test network uses $RC_SUBNET.0/24 (set REALCLIENT_SUBNET, or take that one down)"
-  if ip -o -4 route show to "$RC_SUBNET.0/24" 2>/dev/null | grep -qv "dev $RC_BRIDGE"; then
-    die "a route to $RC_SUBNET.0/24 already exists on another interface: $(ip -o -4 route show to "$RC_SUBNET.0/24" | head -n1)"
+  # (captured first: `producer | grep -q` can fail under pipefail when grep exits early)
+  local routes; routes="$(ip -o -4 route show to "$RC_SUBNET.0/24" 2>/dev/null || true)"
+  if [ -n "$routes" ] && grep -qv "dev $RC_BRIDGE" <<<"$routes"; then
+    die "a route to $RC_SUBNET.0/24 already exists on another interface: $(head -n1 <<<"$routes")"
   fi
   if ! ip link show "$RC_BRIDGE" >/dev/null 2>&1; then
     ip link add "$RC_BRIDGE" type bridge forward_delay 0 stp_state 0 || die "cannot create bridge $RC_BRIDGE (kernel bridge support?)"
   fi
   sysctl -qw "net.ipv6.conf.$RC_BRIDGE.disable_ipv6=1" 2>/dev/null || true
-  ip addr show dev "$RC_BRIDGE" | grep -q "inet $RC_HOST_IP/24" || ip addr add "$RC_HOST_IP/24" dev "$RC_BRIDGE"
+  local addrs; addrs="$(ip addr show dev "$RC_BRIDGE")"
+  grep -q "inet $RC_HOST_IP/24" <<<"$addrs" || ip addr add "$RC_HOST_IP/24" dev "$RC_BRIDGE"
   ip link set "$RC_BRIDGE" up
 }
 

@@ -42,7 +42,8 @@ node_pid() {  # prints pid if the recorded process is alive and is ours (its cmd
   pid="$(cat "$d/pid")"
   [[ "$pid" =~ ^[0-9]+$ ]] || return 1
   kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$d/Caddyfile" || return 1
+  local cmdline; cmdline="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null)" || return 1
+  grep -qF -- "$d/Caddyfile" <<<"$cmdline" || return 1
   echo "$pid"
 }
 
@@ -91,7 +92,7 @@ start_node() {
   # machine's real interfaces and gateway.
   rc_need_root
   local ns; ns="$(rc_ns "$name")"
-  ip netns list | awk '{print $1}' | grep -qx "$ns" || die "netns $ns missing: run netns.sh up $name ..."
+  [ -e "/run/netns/$ns" ] || die "netns $ns missing: run netns.sh up $name ..."
 
   stop_node "$name"
   local d; d="$(node_dir "$name")"
