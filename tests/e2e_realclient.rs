@@ -264,10 +264,11 @@ impl Harness {
         let host = self.host_ip();
         let config = format!(
             "# tinyscale e2e test config (written by tests/e2e_realclient.rs)
+data_dir: {data}
 server_url: http://{host}:{port}
 listen_addr: {host}:{port}
 noise:
-  private_key_path: {data}/noise_private.key
+  private_key_path: noise_private.key
 prefixes:
   v4: 100.64.0.0/10
   v6: fd7a:115c:a1e0::/48
@@ -279,10 +280,9 @@ derp:
     region_name: tinyscale e2e
     stun_listen_addr: {host}:3478
     ipv4: {host}
-  urls: []
 database:
-  path: {data}/db.redb
-unix_socket: {data}/tinyscale.sock
+  path: db.redb
+unix_socket: tinyscale.sock
 dns:
   magic_dns: true
   base_domain: e2e.internal
