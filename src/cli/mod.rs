@@ -1,2 +1,884 @@
-//! cli
-pub fn main() -> i32 { 0 }
+//! The command line: Headscale's verbs (`serve`, `users`, `preauthkeys`,
+//! `nodes`, `version`). Everything except `serve` and `version` talks to the
+//! running server over the admin unix socket, so changes reach connected
+//! clients at once. Nothing ever prompts.
+//!
+//! `--config PATH` / `--config=PATH` / `-c PATH` is accepted anywhere on
+//! the command line (it is taken out before argh parses); env
+//! `TINYSCALE_CONFIG` works too. Listings and creations take
+//! `-o json` / `-o json-line` and print Headscale's API JSON shapes.
+//!
+//! Headscale's command aliases work: `user`, `node`, `preauthkey`,
+//! `authkey`, `pre`, `ls`, `show`, `c`, `new`, `mv`, `delete`/`del`/`rm`.
+
+pub mod client;
+pub mod output;
+
+use crate::admin::types::{ApiNode, ApiPreAuthKey, ApiUser};
+use crate::config::{self, Config};
+use argh::FromArgs;
+use output::{short_time, table, Format};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+/// tinyscale: a small self-hosted Tailscale control server.
+#[derive(FromArgs, Debug)]
+struct Top {
+    /// print the version and exit
+    #[argh(switch, short = 'V')]
+    version: bool,
+    #[argh(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Cmd {
+    Serve(ServeCmd),
+    Users(UsersCmd),
+    PreAuthKeys(PreAuthKeysCmd),
+    Nodes(NodesCmd),
+    Version(VersionCmd),
+    // POLICY: add `Policy(crate::policy::cli::PolicyCmd),` once src/policy/cli.rs lands.
+}
+
+/// Run the control server.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "serve")]
+struct ServeCmd {}
+
+/// Print the version.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "version")]
+struct VersionCmd {
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+// ----- users ----------------------------------------------------------
+
+/// Manage users.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "users")]
+struct UsersCmd {
+    #[argh(subcommand)]
+    cmd: UsersSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum UsersSub {
+    Create(UserCreate),
+    List(UserList),
+    Rename(UserRename),
+    Destroy(UserDestroy),
+}
+
+/// Create a user.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "create")]
+struct UserCreate {
+    /// user name
+    #[argh(positional)]
+    name: String,
+    /// display name
+    #[argh(option, short = 'd')]
+    display_name: Option<String>,
+    /// email address
+    #[argh(option, short = 'e')]
+    email: Option<String>,
+    /// profile picture URL (accepted for Headscale compatibility, ignored)
+    #[argh(option, short = 'p')]
+    picture_url: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// List users.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct UserList {
+    /// only the user with this ID
+    #[argh(option, short = 'i')]
+    identifier: Option<u64>,
+    /// only the user with this name
+    #[argh(option, short = 'n')]
+    name: Option<String>,
+    /// only users with this email
+    #[argh(option, short = 'e')]
+    email: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Rename a user: `users rename --identifier ID NEW` (or `--new-name NEW`).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "rename")]
+struct UserRename {
+    /// user ID
+    #[argh(option, short = 'i')]
+    identifier: Option<u64>,
+    /// current user name
+    #[argh(option, short = 'n')]
+    name: Option<String>,
+    /// new user name
+    #[argh(option, short = 'r')]
+    new_name: Option<String>,
+    /// new user name (alternative to --new-name)
+    #[argh(positional)]
+    new: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Delete a user (refused while it owns nodes).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "destroy")]
+struct UserDestroy {
+    /// user ID
+    #[argh(option, short = 'i')]
+    identifier: Option<u64>,
+    /// user name
+    #[argh(option, short = 'n')]
+    name: Option<String>,
+    /// accepted for Headscale compatibility (tinyscale never prompts)
+    #[argh(switch)]
+    force: bool,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+// ----- pre-auth keys --------------------------------------------------
+
+/// Manage pre-auth keys.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "preauthkeys")]
+struct PreAuthKeysCmd {
+    #[argh(subcommand)]
+    cmd: KeysSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum KeysSub {
+    Create(KeyCreate),
+    List(KeyList),
+    Expire(KeyExpire),
+    Delete(KeyDelete),
+}
+
+/// Create a pre-auth key; prints the key (shown only this once).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "create")]
+struct KeyCreate {
+    /// owning user (ID or name); optional when --tags is given
+    #[argh(option, short = 'u')]
+    user: Option<String>,
+    /// the key can register several nodes
+    #[argh(switch)]
+    reusable: bool,
+    /// nodes registered with it are ephemeral
+    #[argh(switch)]
+    ephemeral: bool,
+    /// lifetime, e.g. 30m, 24h (default 1h; 0 = never expires)
+    #[argh(option, short = 'e', default = "String::from(\"1h\")")]
+    expiration: String,
+    /// tags for nodes registered with it, comma separated (tag:a,tag:b)
+    #[argh(option)]
+    tags: Vec<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// List pre-auth keys.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct KeyList {
+    /// only this user's keys (ID or name)
+    #[argh(option, short = 'u')]
+    user: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Expire a pre-auth key, named by --id, or by ID, prefix or full key.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "expire")]
+struct KeyExpire {
+    /// the key must belong to this user (ID or name)
+    #[argh(option, short = 'u')]
+    user: Option<String>,
+    /// key ID
+    #[argh(option, short = 'i')]
+    id: Option<u64>,
+    /// key ID, prefix or the full key
+    #[argh(positional)]
+    key: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Delete a pre-auth key.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "delete")]
+struct KeyDelete {
+    /// key ID
+    #[argh(option, short = 'i')]
+    id: Option<u64>,
+    /// key ID, prefix or the full key
+    #[argh(positional)]
+    key: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+// ----- nodes ----------------------------------------------------------
+
+/// Manage nodes.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "nodes")]
+struct NodesCmd {
+    #[argh(subcommand)]
+    cmd: NodesSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum NodesSub {
+    List(NodeList),
+    Delete(NodeDelete),
+    Rename(NodeRename),
+    Expire(NodeExpire),
+}
+
+/// List nodes.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct NodeList {
+    /// only nodes owned by this user (ID or name)
+    #[argh(option, short = 'u')]
+    user: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Delete a node.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "delete")]
+struct NodeDelete {
+    /// node ID
+    #[argh(option, short = 'i')]
+    identifier: u64,
+    /// accepted for Headscale compatibility (tinyscale never prompts)
+    #[argh(switch)]
+    force: bool,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Rename a node (its MagicDNS name): `nodes rename --identifier ID NEW`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "rename")]
+struct NodeRename {
+    /// node ID
+    #[argh(option, short = 'i')]
+    identifier: u64,
+    /// new name (a DNS label)
+    #[argh(positional)]
+    new_name: String,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Expire a node's key now (the client must log in again).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "expire")]
+struct NodeExpire {
+    /// node ID
+    #[argh(option, short = 'i')]
+    identifier: u64,
+    /// expire at this time instead (RFC 3339)
+    #[argh(option, short = 'e')]
+    expiry: Option<String>,
+    /// never expire this node
+    #[argh(switch, short = 'd')]
+    disable: bool,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+// ----- entry ----------------------------------------------------------
+
+/// `--config` value taken out of argv, and the rest.
+fn take_config_flag(args: &mut Vec<String>) -> Result<Option<PathBuf>, String> {
+    let mut found = None;
+    let mut i = 1;
+    while i < args.len() {
+        let a = &args[i];
+        if a == "--" {
+            break;
+        }
+        if let Some(v) = a.strip_prefix("--config=") {
+            found = Some(PathBuf::from(v));
+            args.remove(i);
+        } else if a == "--config" || a == "-c" {
+            if i + 1 >= args.len() {
+                return Err(format!("{a} needs a file path"));
+            }
+            found = Some(PathBuf::from(args.remove(i + 1)));
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    Ok(found)
+}
+
+/// Maps Headscale's command aliases onto the canonical names.
+fn canonical_commands(args: &mut [String]) {
+    let Some(first) = args.get_mut(1) else { return };
+    let top = match first.as_str() {
+        "user" | "namespaces" | "namespace" => "users",
+        "node" | "machines" | "machine" => "nodes",
+        "preauthkey" | "authkey" | "authkeys" | "pre" => "preauthkeys",
+        other => other,
+    }
+    .to_string();
+    *first = top.clone();
+    let Some(second) = args.get_mut(2) else {
+        return;
+    };
+    let sub = match (top.as_str(), second.as_str()) {
+        (_, "ls" | "show") => "list",
+        ("users" | "preauthkeys", "c" | "new") => "create",
+        ("users", "delete" | "del" | "rm") => "destroy",
+        ("users" | "nodes", "mv") => "rename",
+        ("preauthkeys" | "nodes", "del" | "rm" | "d") => "delete",
+        ("preauthkeys", "revoke" | "exp" | "e") | ("nodes", "logout" | "exp" | "e") => "expire",
+        (_, other) => other,
+    };
+    *second = sub.to_string();
+}
+
+/// Process entry point; returns the exit code.
+pub fn main() -> i32 {
+    run(std::env::args().collect())
+}
+
+/// Runs one command line (`args[0]` is the program name).
+pub fn run(mut args: Vec<String>) -> i32 {
+    let explicit = match take_config_flag(&mut args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    };
+    if args.len() == 2 && matches!(args[1].as_str(), "--version" | "-V") {
+        println!("tinyscale {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    canonical_commands(&mut args);
+    let name = args
+        .first()
+        .map(|a| {
+            std::path::Path::new(a)
+                .file_name()
+                .and_then(|f| f.to_str())
+                .unwrap_or("tinyscale")
+                .to_string()
+        })
+        .unwrap_or_else(|| "tinyscale".into());
+    let rest: Vec<&str> = args.iter().skip(1).map(String::as_str).collect();
+    let top = match Top::from_args(&[&name], &rest) {
+        Ok(t) => t,
+        Err(e) => {
+            // argh prints help on --help with status Ok.
+            return if e.status.is_ok() {
+                println!("{}", e.output);
+                0
+            } else {
+                eprintln!("{}", e.output);
+                2
+            };
+        }
+    };
+    if top.version {
+        println!("tinyscale {}", env!("CARGO_PKG_VERSION"));
+        return 0;
+    }
+    let Some(cmd) = top.cmd else {
+        eprintln!("tinyscale: a command is required; try `{name} --help`");
+        return 2;
+    };
+    match dispatch(cmd, explicit.as_deref()) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error: {e}");
+            1
+        }
+    }
+}
+
+fn load_config(explicit: Option<&std::path::Path>) -> Result<Config, String> {
+    config::load(explicit)
+        .map(|(c, _)| c)
+        .map_err(|e| e.to_string())
+}
+
+/// Runs the server until it exits.
+// LEAD: shim until `crate::http::serve(cfg: Config) -> std::io::Result<()>`
+// lands; replace the body with `crate::http::serve(cfg)`.
+fn serve(cfg: Config) -> std::io::Result<()> {
+    let _ = cfg;
+    Err(std::io::Error::other(
+        "serve: the control server is not wired into this build yet",
+    ))
+}
+
+fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> {
+    match cmd {
+        Cmd::Version(v) => {
+            let f = Format::parse(&v.output)?;
+            let ver = env!("CARGO_PKG_VERSION");
+            if !output::machine(f, &json!({ "version": ver })) {
+                println!("tinyscale {ver}");
+            }
+            Ok(())
+        }
+        Cmd::Serve(_) => {
+            let cfg = load_config(explicit)?;
+            serve(cfg).map_err(|e| e.to_string())
+        }
+        Cmd::Users(u) => {
+            let cfg = load_config(explicit)?;
+            users(&Api(&cfg), u.cmd)
+        }
+        Cmd::PreAuthKeys(k) => {
+            let cfg = load_config(explicit)?;
+            keys(&Api(&cfg), k.cmd)
+        }
+        Cmd::Nodes(n) => {
+            let cfg = load_config(explicit)?;
+            nodes(&Api(&cfg), n.cmd)
+        }
+    }
+}
+
+/// The admin socket of the configured server.
+struct Api<'a>(&'a Config);
+
+impl Api<'_> {
+    fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        client::call(&self.0.unix_socket, method, path, body.as_ref()).map_err(|e| e.to_string())
+    }
+}
+
+fn field<T: serde::de::DeserializeOwned>(v: &Value, key: &str) -> Result<T, String> {
+    serde_json::from_value(v.get(key).cloned().unwrap_or(Value::Null))
+        .map_err(|e| format!("unexpected answer from server ({key}): {e}"))
+}
+
+/// Percent-encodes a path segment or query value.
+fn enc(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b':' | b'@') {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+fn user_ref(id: Option<u64>, name: Option<String>) -> Result<String, String> {
+    match (id, name) {
+        (Some(i), _) => Ok(i.to_string()),
+        (None, Some(n)) if !n.is_empty() => Ok(n),
+        _ => Err("--name or --identifier flag is required".into()),
+    }
+}
+
+fn print_users(f: Format, list: &[ApiUser]) {
+    if output::machine(f, list) {
+        return;
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|u| {
+            vec![
+                u.id.clone(),
+                u.name.clone(),
+                u.display_name.clone(),
+                u.email.clone(),
+                short_time(&u.created_at),
+            ]
+        })
+        .collect();
+    print!(
+        "{}",
+        table(&["ID", "Name", "Display name", "Email", "Created"], &rows)
+    );
+}
+
+fn users(api: &Api, cmd: UsersSub) -> Result<(), String> {
+    match cmd {
+        UsersSub::Create(c) => {
+            let f = Format::parse(&c.output)?;
+            let _ = c.picture_url;
+            let r = api.call(
+                "POST",
+                "/api/v1/user",
+                Some(json!({
+                    "name": c.name,
+                    "displayName": c.display_name.unwrap_or_default(),
+                    "email": c.email.unwrap_or_default(),
+                })),
+            )?;
+            let u: ApiUser = field(&r, "user")?;
+            if !output::machine(f, &u) {
+                println!("User created");
+            }
+        }
+        UsersSub::List(l) => {
+            let f = Format::parse(&l.output)?;
+            let mut q = Vec::new();
+            if let Some(i) = l.identifier {
+                q.push(format!("id={i}"));
+            }
+            if let Some(n) = &l.name {
+                q.push(format!("name={}", enc(n)));
+            }
+            if let Some(e) = &l.email {
+                q.push(format!("email={}", enc(e)));
+            }
+            let path = if q.is_empty() {
+                "/api/v1/user".to_string()
+            } else {
+                format!("/api/v1/user?{}", q.join("&"))
+            };
+            let r = api.call("GET", &path, None)?;
+            let list: Vec<ApiUser> = field(&r, "users")?;
+            print_users(f, &list);
+        }
+        UsersSub::Rename(r) => {
+            let f = Format::parse(&r.output)?;
+            let who = user_ref(r.identifier, r.name)?;
+            let new = r
+                .new_name
+                .or(r.new)
+                .ok_or("the new name is required (--new-name NEW or a positional NEW)")?;
+            let res = api.call(
+                "POST",
+                &format!("/api/v1/user/{}/rename/{}", enc(&who), enc(&new)),
+                None,
+            )?;
+            let u: ApiUser = field(&res, "user")?;
+            if !output::machine(f, &u) {
+                println!("User renamed");
+            }
+        }
+        UsersSub::Destroy(d) => {
+            let f = Format::parse(&d.output)?;
+            let _ = d.force;
+            let who = user_ref(d.identifier, d.name)?;
+            let r = api.call("DELETE", &format!("/api/v1/user/{}", enc(&who)), None)?;
+            if !output::machine(f, &r) {
+                println!("User destroyed");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
+    match cmd {
+        KeysSub::Create(c) => {
+            let f = Format::parse(&c.output)?;
+            let secs = config::parse_duration(&c.expiration)
+                .map_err(|e| format!("--expiration: invalid duration {:?}: {e}", c.expiration))?
+                .as_secs();
+            let expiration = if secs == 0 {
+                Value::Null
+            } else {
+                let t = crate::state::now().saturating_add(secs as i64);
+                Value::String(crate::timefmt::rfc3339(t))
+            };
+            let tags: Vec<String> = c
+                .tags
+                .iter()
+                .flat_map(|t| t.split(','))
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect();
+            let r = api.call(
+                "POST",
+                "/api/v1/preauthkey",
+                Some(json!({
+                    "user": c.user.unwrap_or_default(),
+                    "reusable": c.reusable,
+                    "ephemeral": c.ephemeral,
+                    "expiration": expiration,
+                    "aclTags": tags,
+                })),
+            )?;
+            let k: ApiPreAuthKey = field(&r, "preAuthKey")?;
+            if !output::machine(f, &k) {
+                println!("{}", k.key);
+            }
+        }
+        KeysSub::List(l) => {
+            let f = Format::parse(&l.output)?;
+            let path = match &l.user {
+                Some(u) => format!("/api/v1/preauthkey?user={}", enc(u)),
+                None => "/api/v1/preauthkey".into(),
+            };
+            let r = api.call("GET", &path, None)?;
+            let list: Vec<ApiPreAuthKey> = field(&r, "preAuthKeys")?;
+            if output::machine(f, &list) {
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|k| {
+                    let owner = if !k.acl_tags.is_empty() {
+                        k.acl_tags.join(",")
+                    } else {
+                        k.user.as_ref().map_or("-".into(), |u| u.name.clone())
+                    };
+                    vec![
+                        k.id.clone(),
+                        k.key.clone(),
+                        k.reusable.to_string(),
+                        k.ephemeral.to_string(),
+                        k.used.to_string(),
+                        short_time(&k.expiration),
+                        short_time(&k.created_at),
+                        owner,
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "Key/Prefix",
+                        "Reusable",
+                        "Ephemeral",
+                        "Used",
+                        "Expiration",
+                        "Created",
+                        "Owner"
+                    ],
+                    &rows
+                )
+            );
+        }
+        KeysSub::Expire(e) => {
+            let f = Format::parse(&e.output)?;
+            let which =
+                e.id.map(|i| i.to_string())
+                    .or(e.key)
+                    .ok_or("which key? give --id ID, or a key ID, prefix or the key itself")?;
+            let r = api.call(
+                "POST",
+                "/api/v1/preauthkey/expire",
+                Some(json!({ "id": which, "user": e.user.unwrap_or_default() })),
+            )?;
+            if !output::machine(f, &r) {
+                println!("Key expired");
+            }
+        }
+        KeysSub::Delete(d) => {
+            let f = Format::parse(&d.output)?;
+            let which =
+                d.id.map(|i| i.to_string())
+                    .or(d.key)
+                    .ok_or("which key? give --id ID, or a key ID, prefix or the key itself")?;
+            let r = api.call(
+                "DELETE",
+                &format!("/api/v1/preauthkey?id={}", enc(&which)),
+                None,
+            )?;
+            if !output::machine(f, &r) {
+                println!("Key deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
+    match cmd {
+        NodesSub::List(l) => {
+            let f = Format::parse(&l.output)?;
+            let path = match &l.user {
+                Some(u) => format!("/api/v1/node?user={}", enc(u)),
+                None => "/api/v1/node".into(),
+            };
+            let r = api.call("GET", &path, None)?;
+            let list: Vec<ApiNode> = field(&r, "nodes")?;
+            if output::machine(f, &list) {
+                return Ok(());
+            }
+            let now = crate::state::now();
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|n| {
+                    let owner = if !n.tags.is_empty() {
+                        n.tags.join(",")
+                    } else {
+                        n.user.as_ref().map_or("-".into(), |u| u.name.clone())
+                    };
+                    let expired = n
+                        .expiry
+                        .as_deref()
+                        .and_then(crate::timefmt::parse_rfc3339)
+                        .is_some_and(|t| t != 0 && t <= now);
+                    vec![
+                        n.id.clone(),
+                        n.name.clone(),
+                        n.given_name.clone(),
+                        owner,
+                        n.ip_addresses.join(", "),
+                        if n.online { "online" } else { "offline" }.to_string(),
+                        n.last_seen.as_deref().map_or("-".into(), short_time),
+                        if expired { "yes" } else { "no" }.to_string(),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &[
+                        "ID",
+                        "Hostname",
+                        "Name",
+                        "User/Tags",
+                        "IP addresses",
+                        "Connected",
+                        "Last seen",
+                        "Expired"
+                    ],
+                    &rows
+                )
+            );
+        }
+        NodesSub::Delete(d) => {
+            let f = Format::parse(&d.output)?;
+            let _ = d.force;
+            let r = api.call("DELETE", &format!("/api/v1/node/{}", d.identifier), None)?;
+            if !output::machine(f, &r) {
+                println!("Node deleted");
+            }
+        }
+        NodesSub::Rename(r) => {
+            let f = Format::parse(&r.output)?;
+            let res = api.call(
+                "POST",
+                &format!("/api/v1/node/{}/rename/{}", r.identifier, enc(&r.new_name)),
+                None,
+            )?;
+            let n: ApiNode = field(&res, "node")?;
+            if !output::machine(f, &n) {
+                println!("Node renamed");
+            }
+        }
+        NodesSub::Expire(e) => {
+            let f = Format::parse(&e.output)?;
+            let mut body = json!({});
+            if e.disable {
+                body["disableExpiry"] = Value::Bool(true);
+            } else if let Some(t) = e.expiry {
+                if crate::timefmt::parse_rfc3339(&t).is_none() {
+                    return Err(format!("--expiry: invalid time {t:?} (want RFC 3339)"));
+                }
+                body["expiry"] = Value::String(t);
+            }
+            let res = api.call(
+                "POST",
+                &format!("/api/v1/node/{}/expire", e.identifier),
+                Some(body),
+            )?;
+            let n: ApiNode = field(&res, "node")?;
+            if !output::machine(f, &n) {
+                println!("Node expired");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn config_flag_anywhere() {
+        let mut a = v(&["ts", "users", "list", "--config", "/x.yaml", "-o", "json"]);
+        assert_eq!(take_config_flag(&mut a).unwrap(), Some("/x.yaml".into()));
+        assert_eq!(a, v(&["ts", "users", "list", "-o", "json"]));
+        let mut a = v(&["ts", "--config=/y", "nodes", "list"]);
+        assert_eq!(take_config_flag(&mut a).unwrap(), Some("/y".into()));
+        assert_eq!(a, v(&["ts", "nodes", "list"]));
+        let mut a = v(&["ts", "-c", "/z", "serve"]);
+        assert_eq!(take_config_flag(&mut a).unwrap(), Some("/z".into()));
+        assert!(take_config_flag(&mut v(&["ts", "serve", "--config"])).is_err());
+    }
+
+    #[test]
+    fn aliases() {
+        let mut a = v(&["ts", "user", "ls"]);
+        canonical_commands(&mut a);
+        assert_eq!(a, v(&["ts", "users", "list"]));
+        let mut a = v(&["ts", "authkey", "revoke", "3"]);
+        canonical_commands(&mut a);
+        assert_eq!(a, v(&["ts", "preauthkeys", "expire", "3"]));
+    }
+
+    #[test]
+    fn parses_headscale_style_lines() {
+        let p = |s: &[&str]| Top::from_args(&["tinyscale"], s);
+        assert!(p(&["users", "rename", "--identifier", "1", "--new-name", "x"]).is_ok());
+        assert!(p(&["users", "rename", "-i", "1", "x"]).is_ok());
+        assert!(p(&["users", "destroy", "--identifier", "1", "--force"]).is_ok());
+        assert!(p(&[
+            "preauthkeys",
+            "create",
+            "--user",
+            "1",
+            "--reusable",
+            "--expiration",
+            "24h",
+            "--tags",
+            "tag:a,tag:b",
+            "-o",
+            "json"
+        ])
+        .is_ok());
+        assert!(p(&["nodes", "delete", "--identifier", "3", "--force"]).is_ok());
+        assert!(p(&["nodes", "rename", "--identifier", "3", "web"]).is_ok());
+        assert!(p(&["nodes", "expire", "-i", "3"]).is_ok());
+        assert!(p(&["--version"]).is_ok());
+    }
+}

@@ -1,0 +1,316 @@
+//! The REST API (Headscale's v1 paths and JSON shapes), independent of the
+//! transport: `handle` takes a method, a path with query and a body and
+//! returns a status and a JSON body.
+//!
+//! | method | path | body / query | answer |
+//! | --- | --- | --- | --- |
+//! | GET | /api/v1/user | ?id= ?name= ?email= | `{users}` |
+//! | POST | /api/v1/user | `{name, displayName, email}` | `{user}` |
+//! | POST | /api/v1/user/{id}/rename/{newName} | | `{user}` |
+//! | DELETE | /api/v1/user/{id} | | `{}` |
+//! | GET | /api/v1/preauthkey | ?user= | `{preAuthKeys}` |
+//! | POST | /api/v1/preauthkey | `{user, reusable, ephemeral, expiration, aclTags}` | `{preAuthKey}` (with the full `key`) |
+//! | POST | /api/v1/preauthkey/expire | `{id}` | `{}` |
+//! | DELETE | /api/v1/preauthkey | ?id= | `{}` |
+//! | GET | /api/v1/node | ?user= | `{nodes}` |
+//! | GET | /api/v1/node/{id} | | `{node}` |
+//! | DELETE | /api/v1/node/{id} | | `{}` |
+//! | POST | /api/v1/node/{id}/expire | `{expiry, disableExpiry}` (optional) | `{node}` |
+//! | POST | /api/v1/node/{id}/rename/{newName} | | `{node}` |
+//!
+//! Users are named by ID or name wherever an id is expected. Errors are
+//! problem details `{status, title, detail}`.
+
+use super::types::*;
+use crate::control::{Change, Server};
+use crate::state::{now, OpError, State};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+}
+
+fn ok(v: serde_json::Value) -> Reply {
+    Reply {
+        status: 200,
+        body: v.to_string(),
+    }
+}
+
+pub fn error(status: u16, detail: impl Into<String>) -> Reply {
+    let title = match status {
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        413 => "Payload Too Large",
+        _ => "Internal Server Error",
+    };
+    let e = ApiError {
+        status,
+        title: title.into(),
+        detail: detail.into(),
+    };
+    Reply {
+        status,
+        body: serde_json::to_string(&e).unwrap_or_default(),
+    }
+}
+
+fn op_err(e: OpError) -> Reply {
+    let status = match &e {
+        OpError::NotFound(_) => 404,
+        OpError::Invalid(_) => 400,
+        OpError::Conflict(_) => 409,
+        OpError::Storage(_) => 500,
+    };
+    error(status, e.to_string())
+}
+
+fn body<T: DeserializeOwned + Default>(b: &[u8]) -> Result<T, Reply> {
+    if b.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(b).map_err(|e| error(400, format!("invalid JSON body: {e}")))
+}
+
+fn query(q: &str, key: &str) -> Option<String> {
+    q.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| pct_decode(v))
+    })
+}
+
+/// Percent-decoding for path segments and query values (`+` is a space).
+pub fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |j: usize| (b.get(j)?.to_ascii_lowercase() as char).to_digit(16);
+        match b[i] {
+            b'%' => match (hex(i + 1), hex(i + 2)) {
+                (Some(h), Some(l)) => {
+                    out.push((h * 16 + l) as u8);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn key_json(st: &State, k: &crate::state::PreAuthKey, full: Option<&str>) -> ApiPreAuthKey {
+    ApiPreAuthKey::new(k, st.users.get(&k.user), full)
+}
+
+fn node_json(_server: &Server, st: &State, n: &crate::state::Node) -> ApiNode {
+    // TODO(LEAD): online = server.hub.is_online(n.id) once the hub tracks sessions.
+    let online = false;
+    ApiNode::new(n, st.users.get(&n.user), st.keys.get(&n.auth_key), online)
+}
+
+fn parse_id(s: &str, what: &str) -> Result<u64, Reply> {
+    s.parse()
+        .map_err(|_| error(400, format!("invalid {what} id {s:?}")))
+}
+
+/// Routes one request. Hub notifications are sent after the state lock is
+/// released.
+pub fn handle(server: &Server, method: &str, url: &str, body_bytes: &[u8]) -> Reply {
+    let (path, q) = url.split_once('?').unwrap_or((url, ""));
+    let segs: Vec<String> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(pct_decode)
+        .collect();
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let mut changes = Vec::new();
+    let r = route(server, method, &segs, q, body_bytes, &mut changes);
+    for c in changes {
+        server.hub.notify(c);
+    }
+    r.unwrap_or_else(|e| e)
+}
+
+fn route(
+    server: &Server,
+    method: &str,
+    segs: &[&str],
+    q: &str,
+    b: &[u8],
+    changes: &mut Vec<Change>,
+) -> Result<Reply, Reply> {
+    match (method, segs) {
+        ("GET", ["health"]) => Ok(ok(json!({"status": "pass"}))),
+
+        // ----- users
+        ("GET", ["api", "v1", "user"]) => {
+            let st = server.state();
+            let id = query(q, "id").filter(|s| !s.is_empty());
+            let name = query(q, "name").filter(|s| !s.is_empty());
+            let email = query(q, "email").filter(|s| !s.is_empty());
+            let users: Vec<ApiUser> = st
+                .users
+                .values()
+                .filter(|u| filter_ok(&id, &u.id.to_string()))
+                .filter(|u| filter_ok(&name, &u.name))
+                .filter(|u| filter_ok(&email, &u.email))
+                .map(ApiUser::from)
+                .collect();
+            Ok(ok(json!({ "users": users })))
+        }
+        ("POST", ["api", "v1", "user"]) => {
+            let r: CreateUserRequest = body(b)?;
+            let u = server
+                .state()
+                .create_user(&r.name, &r.display_name, &r.email)
+                .map_err(op_err)?;
+            changes.push(Change::UserChanged(u.id));
+            Ok(ok(json!({ "user": ApiUser::from(&u) })))
+        }
+        ("POST", ["api", "v1", "user", who, "rename", new]) => {
+            let u = server.state().rename_user(who, new).map_err(op_err)?;
+            changes.push(Change::UserChanged(u.id));
+            Ok(ok(json!({ "user": ApiUser::from(&u) })))
+        }
+        ("DELETE", ["api", "v1", "user", who]) => {
+            let u = server.state().destroy_user(who).map_err(op_err)?;
+            changes.push(Change::UserChanged(u.id));
+            Ok(ok(json!({})))
+        }
+
+        // ----- pre-auth keys
+        ("GET", ["api", "v1", "preauthkey"]) => {
+            let st = server.state();
+            let user = query(q, "user");
+            let keys = st.list_preauth_keys(user.as_deref()).map_err(op_err)?;
+            let keys: Vec<ApiPreAuthKey> = keys.iter().map(|k| key_json(&st, k, None)).collect();
+            Ok(ok(json!({ "preAuthKeys": keys })))
+        }
+        ("POST", ["api", "v1", "preauthkey"]) => {
+            let r: CreatePreAuthKeyRequest = body(b)?;
+            let secs = match r.expiration.as_deref().filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => match crate::timefmt::parse_rfc3339(s) {
+                    Some(0) => None,
+                    Some(t) => Some(t.saturating_sub(now()).max(0) as u64),
+                    None => return Err(error(400, format!("invalid expiration {s:?}"))),
+                },
+            };
+            let mut st = server.state();
+            let user = Some(r.user.as_str()).filter(|u| !u.is_empty() && *u != "0");
+            let (k, full) = st
+                .create_preauth_key(user, r.reusable, r.ephemeral, secs, r.acl_tags)
+                .map_err(op_err)?;
+            Ok(ok(json!({ "preAuthKey": key_json(&st, &k, Some(&full)) })))
+        }
+        ("POST", ["api", "v1", "preauthkey", "expire"]) => {
+            let r: ExpirePreAuthKeyRequest = body(b)?;
+            let which = if r.id.is_empty() { &r.key } else { &r.id };
+            if which.is_empty() {
+                return Err(error(400, "missing key id"));
+            }
+            let user = Some(r.user.as_str()).filter(|u| !u.is_empty());
+            server
+                .state()
+                .expire_preauth_key(user, which)
+                .map_err(op_err)?;
+            Ok(ok(json!({})))
+        }
+        ("DELETE", ["api", "v1", "preauthkey"]) => {
+            let id = query(q, "id").unwrap_or_default();
+            let mut st = server.state();
+            let id = st.find_preauth_key(None, &id).map_err(op_err)?;
+            st.delete_preauth_key(id).map_err(op_err)?;
+            Ok(ok(json!({})))
+        }
+
+        // ----- nodes
+        ("GET", ["api", "v1", "node"]) => {
+            let st = server.state();
+            let uid = match query(q, "user").filter(|u| !u.is_empty()) {
+                Some(u) => Some(
+                    st.find_user(&u)
+                        .map(|u| u.id)
+                        .ok_or_else(|| error(404, format!("user {u:?} not found")))?,
+                ),
+                None => None,
+            };
+            let nodes: Vec<ApiNode> = st
+                .nodes
+                .values()
+                .filter(|n| uid.is_none() || (Some(n.user) == uid && !n.is_tagged()))
+                .map(|n| node_json(server, &st, n))
+                .collect();
+            Ok(ok(json!({ "nodes": nodes })))
+        }
+        ("GET", ["api", "v1", "node", id]) => {
+            let id = parse_id(id, "node")?;
+            let st = server.state();
+            let n = st
+                .nodes
+                .get(&id)
+                .ok_or_else(|| error(404, format!("node {id} not found")))?;
+            Ok(ok(json!({ "node": node_json(server, &st, n) })))
+        }
+        ("DELETE", ["api", "v1", "node", id]) => {
+            let id = parse_id(id, "node")?;
+            server.state().delete_node(id).map_err(op_err)?;
+            changes.push(Change::NodeRemoved(id));
+            Ok(ok(json!({})))
+        }
+        ("POST", ["api", "v1", "node", id, "expire"]) => {
+            let id = parse_id(id, "node")?;
+            let r: ExpireNodeRequest = body(b)?;
+            let mut st = server.state();
+            let n = if r.disable_expiry {
+                st.set_node_expiry(id, 0)
+            } else {
+                match r.expiry.as_deref().filter(|s| !s.is_empty()) {
+                    None => st.expire_node(id),
+                    Some(s) => match crate::timefmt::parse_rfc3339(s) {
+                        Some(0) | None => return Err(error(400, format!("invalid expiry {s:?}"))),
+                        Some(t) => st.set_node_expiry(id, t),
+                    },
+                }
+            }
+            .map_err(op_err)?;
+            changes.push(Change::NodeUpsert(id));
+            Ok(ok(json!({ "node": node_json(server, &st, &n) })))
+        }
+        ("POST", ["api", "v1", "node", id, "rename", new]) => {
+            let id = parse_id(id, "node")?;
+            let mut st = server.state();
+            let n = st.rename_node(id, new).map_err(op_err)?;
+            changes.push(Change::NodeUpsert(id));
+            Ok(ok(json!({ "node": node_json(server, &st, &n) })))
+        }
+
+        (_, ["api", ..]) | (_, ["health"]) => Err(error(
+            if known_path(segs) { 405 } else { 404 },
+            format!("no such endpoint: {method} /{}", segs.join("/")),
+        )),
+        _ => Err(error(404, format!("no such endpoint: /{}", segs.join("/")))),
+    }
+}
+
+fn known_path(segs: &[&str]) -> bool {
+    matches!(
+        segs,
+        ["health"] | ["api", "v1", "user" | "preauthkey" | "node", ..]
+    )
+}
+
+/// True when the filter is unset or equals `v`.
+fn filter_ok(f: &Option<String>, v: &str) -> bool {
+    f.as_deref().map_or(true, |f| f == v)
+}

@@ -1,0 +1,187 @@
+//! JSON objects of the admin API, shaped like Headscale's v1 REST API
+//! (protojson conventions: 64-bit ids as strings, RFC 3339 times, camelCase,
+//! zero values emitted). Shared by the server (serialise) and the CLI
+//! (deserialise for tables).
+
+use crate::state::{Node, PreAuthKey, User};
+use crate::timefmt::rfc3339;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiUser {
+    pub id: String,
+    pub name: String,
+    pub created_at: String,
+    pub display_name: String,
+    pub email: String,
+    pub provider_id: String,
+    pub provider: String,
+    pub profile_pic_url: String,
+}
+
+impl From<&User> for ApiUser {
+    fn from(u: &User) -> Self {
+        ApiUser {
+            id: u.id.to_string(),
+            name: u.name.clone(),
+            created_at: rfc3339(u.created),
+            display_name: u.display_name.clone(),
+            email: u.email.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiPreAuthKey {
+    pub user: Option<ApiUser>,
+    pub id: String,
+    /// The full key right after creation; afterwards a masked form
+    /// `hskey-auth-<prefix>-***`.
+    pub key: String,
+    pub reusable: bool,
+    pub ephemeral: bool,
+    pub used: bool,
+    pub expiration: String,
+    pub created_at: String,
+    pub acl_tags: Vec<String>,
+}
+
+impl ApiPreAuthKey {
+    pub fn new(k: &PreAuthKey, user: Option<&User>, full_key: Option<&str>) -> Self {
+        ApiPreAuthKey {
+            user: user.map(ApiUser::from),
+            id: k.id.to_string(),
+            key: match full_key {
+                Some(f) => f.to_string(),
+                None => format!("{}{}-***", crate::state::ops::KEY_PREFIX, k.prefix),
+            },
+            reusable: k.reusable,
+            ephemeral: k.ephemeral,
+            used: k.used,
+            expiration: rfc3339(k.expiration),
+            created_at: rfc3339(k.created),
+            acl_tags: k.tags.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiNode {
+    pub id: String,
+    pub machine_key: String,
+    pub node_key: String,
+    pub disco_key: String,
+    pub ip_addresses: Vec<String>,
+    /// Hostname as the client reported it.
+    pub name: String,
+    pub user: Option<ApiUser>,
+    pub last_seen: Option<String>,
+    pub expiry: Option<String>,
+    pub pre_auth_key: Option<ApiPreAuthKey>,
+    pub created_at: String,
+    pub register_method: String,
+    /// DNS label (MagicDNS name).
+    pub given_name: String,
+    pub online: bool,
+    pub approved_routes: Vec<String>,
+    pub available_routes: Vec<String>,
+    pub subnet_routes: Vec<String>,
+    pub tags: Vec<String>,
+}
+
+impl ApiNode {
+    pub fn new(n: &Node, user: Option<&User>, key: Option<&PreAuthKey>, online: bool) -> Self {
+        use crate::keys::{DiscoKey, MachineKey, NodeKey};
+        let mut ips = Vec::new();
+        if let Some(a) = n.ipv4 {
+            ips.push(a.to_string());
+        }
+        if let Some(a) = n.ipv6 {
+            ips.push(a.to_string());
+        }
+        let opt_time = |t: i64| (t != 0).then(|| rfc3339(t));
+        ApiNode {
+            id: n.id.to_string(),
+            machine_key: MachineKey(n.machine_key).to_string(),
+            node_key: NodeKey(n.node_key).to_string(),
+            disco_key: DiscoKey(n.disco_key).to_string(),
+            ip_addresses: ips,
+            name: n.hostname.clone(),
+            user: user.map(ApiUser::from),
+            last_seen: opt_time(n.last_seen),
+            expiry: opt_time(n.expiry),
+            pre_auth_key: key.map(|k| ApiPreAuthKey::new(k, user, None)),
+            created_at: rfc3339(n.created),
+            register_method: if n.auth_key != 0 {
+                "REGISTER_METHOD_AUTH_KEY"
+            } else {
+                "REGISTER_METHOD_CLI"
+            }
+            .into(),
+            given_name: n.given_name.clone(),
+            online,
+            approved_routes: n.approved_routes.clone(),
+            available_routes: n.advertised_routes.clone(),
+            subnet_routes: n
+                .approved_routes
+                .iter()
+                .filter(|r| n.advertised_routes.contains(r))
+                .cloned()
+                .collect(),
+            tags: n.tags.clone(),
+        }
+    }
+}
+
+/// Error body (RFC 9457 problem details, as Headscale's v1 API sends).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiError {
+    pub status: u16,
+    pub title: String,
+    pub detail: String,
+}
+
+// Request bodies.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CreateUserRequest {
+    pub name: String,
+    pub display_name: String,
+    pub email: String,
+    pub picture_url: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct CreatePreAuthKeyRequest {
+    /// User ID (or name).
+    pub user: String,
+    pub reusable: bool,
+    pub ephemeral: bool,
+    /// RFC 3339; absent or Go's zero time = never expires.
+    pub expiration: Option<String>,
+    pub acl_tags: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExpirePreAuthKeyRequest {
+    /// Key ID; tinyscale also accepts the key's prefix or the full key here.
+    pub id: String,
+    /// Older Headscale shape: user + key.
+    pub user: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ExpireNodeRequest {
+    pub expiry: Option<String>,
+    pub disable_expiry: bool,
+}

@@ -1,0 +1,153 @@
+//! A minimal HTTP/1.1 client over the admin unix socket (one request per
+//! connection, `Connection: close`).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+#[derive(Debug)]
+pub enum ClientError {
+    /// The socket is missing or nobody listens: the server is not running.
+    Unreachable(String),
+    /// Transport trouble after connecting.
+    Io(String),
+    /// The server answered with an error status.
+    Api { status: u16, detail: String },
+}
+
+impl std::fmt::Display for ClientError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientError::Unreachable(s) | ClientError::Io(s) => f.write_str(s),
+            ClientError::Api { detail, .. } => f.write_str(detail),
+        }
+    }
+}
+
+/// Sends one request and returns the JSON body of a 2xx answer.
+pub fn call(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+) -> Result<serde_json::Value, ClientError> {
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::PermissionDenied {
+            return ClientError::Unreachable(format!(
+                "cannot reach tinyscale at {}: permission denied (run as the user the server runs as)",
+                socket.display()
+            ));
+        }
+        ClientError::Unreachable(format!(
+            "cannot reach tinyscale at {}: is 'tinyscale serve' running?",
+            socket.display()
+        ))
+    })?;
+    let io = |e: std::io::Error| ClientError::Io(format!("admin socket {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(io)?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: tinyscale\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).map_err(io)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(io)?;
+    let (status, body) = parse_response(&raw)
+        .ok_or_else(|| ClientError::Io("malformed response from server".into()))?;
+    if !(200..300).contains(&status) {
+        let detail = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| {
+                v.get("detail")
+                    .or_else(|| v.get("message"))
+                    .and_then(|d| d.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| {
+                format!(
+                    "server answered {status}: {}",
+                    String::from_utf8_lossy(&body)
+                )
+            });
+        return Err(ClientError::Api { status, detail });
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::json!({}));
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| ClientError::Io(format!("invalid JSON from server: {e}")))
+}
+
+/// Status and (de-chunked) body of a complete HTTP/1.1 response.
+fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let body = &raw[end + 4..];
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut chunked = false;
+    let mut len = None;
+    for l in lines {
+        let (k, v) = l.split_once(':')?;
+        let v = v.trim();
+        if k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked") {
+            chunked = true;
+        } else if k.eq_ignore_ascii_case("content-length") {
+            len = v.parse::<usize>().ok();
+        }
+    }
+    if chunked {
+        let mut out = Vec::new();
+        let mut rest = body;
+        loop {
+            let nl = rest.windows(2).position(|w| w == b"\r\n")?;
+            let size_str = std::str::from_utf8(&rest[..nl]).ok()?;
+            let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+            rest = &rest[nl + 2..];
+            if size == 0 {
+                break;
+            }
+            out.extend_from_slice(rest.get(..size)?);
+            rest = rest.get(size + 2..)?;
+        }
+        return Some((status, out));
+    }
+    let body = match len {
+        Some(n) => body.get(..n)?,
+        None => body,
+    };
+    Some((status, body.to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses() {
+        let r = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+        assert_eq!(parse_response(r), Some((200, b"{}".to_vec())));
+        let r = b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        assert_eq!(parse_response(r), Some((404, b"abcde".to_vec())));
+        assert_eq!(parse_response(b"garbage"), None);
+    }
+
+    #[test]
+    fn unreachable() {
+        let e = call(
+            Path::new("/nonexistent/tinyscale.sock"),
+            "GET",
+            "/health",
+            None,
+        )
+        .unwrap_err();
+        assert!(matches!(e, ClientError::Unreachable(_)));
+        assert!(e.to_string().starts_with(
+            "cannot reach tinyscale at /nonexistent/tinyscale.sock: is 'tinyscale serve' running?"
+        ));
+    }
+}

@@ -1,0 +1,96 @@
+//! Output: `-o json` (pretty), `-o json-line` (one line) or a human table.
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Table,
+    Json,
+    JsonLine,
+}
+
+impl Format {
+    pub fn parse(s: &str) -> Result<Format, String> {
+        match s {
+            "" | "table" => Ok(Format::Table),
+            "json" => Ok(Format::Json),
+            "json-line" => Ok(Format::JsonLine),
+            other => Err(format!(
+                "unsupported output format {other:?} (use json or json-line)"
+            )),
+        }
+    }
+}
+
+/// Prints `v` as JSON in the machine formats; returns false for `Table`
+/// so the caller prints its human form.
+pub fn machine<T: Serialize + ?Sized>(f: Format, v: &T) -> bool {
+    match f {
+        Format::Table => return false,
+        Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::JsonLine => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+    }
+    true
+}
+
+/// Renders rows under a header, columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut w: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            if i < w.len() {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<&str>| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(c);
+            } else {
+                l.push_str(c);
+                l.push_str(&" ".repeat(w[i] - c.chars().count() + 2));
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(header.to_vec());
+    for r in rows {
+        line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// Shortens an RFC 3339 time for tables: `2026-01-02 03:04:05`, `-` for
+/// unset (empty or Go's zero time).
+pub fn short_time(t: &str) -> String {
+    if t.is_empty() || t.starts_with("0001-01-01") {
+        return "-".into();
+    }
+    let t = t.trim_end_matches('Z');
+    let t = t.split('.').next().unwrap_or(t);
+    t.replacen('T', " ", 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables() {
+        let t = table(
+            &["ID", "Name"],
+            &[
+                vec!["1".into(), "alice".into()],
+                vec!["10".into(), "b".into()],
+            ],
+        );
+        assert_eq!(t, "ID  Name\n1   alice\n10  b\n");
+        assert_eq!(short_time("2026-01-02T03:04:05Z"), "2026-01-02 03:04:05");
+        assert_eq!(short_time("0001-01-01T00:00:00Z"), "-");
+        assert!(Format::parse("yaml").is_err());
+    }
+}

@@ -1,0 +1,428 @@
+//! The CLI against an in-process admin plane: users, pre-auth keys and nodes
+//! through the real binary and the unix socket; error cases, durability and
+//! that no plaintext key reaches the database file.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use tinyscale::control::{Hub, Server};
+use tinyscale::state::{ipalloc, Node, State, Store};
+
+struct Env {
+    dir: PathBuf,
+    config: PathBuf,
+    server: Arc<Server>,
+}
+
+fn setup(name: &str) -> Env {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).unwrap();
+    let dir = std::env::temp_dir().join(format!(
+        "tinyscale-cli-{name}-{:016x}",
+        u64::from_le_bytes(b)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {}\nunix_socket: run/admin.sock\ndatabase:\n  path: db/db.redb\n\
+             listen_addr: 127.0.0.1:18080\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (cfg, used) = tinyscale::config::load(Some(&config)).unwrap();
+    assert_eq!(used.as_deref(), Some(config.as_path()));
+    let state = State::load(Store::open(&cfg.database_path).unwrap()).unwrap();
+    let server = Arc::new(Server {
+        cfg,
+        state: Mutex::new(state),
+        hub: Hub::default(),
+        noise_private: [0; 32],
+        noise_public: [0; 32],
+    });
+    tinyscale::admin::spawn(server.clone()).unwrap();
+    Env {
+        dir,
+        config,
+        server,
+    }
+}
+
+impl Env {
+    /// Runs the binary; returns exit code, stdout, stderr.
+    fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env_remove("TINYSCALE_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn ok_json(&self, args: &[&str]) -> serde_json::Value {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    }
+
+    fn fails(&self, args: &[&str], needle: &str) {
+        let (code, out, err) = self.cli(args);
+        assert_eq!(code, 1, "{args:?} should fail: {out}");
+        assert!(err.contains(needle), "{args:?}: {err:?} lacks {needle:?}");
+    }
+
+    fn add_node(&self, user: u64, host: &str, tags: &[&str]) -> u64 {
+        let mut st = self.server.state();
+        let (v4, v6) =
+            ipalloc::allocate(&st, self.server.cfg.prefix_v4, self.server.cfg.prefix_v6).unwrap();
+        let id = st.alloc_node_id();
+        let name = st.unique_given_name(host, 0);
+        st.put_node(Node {
+            id,
+            machine_key: [id as u8; 32],
+            node_key: [id as u8 + 100; 32],
+            old_node_key: [0; 32],
+            disco_key: [7; 32],
+            user,
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            ipv4: Some(v4),
+            ipv6: Some(v6),
+            hostname: host.into(),
+            given_name: name,
+            hostinfo: "{}".into(),
+            endpoints: vec![],
+            home_derp: 0,
+            cap: 100,
+            created: tinyscale::state::now(),
+            expiry: 0,
+            last_seen: 0,
+            ephemeral: false,
+            auth_key: 0,
+            advertised_routes: vec![],
+            approved_routes: vec![],
+        })
+        .unwrap();
+        id
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[test]
+fn users_keys_nodes() {
+    let env = setup("all");
+
+    // Socket is owner-only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let sock = &env.server.cfg.unix_socket;
+        let m = std::fs::metadata(sock).unwrap().permissions().mode();
+        assert_eq!(m & 0o777, 0o600);
+        let m = std::fs::metadata(sock.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(m & 0o777, 0o700);
+    }
+
+    // ---- users
+    let u = env.ok_json(&[
+        "users",
+        "create",
+        "alice",
+        "--display-name",
+        "Alice A",
+        "--email",
+        "alice@example.com",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(u["id"], "1");
+    assert_eq!(u["name"], "alice");
+    assert_eq!(u["displayName"], "Alice A");
+    assert_eq!(u["email"], "alice@example.com");
+    assert!(u["createdAt"].as_str().unwrap().ends_with('Z'));
+    let (code, out, _) = env.cli(&["users", "create", "bob"]);
+    assert_eq!((code, out.trim()), (0, "User created"));
+    env.fails(&["users", "create", "alice"], "already exists");
+    env.fails(&["users", "create", "bad name"], "invalid user name");
+
+    let list = env.ok_json(&["users", "list", "-o", "json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    let (code, line, _) = env.cli(&["user", "ls", "-o", "json-line"]);
+    assert_eq!(code, 0);
+    assert_eq!(line.lines().count(), 1);
+    let (_, table, _) = env.cli(&["users", "list"]);
+    assert!(table.starts_with("ID") && table.contains("alice") && table.contains("bob"));
+    let one = env.ok_json(&["users", "list", "--name", "bob", "-o", "json"]);
+    assert_eq!(one[0]["id"], "2");
+
+    let r = env.ok_json(&[
+        "users",
+        "rename",
+        "--identifier",
+        "2",
+        "--new-name",
+        "robert",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(r["name"], "robert");
+    let r = env.ok_json(&["users", "rename", "-i", "2", "rob", "-o", "json"]);
+    assert_eq!(r["name"], "rob");
+    env.fails(&["users", "rename", "--name", "nobody", "x"], "not found");
+
+    // ---- pre-auth keys
+    let k = env.ok_json(&[
+        "preauthkeys",
+        "create",
+        "--user",
+        "alice",
+        "--expiration",
+        "24h",
+        "-o",
+        "json",
+    ]);
+    let key = k["key"].as_str().unwrap().to_string();
+    assert!(key.starts_with("hskey-auth-") && !key.contains("--TL"));
+    assert_eq!(k["user"]["name"], "alice");
+    assert_eq!(k["reusable"], false);
+    assert_eq!(k["used"], false);
+    assert_eq!(k["aclTags"], serde_json::json!([]));
+    assert_eq!(k["id"], "1");
+    // Plain output is the key alone.
+    let (code, plain, _) = env.cli(&["preauthkeys", "create", "--user", "1", "--reusable"]);
+    assert_eq!(code, 0);
+    let key2 = plain.trim().to_string();
+    assert!(key2.starts_with("hskey-auth-"));
+    let tagged = env.ok_json(&[
+        "preauthkeys",
+        "create",
+        "--tags",
+        "tag:web,tag:db",
+        "--ephemeral",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(tagged["user"], serde_json::Value::Null);
+    assert_eq!(tagged["aclTags"], serde_json::json!(["tag:db", "tag:web"]));
+    env.fails(&["preauthkeys", "create", "--user", "nobody"], "not found");
+    env.fails(&["preauthkeys", "create", "--tags", "web"], "invalid tag");
+    env.fails(
+        &[
+            "preauthkeys",
+            "create",
+            "--user",
+            "alice",
+            "--expiration",
+            "1d",
+        ],
+        "--expiration",
+    );
+
+    // The register path: valid, then spent (single use), expired.
+    {
+        let mut st = env.server.state();
+        let id = st.validate_preauth_key(&key).unwrap().id;
+        st.mark_preauth_key_used(id).unwrap();
+        assert_eq!(
+            st.validate_preauth_key(&key).unwrap_err().to_string(),
+            "authkey already used"
+        );
+        assert_eq!(
+            st.validate_preauth_key("hskey-auth-000000000000-00")
+                .unwrap_err()
+                .to_string(),
+            "invalid key"
+        );
+        assert!(st.validate_preauth_key(&key2).is_ok());
+    }
+    let listed = env.ok_json(&["preauthkeys", "list", "-o", "json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(listed[0]["used"], true);
+    // Listings never show the secret.
+    let (_, table, _) = env.cli(&["preauthkeys", "list"]);
+    assert!(!table.contains(&key) && !table.contains(&key2));
+    assert!(table.contains("-***"));
+    let mine = env.ok_json(&["preauthkeys", "list", "--user", "alice", "-o", "json"]);
+    assert_eq!(mine.as_array().unwrap().len(), 2);
+
+    let prefix2 = &key2["hskey-auth-".len().."hskey-auth-".len() + 12];
+    env.fails(
+        &["preauthkeys", "expire", "--user", "rob", prefix2],
+        "not found",
+    );
+    let (code, out, err) = env.cli(&["preauthkeys", "expire", "--user", "alice", prefix2]);
+    assert_eq!((code, out.trim()), (0, "Key expired"), "{err}");
+    assert_eq!(
+        env.server
+            .state()
+            .validate_preauth_key(&key2)
+            .unwrap_err()
+            .to_string(),
+        "authkey expired"
+    );
+    env.ok_json(&["preauthkeys", "expire", "--id", "3", "-o", "json"]);
+
+    // ---- nodes
+    let n1 = env.add_node(1, "laptop", &[]);
+    let n2 = env.add_node(1, "Laptop", &[]);
+    let n3 = env.add_node(0, "server", &["tag:web"]);
+    let nodes = env.ok_json(&["nodes", "list", "-o", "json"]);
+    let arr = nodes.as_array().unwrap();
+    assert_eq!(arr.len(), 3);
+    assert_eq!(
+        arr[0]["ipAddresses"],
+        serde_json::json!(["100.64.0.1", "fd7a:115c:a1e0::1"])
+    );
+    assert_eq!(arr[1]["givenName"], "laptop-1");
+    assert!(arr[0]["machineKey"].as_str().unwrap().starts_with("mkey:"));
+    assert!(arr[0]["nodeKey"].as_str().unwrap().starts_with("nodekey:"));
+    assert_eq!(arr[0]["online"], false);
+    assert_eq!(arr[0]["user"]["name"], "alice");
+    assert_eq!(arr[2]["tags"], serde_json::json!(["tag:web"]));
+    let alices = env.ok_json(&["nodes", "list", "--user", "alice", "-o", "json"]);
+    assert_eq!(alices.as_array().unwrap().len(), 2);
+    let (_, table, _) = env.cli(&["nodes", "list"]);
+    assert!(table.contains("laptop-1") && table.contains("tag:web"));
+
+    let r = env.ok_json(&[
+        "nodes",
+        "rename",
+        "--identifier",
+        &n2.to_string(),
+        "desk",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(r["givenName"], "desk");
+    env.fails(
+        &["nodes", "rename", "-i", &n1.to_string(), "desk"],
+        "already in use",
+    );
+    env.fails(
+        &["nodes", "rename", "-i", &n1.to_string(), "bad_name"],
+        "invalid node name",
+    );
+    let e = env.ok_json(&[
+        "nodes",
+        "expire",
+        "--identifier",
+        &n1.to_string(),
+        "-o",
+        "json",
+    ]);
+    assert!(e["expiry"].is_string());
+    assert!(env.server.state().nodes[&n1].is_expired(tinyscale::state::now() + 1));
+    env.fails(&["nodes", "expire", "-i", "999"], "not found");
+
+    // A user owning nodes cannot be destroyed.
+    env.fails(
+        &["users", "destroy", "--name", "alice", "--force"],
+        "still has",
+    );
+    let (code, out, err) = env.cli(&[
+        "nodes",
+        "delete",
+        "--identifier",
+        &n1.to_string(),
+        "--force",
+    ]);
+    assert_eq!((code, out.trim()), (0, "Node deleted"), "{err}");
+    env.ok_json(&[
+        "nodes",
+        "delete",
+        "-i",
+        &n2.to_string(),
+        "--force",
+        "-o",
+        "json",
+    ]);
+    env.fails(&["nodes", "delete", "-i", &n1.to_string()], "not found");
+    let (code, _, err) = env.cli(&["users", "destroy", "--identifier", "1", "--force"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        env.ok_json(&["users", "list", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(env.server.state().nodes.contains_key(&n3));
+
+    // ---- durability: a copy of the database file holds everything.
+    let db = env.server.cfg.database_path.clone();
+    let copy = env.dir.join("copy.redb");
+    std::fs::copy(&db, &copy).unwrap();
+    let snap = Store::open(&copy).unwrap().load().unwrap();
+    assert_eq!(snap.users.len(), 1);
+    assert_eq!(snap.users[0].name, "rob");
+    assert_eq!(snap.keys.len(), 1, "alice's keys went with her");
+    assert_eq!(snap.nodes.len(), 1);
+    assert!(snap.next_user_id >= 3 && snap.next_key_id >= 4 && snap.next_node_id >= 4);
+
+    // ---- secrets: the database never holds a plaintext key.
+    let bytes = std::fs::read(&db).unwrap();
+    for k in [&key, &key2, tagged["key"].as_str().unwrap()] {
+        let secret = k.rsplit('-').next().unwrap();
+        assert!(!contains(&bytes, k.as_bytes()));
+        assert!(!contains(&bytes, secret.as_bytes()));
+    }
+
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+#[test]
+fn reopen_keeps_data() {
+    let dir = std::env::temp_dir().join(format!("tinyscale-cli-reopen-{}", std::process::id()));
+    let path = dir.join("db.redb");
+    let full;
+    {
+        let mut st = State::load(Store::open(&path).unwrap()).unwrap();
+        st.create_user("carol", "", "").unwrap();
+        full = st
+            .create_preauth_key(Some("carol"), false, false, Some(3600), vec![])
+            .unwrap()
+            .1;
+    }
+    let st = State::load(Store::open(&path).unwrap()).unwrap();
+    assert!(st.find_user("carol").is_some());
+    assert!(st.validate_preauth_key(&full).is_ok());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn server_not_running() {
+    let dir = std::env::temp_dir().join(format!("tinyscale-cli-down-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("c.yaml");
+    std::fs::write(&cfg, format!("unix_socket: {}/none.sock\n", dir.display())).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
+        .args(["-c", cfg.to_str().unwrap(), "users", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let want = format!(
+        "cannot reach tinyscale at {}: is 'tinyscale serve' running?",
+        Path::new(&dir).join("none.sock").display()
+    );
+    assert!(err.contains(&want), "{err}");
+    // Version needs no server.
+    let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("tinyscale "));
+    let _ = std::fs::remove_dir_all(dir);
+}
