@@ -13,6 +13,7 @@ pub mod control;
 pub mod derp;
 pub mod http;
 pub mod keys;
+pub mod logging;
 pub mod noise;
 pub mod policy;
 pub mod state;

@@ -27,6 +27,7 @@ const MAX_KEEPALIVE_REQUESTS: usize = 100;
 
 /// Runs `tinyscale serve` until the process is stopped.
 pub fn serve(cfg: Config) -> io::Result<()> {
+    crate::logging::init(&cfg.log_level);
     let server = crate::control::build_server(cfg)?;
     crate::control::run_forever(server)
 }
