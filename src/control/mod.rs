@@ -111,10 +111,7 @@ fn start_stun(addr: std::net::SocketAddr) {
 }
 
 fn start_admin(server: &SharedServer) {
-    // LEAD: admin::spawn lands with the admin plane.
-    #[allow(clippy::let_unit_value)]
-    let r: std::io::Result<()> = Ok(());
-    if let Err(e) = r {
+    if let Err(e) = crate::admin::spawn(server.clone()) {
         log::warn!("admin socket {}: {e} (the CLI cannot reach this server)", server.cfg.unix_socket.display());
     }
 }
