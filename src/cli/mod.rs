@@ -440,13 +440,8 @@ fn load_config(explicit: Option<&std::path::Path>) -> Result<Config, String> {
 }
 
 /// Runs the server until it exits.
-// LEAD: shim until `crate::http::serve(cfg: Config) -> std::io::Result<()>`
-// lands; replace the body with `crate::http::serve(cfg)`.
 fn serve(cfg: Config) -> std::io::Result<()> {
-    let _ = cfg;
-    Err(std::io::Error::other(
-        "serve: the control server is not wired into this build yet",
-    ))
+    crate::http::serve(cfg)
 }
 
 fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> {
