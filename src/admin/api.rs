@@ -111,9 +111,8 @@ fn key_json(st: &State, k: &crate::state::PreAuthKey, full: Option<&str>) -> Api
     ApiPreAuthKey::new(k, st.users.get(&k.user), full)
 }
 
-fn node_json(_server: &Server, st: &State, n: &crate::state::Node) -> ApiNode {
-    // TODO(LEAD): online = server.hub.is_online(n.id) once the hub tracks sessions.
-    let online = false;
+fn node_json(server: &Server, st: &State, n: &crate::state::Node) -> ApiNode {
+    let online = server.hub.is_online(n.id);
     ApiNode::new(n, st.users.get(&n.user), st.keys.get(&n.auth_key), online)
 }
 
