@@ -171,6 +171,41 @@ impl Harness {
         }
     }
 
+    /// Another harness (e.g. one started by hand with tests/realclient/netns.sh) may hold the
+    /// subnet: wait for it, bounded, rather than fight over the address.
+    fn wait_subnet_free(&self) {
+        let needle = format!(" inet {}/", self.host_ip());
+        let mut said = false;
+        wait_for(
+            "the test subnet to be free",
+            Duration::from_secs(600),
+            || {
+                let out = Command::new("ip")
+                    .args(["-o", "-4", "addr", "show"])
+                    .output()
+                    .ok()?;
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                let holder = text
+                    .lines()
+                    .find(|l| {
+                        l.contains(&needle)
+                            && l.split_whitespace().nth(1) != Some(&format!("{PREFIX}br0"))
+                    })
+                    .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned());
+                match holder {
+                    None => Some(()),
+                    Some(ifname) => {
+                        if !said {
+                            say!("{} is held by interface {ifname} (another test network); waiting up to 10 min", self.host_ip());
+                            said = true;
+                        }
+                        None
+                    }
+                }
+            },
+        );
+    }
+
     fn host_ip(&self) -> String {
         format!("{}.1", self.subnet)
     }
@@ -296,7 +331,21 @@ log:
         );
         fs::write(&self.config, config).unwrap();
         let log = fs::File::create(self.dir.join("server.log")).unwrap();
-        let child = Command::new(&self.bin)
+        // The server must not outlive the test even if the test process is killed: `setpriv
+        // --pdeathsig TERM` (util-linux) signals it when the test thread dies, `timeout` bounds it.
+        let mut cmd = if run_ok(Command::new("setpriv").args(["--pdeathsig", "TERM", "true"])) {
+            let mut c = Command::new("setpriv");
+            c.args(["--pdeathsig", "TERM", "--", "timeout", "-k", "5", "1200"]);
+            c
+        } else {
+            let mut c = Command::new("timeout");
+            c.args(["-k", "5", "1200"]);
+            c
+        };
+        // own process group, so the stop can reach both `timeout` and the server
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .arg(&self.bin)
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
@@ -353,7 +402,10 @@ log:
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let _ = child.kill();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{}", child.id())])
+                .stderr(Stdio::null())
+                .status();
             let _ = child.wait();
         }
     }
@@ -589,6 +641,7 @@ fn real_clients_end_to_end() {
     );
 
     // 1. network: bridge with .1 in the root namespace, one namespace per node, no default routes
+    h.wait_subnet_free();
     h.netns_up = true;
     let topo = h.script_ok("netns.sh", &["up", "a", "b", "c"], 120);
     say!("topology: {}", topo.replace('\n', " "));
@@ -637,6 +690,8 @@ fn real_clients_end_to_end() {
             "serve",
             "--ts-port",
             "41641",
+            "--max-seconds",
+            "900",
         ],
         60,
     );
@@ -654,6 +709,8 @@ fn real_clients_end_to_end() {
             "a",
             "--ts-port",
             "41642",
+            "--max-seconds",
+            "900",
             "--env",
             "TS_DEBUG_MAP=1",
         ],
@@ -842,6 +899,8 @@ fn real_clients_end_to_end() {
             "--ephemeral",
             "--ts-port",
             "41643",
+            "--max-seconds",
+            "900",
         ],
         60,
     );
