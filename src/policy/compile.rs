@@ -1,0 +1,1356 @@
+//! Compiler: (policy, topology) → per-node packet filter, visible peers,
+//! route fields, SSH policy and CapMap.
+
+use super::ipset::{self, internet_set, is_exit_route, render_net, wildcard_set, IpSet};
+use super::model::{Alias, AutoGroup, Grant, Policy, ProtoPorts};
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A user as the policy engine sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TopoUser {
+    pub id: u64,
+    /// Short name (`alice`); matched by `alice@` selectors.
+    pub name: String,
+    /// Email, if the user has one; matched by `alice@example.com`.
+    pub email: Option<String>,
+}
+
+impl TopoUser {
+    /// Login name: the email when there is one, else `name@`.
+    pub fn login_name(&self) -> String {
+        match &self.email {
+            Some(e) if !e.is_empty() => e.clone(),
+            _ => format!("{}@", self.name),
+        }
+    }
+}
+
+/// A node as the policy engine sees it. A node with any tag is "tagged" and
+/// has no owner for policy purposes.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct TopoNode {
+    /// Node ID (> 0, unique). Lower IDs win HA primary-route elections.
+    pub id: u64,
+    /// Hostname / given name (used in explain output and test labels).
+    pub name: String,
+    /// Owner; ignored when `tags` is non-empty.
+    pub user_id: Option<u64>,
+    pub tags: Vec<String>,
+    pub ipv4: Option<Ipv4Addr>,
+    pub ipv6: Option<Ipv6Addr>,
+    /// Routes the node advertises (Hostinfo.RoutableIPs).
+    pub advertised_routes: Vec<IpNet>,
+    /// Routes approved for the node (admin or autoApprovers). Only routes
+    /// that are both advertised and approved are served.
+    pub approved_routes: Vec<IpNet>,
+}
+
+impl TopoNode {
+    pub fn is_tagged(&self) -> bool {
+        !self.tags.is_empty()
+    }
+    pub fn ips(&self) -> Vec<IpAddr> {
+        let mut v = Vec::with_capacity(2);
+        if let Some(a) = self.ipv4 {
+            v.push(IpAddr::V4(a));
+        }
+        if let Some(a) = self.ipv6 {
+            v.push(IpAddr::V6(a));
+        }
+        v
+    }
+    /// Approved, advertised, non-exit routes.
+    pub fn subnet_routes(&self) -> Vec<IpNet> {
+        self.advertised_routes
+            .iter()
+            .filter(|r| !is_exit_route(r) && self.approved_routes.contains(r))
+            .cloned()
+            .collect()
+    }
+    /// Approved, advertised exit routes.
+    pub fn exit_routes(&self) -> Vec<IpNet> {
+        self.advertised_routes
+            .iter()
+            .filter(|r| is_exit_route(r) && self.approved_routes.contains(r))
+            .cloned()
+            .collect()
+    }
+}
+
+/// The tailnet the policy is compiled against.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Topology {
+    pub users: Vec<TopoUser>,
+    pub nodes: Vec<TopoNode>,
+    /// Tailnet settings that influence the self CapMap.
+    #[serde(default)]
+    pub settings: TailnetSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TailnetSettings {
+    /// Taildrop enabled (SaaS default: true).
+    pub file_sharing: bool,
+    /// `default-auto-update` value.
+    pub auto_update: bool,
+}
+
+impl Default for TailnetSettings {
+    fn default() -> Self {
+        TailnetSettings {
+            file_sharing: true,
+            auto_update: false,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// internal rule representation
+
+#[derive(Debug, Clone)]
+pub(crate) struct Dst {
+    pub ip: String,
+    pub set: IpSet,
+    pub ports: (u16, u16),
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct CapG {
+    pub dsts: Vec<IpNet>,
+    pub cap_map: Map<String, Value>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct Rule {
+    pub src: Vec<String>,
+    pub src_set: IpSet,
+    pub proto: Vec<u8>,
+    pub dst: Vec<Dst>,
+    pub cap: Vec<CapG>,
+}
+
+impl Rule {
+    fn key(&self) -> String {
+        format!("{}|{:?}", self.src.join(","), self.proto)
+    }
+    fn dst_union(&self) -> IpSet {
+        let mut s = IpSet::new();
+        for d in &self.dst {
+            s.v4.extend_from_slice(&d.set.v4);
+            s.v6.extend_from_slice(&d.set.v6);
+        }
+        for c in &self.cap {
+            for n in &c.dsts {
+                match n {
+                    IpNet::V4(n) => s.v4.push(ipset::v4_range(n)),
+                    IpNet::V6(n) => s.v6.push(ipset::v6_range(n)),
+                }
+            }
+        }
+        s.normalize();
+        s
+    }
+    pub(crate) fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("SrcIPs".into(), json!(self.src));
+        if !self.dst.is_empty() {
+            let d: Vec<Value> = self
+                .dst
+                .iter()
+                .map(|d| json!({"IP": d.ip, "Ports": {"First": d.ports.0, "Last": d.ports.1}}))
+                .collect();
+            m.insert("DstPorts".into(), Value::Array(d));
+        }
+        if !self.proto.is_empty() {
+            m.insert("IPProto".into(), json!(self.proto));
+        }
+        if !self.cap.is_empty() {
+            let c: Vec<Value> = self
+                .cap
+                .iter()
+                .map(|c| {
+                    let d: Vec<String> = c.dsts.iter().map(|n| n.to_string()).collect();
+                    json!({"Dsts": d, "CapMap": c.cap_map})
+                })
+                .collect();
+            m.insert("CapGrant".into(), Value::Array(c));
+        }
+        Value::Object(m)
+    }
+}
+
+fn set_from_strings(v: &[String]) -> IpSet {
+    let mut s = IpSet::new();
+    for x in v {
+        if let Some(p) = ipset::parse_rule_ip(x) {
+            s.v4.extend_from_slice(&p.v4);
+            s.v6.extend_from_slice(&p.v6);
+        }
+    }
+    s.normalize();
+    s
+}
+
+fn merge_rules(rules: Vec<Rule>) -> Vec<Rule> {
+    let mut out: Vec<Rule> = Vec::with_capacity(rules.len());
+    let mut idx: HashMap<String, usize> = HashMap::new();
+    for r in rules {
+        if !r.cap.is_empty() {
+            out.push(r);
+            continue;
+        }
+        let k = r.key();
+        if let Some(&i) = idx.get(&k) {
+            out[i].dst.extend(r.dst);
+        } else {
+            idx.insert(k, out.len());
+            out.push(r);
+        }
+    }
+    out
+}
+
+struct SelfData {
+    srcs: Vec<IpSet>,
+    ip: Vec<ProtoPorts>,
+    app: Option<Map<String, Value>>,
+}
+
+struct ViaData {
+    tags: Vec<String>,
+    dsts: Vec<IpNet>,
+    internet: bool,
+    ip: Vec<ProtoPorts>,
+    src: Vec<String>,
+    src_set: IpSet,
+}
+
+struct CGrant {
+    rules: Vec<Rule>,
+    self_data: Option<SelfData>,
+    via: Option<ViaData>,
+    /// Source set of the grant (for via route steering).
+    src_set: IpSet,
+    dst_prefixes: Vec<IpNet>,
+    dst_internet: bool,
+    is_via: bool,
+    via_tags: Vec<String>,
+}
+
+const COMPANIONS: &[(&str, &str)] = &[
+    ("tailscale.com/cap/drive", "tailscale.com/cap/drive-sharer"),
+    ("tailscale.com/cap/relay", "tailscale.com/cap/relay-target"),
+];
+
+fn companion_rules(
+    dst_strings: &[String],
+    src_prefixes: &[IpNet],
+    app: &Map<String, Value>,
+) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for (orig, comp) in COMPANIONS {
+        if app.contains_key(*orig) {
+            let mut cm = Map::new();
+            cm.insert((*comp).to_string(), Value::Null);
+            out.push(Rule {
+                src: dst_strings.to_vec(),
+                src_set: set_from_strings(dst_strings),
+                proto: vec![],
+                dst: vec![],
+                cap: vec![CapG {
+                    dsts: src_prefixes.to_vec(),
+                    cap_map: cm,
+                }],
+            });
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// resolution context
+
+pub(crate) struct Ctx<'a> {
+    pub pol: &'a Policy,
+    pub topo: &'a Topology,
+    pub node_ips: Vec<Vec<IpAddr>>,
+    pub subnets: Vec<Vec<IpNet>>,
+    pub is_exit: Vec<bool>,
+    pub wildcard: IpSet,
+    pub internet: IpSet,
+    /// user id → indexes of that user's untagged nodes
+    pub user_nodes: HashMap<u64, Vec<usize>>,
+    cache: std::cell::RefCell<HashMap<Alias, IpSet>>,
+}
+
+impl<'a> Ctx<'a> {
+    pub fn new(pol: &'a Policy, topo: &'a Topology) -> Self {
+        let mut user_nodes: HashMap<u64, Vec<usize>> = HashMap::new();
+        for (i, n) in topo.nodes.iter().enumerate() {
+            if !n.is_tagged() {
+                if let Some(u) = n.user_id {
+                    user_nodes.entry(u).or_default().push(i);
+                }
+            }
+        }
+        Ctx {
+            pol,
+            topo,
+            node_ips: topo.nodes.iter().map(|n| n.ips()).collect(),
+            subnets: topo.nodes.iter().map(|n| n.subnet_routes()).collect(),
+            is_exit: topo
+                .nodes
+                .iter()
+                .map(|n| !n.exit_routes().is_empty())
+                .collect(),
+            wildcard: wildcard_set(),
+            internet: internet_set(),
+            user_nodes,
+            cache: Default::default(),
+        }
+    }
+
+    pub fn find_user(&self, token: &str) -> Option<&'a TopoUser> {
+        let t = token.strip_suffix('@').unwrap_or(token);
+        let mut found = None;
+        for u in &self.topo.users {
+            if u.email.as_deref() == Some(t) && !t.is_empty() {
+                return Some(u);
+            }
+            if u.name == t && found.is_none() {
+                found = Some(u);
+            }
+        }
+        found
+    }
+
+    fn add_node(&self, s: &mut IpSet, i: usize) {
+        for ip in &self.node_ips[i] {
+            s.push_addr(*ip);
+        }
+    }
+
+    fn user_set(&self, uid: u64) -> IpSet {
+        let mut s = IpSet::new();
+        if let Some(ns) = self.user_nodes.get(&uid) {
+            for &i in ns {
+                self.add_node(&mut s, i);
+            }
+        }
+        s.normalize();
+        s
+    }
+
+    /// Resolve a selector to its address set (autogroup:self → empty).
+    pub fn resolve(&self, a: &Alias) -> IpSet {
+        if let Some(s) = self.cache.borrow().get(a) {
+            return s.clone();
+        }
+        let mut s = IpSet::new();
+        match a {
+            Alias::Wildcard => s = self.wildcard.clone(),
+            Alias::Prefix(p) => s.add_net(p),
+            Alias::Host(h) => {
+                if let Some(p) = self.pol.hosts.get(h) {
+                    s.add_net(p);
+                }
+            }
+            Alias::User(u) => {
+                if let Some(u) = self.find_user(u) {
+                    s = self.user_set(u.id);
+                }
+            }
+            Alias::Group(g) => {
+                if let Some(ms) = self.pol.groups.get(g) {
+                    for m in ms {
+                        if let Some(u) = self.find_user(m) {
+                            s.union_with(&self.user_set(u.id));
+                        }
+                    }
+                }
+            }
+            Alias::Tag(t) => {
+                for (i, n) in self.topo.nodes.iter().enumerate() {
+                    if n.tags.iter().any(|x| x == t) {
+                        self.add_node(&mut s, i);
+                    }
+                }
+            }
+            Alias::Auto(AutoGroup::Member) => {
+                for (i, n) in self.topo.nodes.iter().enumerate() {
+                    if !n.is_tagged() {
+                        self.add_node(&mut s, i);
+                    }
+                }
+            }
+            Alias::Auto(AutoGroup::Tagged) => {
+                for (i, n) in self.topo.nodes.iter().enumerate() {
+                    if n.is_tagged() {
+                        self.add_node(&mut s, i);
+                    }
+                }
+            }
+            Alias::Auto(AutoGroup::Internet) => s = self.internet.clone(),
+            Alias::Auto(AutoGroup::DangerAll) => s = IpSet::all(),
+            Alias::Auto(_) | Alias::UnknownAuto(_) => {}
+            Alias::UserDomain(d) => {
+                for u in &self.topo.users {
+                    if let Some(e) = &u.email {
+                        if e.rsplit_once('@').map(|x| x.1) == Some(d.as_str()) {
+                            s.union_with(&self.user_set(u.id));
+                        }
+                    }
+                }
+            }
+        }
+        s.normalize();
+        self.cache.borrow_mut().insert(a.clone(), s.clone());
+        s
+    }
+
+    pub fn node_in(&self, i: usize, s: &IpSet) -> bool {
+        self.node_ips[i].iter().any(|ip| s.contains(*ip))
+    }
+
+    /// Approved subnet routes of the whole tailnet, deduplicated, in node order.
+    fn approved_subnet_strings(&self) -> Vec<String> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for r in self.subnets.iter().flatten() {
+            let s = r.to_string();
+            if seen.insert(s.clone()) {
+                out.push(s);
+            }
+        }
+        out
+    }
+
+    fn dst_ports(&self, dsts: &[&Alias], ports: &[(u16, u16)]) -> Vec<Dst> {
+        let mut out = Vec::new();
+        for d in dsts {
+            if **d == Alias::Wildcard {
+                for p in ports {
+                    out.push(Dst {
+                        ip: "*".into(),
+                        set: IpSet::all(),
+                        ports: *p,
+                    });
+                }
+                continue;
+            }
+            let s = self.resolve(d);
+            for pref in s.prefixes() {
+                let set = IpSet::from_net(&pref);
+                let ip = render_net(&pref);
+                for p in ports {
+                    out.push(Dst {
+                        ip: ip.clone(),
+                        set: set.clone(),
+                        ports: *p,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn compile_grant(&self, g: &Grant) -> Option<CGrant> {
+        let self_dst = g.dst.contains(&Alias::Auto(AutoGroup::SelfDevices));
+        let other: Vec<&Alias> = g
+            .dst
+            .iter()
+            .filter(|d| **d != Alias::Auto(AutoGroup::SelfDevices))
+            .collect();
+        let has_wild = g.src.contains(&Alias::Wildcard);
+        let has_danger = g.src.contains(&Alias::Auto(AutoGroup::DangerAll));
+        let resolved: Vec<IpSet> = g.src.iter().map(|a| self.resolve(a)).collect();
+        let mut merged = IpSet::new();
+        for r in &resolved {
+            merged.v4.extend_from_slice(&r.v4);
+            merged.v6.extend_from_slice(&r.v6);
+        }
+        merged.normalize();
+        let mut dst_prefixes = Vec::new();
+        let mut dst_internet = false;
+        for d in &g.dst {
+            match d {
+                Alias::Auto(AutoGroup::Internet) => dst_internet = true,
+                Alias::Auto(AutoGroup::SelfDevices) => {}
+                _ => dst_prefixes.extend(self.resolve(d).prefixes()),
+            }
+        }
+        let src_with_routes = |set: &IpSet| -> Vec<String> {
+            if has_danger {
+                return vec!["*".into()];
+            }
+            let mut v = set.strings();
+            if has_wild {
+                v.extend(self.approved_subnet_strings());
+            }
+            v
+        };
+        let mut cg = CGrant {
+            rules: vec![],
+            self_data: None,
+            via: None,
+            src_set: merged.clone(),
+            dst_prefixes,
+            dst_internet,
+            is_via: !g.via.is_empty(),
+            via_tags: g.via.clone(),
+        };
+        if !g.via.is_empty() {
+            if g.ip.is_empty() || merged.is_empty() {
+                return Some(cg);
+            }
+            let src = src_with_routes(&merged);
+            cg.via = Some(ViaData {
+                tags: g.via.clone(),
+                dsts: cg.dst_prefixes.clone(),
+                internet: cg.dst_internet,
+                ip: g.ip.clone(),
+                src_set: set_from_strings(&src),
+                src,
+            });
+            return Some(cg);
+        }
+        if g.src.is_empty() || g.dst.is_empty() {
+            return None;
+        }
+        let src_strings: Vec<String> = if merged.is_empty() {
+            vec![]
+        } else {
+            let mut v = src_with_routes(&merged);
+            if has_wild {
+                let mut seen: std::collections::HashSet<String> = v.iter().cloned().collect();
+                for (a, r) in g.src.iter().zip(resolved.iter()) {
+                    if *a == Alias::Wildcard {
+                        continue;
+                    }
+                    for s in r.strings() {
+                        if seen.insert(s.clone()) {
+                            v.push(s);
+                        }
+                    }
+                }
+            }
+            v
+        };
+        let src_set = set_from_strings(&src_strings);
+        if !other.is_empty() {
+            for ipp in &g.ip {
+                let d = self.dst_ports(&other, &ipp.ports);
+                if !d.is_empty() && !src_strings.is_empty() {
+                    cg.rules.push(Rule {
+                        src: src_strings.clone(),
+                        src_set: src_set.clone(),
+                        proto: ipp.proto.clone(),
+                        dst: d,
+                        cap: vec![],
+                    });
+                }
+            }
+            if let Some(app) = &g.app {
+                let mut caps = Vec::new();
+                let mut dst_strings = Vec::new();
+                for d in &other {
+                    let s = self.resolve(d);
+                    caps.push(CapG {
+                        dsts: s.prefixes(),
+                        cap_map: app.clone(),
+                    });
+                    dst_strings.extend(s.strings());
+                }
+                if !caps.is_empty() {
+                    let mut src_prefixes = Vec::new();
+                    for r in &resolved {
+                        src_prefixes.extend(r.prefixes());
+                    }
+                    cg.rules.push(Rule {
+                        src: src_strings.clone(),
+                        src_set: src_set.clone(),
+                        proto: vec![],
+                        dst: vec![],
+                        cap: caps,
+                    });
+                    if other.iter().any(|a| **a == Alias::Wildcard) {
+                        dst_strings.extend(self.approved_subnet_strings());
+                    }
+                    cg.rules
+                        .extend(companion_rules(&dst_strings, &src_prefixes, app));
+                }
+            }
+        }
+        if self_dst {
+            cg.self_data = Some(SelfData {
+                srcs: resolved,
+                ip: g.ip.clone(),
+                app: g.app.clone(),
+            });
+        }
+        Some(cg)
+    }
+
+    fn self_rules(&self, cg: &CGrant, uid: u64) -> Vec<Rule> {
+        let Some(sd) = &cg.self_data else {
+            return vec![];
+        };
+        let Some(same) = self.user_nodes.get(&uid) else {
+            return vec![];
+        };
+        let mut src = IpSet::new();
+        for r in &sd.srcs {
+            for &i in same {
+                if self.node_in(i, r) {
+                    self.add_node(&mut src, i);
+                }
+            }
+        }
+        src.normalize();
+        if src.is_empty() {
+            return vec![];
+        }
+        let src_strings = src.strings();
+        let mut out = Vec::new();
+        for ipp in &sd.ip {
+            let mut d = Vec::new();
+            for &i in same {
+                for p in &ipp.ports {
+                    for ip in &self.node_ips[i] {
+                        let mut set = IpSet::new();
+                        set.add_addr(*ip);
+                        d.push(Dst {
+                            ip: ip.to_string(),
+                            set,
+                            ports: *p,
+                        });
+                    }
+                }
+            }
+            if !d.is_empty() {
+                out.push(Rule {
+                    src: src_strings.clone(),
+                    src_set: src.clone(),
+                    proto: ipp.proto.clone(),
+                    dst: d,
+                    cap: vec![],
+                });
+            }
+        }
+        if let Some(app) = &sd.app {
+            let mut caps = Vec::new();
+            let mut dst_strings = Vec::new();
+            for &i in same {
+                let dsts: Vec<IpNet> = self.node_ips[i].iter().map(|ip| IpNet::from(*ip)).collect();
+                dst_strings.extend(self.node_ips[i].iter().map(|ip| ip.to_string()));
+                caps.push(CapG {
+                    dsts,
+                    cap_map: app.clone(),
+                });
+            }
+            if !caps.is_empty() {
+                out.push(Rule {
+                    src: src_strings.clone(),
+                    src_set: src.clone(),
+                    proto: vec![],
+                    dst: vec![],
+                    cap: caps,
+                });
+                out.extend(companion_rules(&dst_strings, &src.prefixes(), app));
+            }
+        }
+        out
+    }
+
+    fn via_rules(&self, cg: &CGrant, i: usize) -> Vec<Rule> {
+        let Some(v) = &cg.via else {
+            return vec![];
+        };
+        let node = &self.topo.nodes[i];
+        if !v.tags.iter().any(|t| node.tags.contains(t)) {
+            return vec![];
+        }
+        let mut prefixes: Vec<IpNet> = Vec::new();
+        for d in &v.dsts {
+            if self.subnets[i].iter().any(|r| nets_overlap(r, d)) {
+                prefixes.push(*d);
+            }
+        }
+        if v.internet && self.is_exit[i] {
+            prefixes.extend(self.internet.prefixes());
+        }
+        if prefixes.is_empty() {
+            return vec![];
+        }
+        let mut out = Vec::new();
+        for ipp in &v.ip {
+            let mut d = Vec::new();
+            for p in &prefixes {
+                let set = IpSet::from_net(p);
+                for port in &ipp.ports {
+                    d.push(Dst {
+                        ip: p.to_string(),
+                        set: set.clone(),
+                        ports: *port,
+                    });
+                }
+            }
+            out.push(Rule {
+                src: v.src.clone(),
+                src_set: v.src_set.clone(),
+                proto: ipp.proto.clone(),
+                dst: d,
+                cap: vec![],
+            });
+        }
+        out
+    }
+}
+
+pub(crate) fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+// ---------------------------------------------------------------------------
+// compiled output
+
+/// Result of compiling a policy against a topology. Per-node accessors take
+/// a node ID; unknown IDs yield empty results.
+pub struct Compiled {
+    allow_all: bool,
+    index: HashMap<u64, usize>,
+    names: Vec<String>,
+    ids: Vec<u64>,
+    filters: Vec<Vec<Rule>>,
+    /// unreduced rules per node (matchers), shared where possible
+    peers: Vec<Vec<usize>>,
+    allowed_ips: Vec<Vec<Vec<IpNet>>>,
+    primary: Vec<Vec<IpNet>>,
+    ssh: Vec<Option<Value>>,
+    cap_maps: Vec<Map<String, Value>>,
+    node_ips: Vec<Vec<IpAddr>>,
+    is_exit: Vec<bool>,
+    tags: Vec<Vec<String>>,
+}
+
+fn bit_set(v: &mut [u64], i: usize) {
+    v[i / 64] |= 1 << (i % 64);
+}
+fn bit_get(v: &[u64], i: usize) -> bool {
+    v[i / 64] & (1 << (i % 64)) != 0
+}
+
+struct Matcher {
+    src: IpSet,
+    dst: IpSet,
+}
+
+impl Matcher {
+    fn from_rule(r: &Rule) -> Matcher {
+        Matcher {
+            src: r.src_set.clone(),
+            dst: r.dst_union(),
+        }
+    }
+}
+
+struct NodeView<'c> {
+    ips: &'c [IpAddr],
+    subnets: &'c [IpNet],
+    is_exit: bool,
+}
+
+fn dests_is_internet(m: &Matcher, internet: &IpSet) -> bool {
+    m.dst.covers_net(&"0.0.0.0/0".parse().unwrap())
+        || m.dst.covers_net(&"::/0".parse().unwrap())
+        || internet.is_subset_of(&m.dst)
+}
+
+fn src_matches(m: &Matcher, n: &NodeView) -> bool {
+    n.ips.iter().any(|ip| m.src.contains(*ip)) || n.subnets.iter().any(|r| m.src.overlaps_net(r))
+}
+
+fn dst_matches(m: &Matcher, n: &NodeView, internet: &IpSet) -> bool {
+    n.ips.iter().any(|ip| m.dst.contains(*ip))
+        || n.subnets.iter().any(|r| m.dst.overlaps_net(r))
+        || (n.is_exit && dests_is_internet(m, internet))
+}
+
+fn can_access_route(ms: &[Matcher], v: &NodeView, route: &IpNet) -> bool {
+    for m in ms {
+        let src_ip = v.ips.iter().any(|ip| m.src.contains(*ip));
+        let dst_ip = v.ips.iter().any(|ip| m.dst.contains(*ip));
+        if src_ip && m.dst.overlaps_net(route) {
+            return true;
+        }
+        if m.src.overlaps_net(route) && dst_ip {
+            return true;
+        }
+        if !v.subnets.is_empty() {
+            if v.subnets.iter().any(|r| m.src.overlaps_net(r)) && m.dst.overlaps_net(route) {
+                return true;
+            }
+            if m.src.overlaps_net(route) && v.subnets.iter().any(|r| m.dst.overlaps_net(r)) {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+fn reduce(rules: &[Rule], n: &NodeView, internet: &IpSet) -> Vec<Rule> {
+    let mut out = Vec::new();
+    for r in rules {
+        if !r.cap.is_empty() {
+            let mut caps = Vec::new();
+            for c in &r.cap {
+                let mut m: Vec<IpNet> = Vec::new();
+                for d in &c.dsts {
+                    if d.prefix_len() == d.max_prefix_len() {
+                        if n.ips.contains(&d.addr()) {
+                            m.push(*d);
+                        }
+                    } else {
+                        for ip in n.ips {
+                            if d.contains(ip) {
+                                m.push(IpNet::from(*ip));
+                            }
+                        }
+                    }
+                }
+                for d in &c.dsts {
+                    for s in n.subnets {
+                        if nets_overlap(d, s) {
+                            m.push(*d);
+                        }
+                    }
+                }
+                if !m.is_empty() {
+                    m.sort_by(cmp_net);
+                    m.dedup();
+                    caps.push(CapG {
+                        dsts: m,
+                        cap_map: c.cap_map.clone(),
+                    });
+                }
+            }
+            if !caps.is_empty() {
+                out.push(Rule {
+                    src: r.src.clone(),
+                    src_set: IpSet::new(),
+                    proto: vec![],
+                    dst: vec![],
+                    cap: caps,
+                });
+            }
+            continue;
+        }
+        let mut dsts = Vec::new();
+        for d in &r.dst {
+            let keep = n.ips.iter().any(|ip| d.set.contains(*ip))
+                || n.subnets.iter().any(|s| d.set.overlaps_net(s))
+                || (n.is_exit && d.set.is_subset_of(internet));
+            if keep {
+                dsts.push(d.clone());
+            }
+        }
+        if !dsts.is_empty() {
+            out.push(Rule {
+                src: r.src.clone(),
+                src_set: IpSet::new(),
+                proto: r.proto.clone(),
+                dst: dsts,
+                cap: vec![],
+            });
+        }
+    }
+    out
+}
+
+fn cmp_net(a: &IpNet, b: &IpNet) -> std::cmp::Ordering {
+    let ka = (matches!(a, IpNet::V6(_)), a.addr(), a.prefix_len());
+    let kb = (matches!(b, IpNet::V6(_)), b.addr(), b.prefix_len());
+    ka.cmp(&kb)
+}
+
+/// Compile `policy` against `topo`.
+pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
+    let ctx = Ctx::new(policy, topo);
+    let n = topo.nodes.len();
+    let views: Vec<NodeView> = (0..n)
+        .map(|i| NodeView {
+            ips: &ctx.node_ips[i],
+            subnets: &ctx.subnets[i],
+            is_exit: ctx.is_exit[i],
+        })
+        .collect();
+    let allow_all = !policy.has_filter_sections();
+
+    // 1. compile grants (grants first, then acls)
+    let grants = effective_grants(policy);
+    let cgs: Vec<CGrant> = grants.iter().filter_map(|g| ctx.compile_grant(g)).collect();
+    let per_node = cgs.iter().any(|c| c.self_data.is_some() || c.via.is_some());
+
+    // 2. unreduced rules per node
+    let global: Vec<Rule> = merge_rules(cgs.iter().flat_map(|c| c.rules.iter().cloned()).collect());
+    let global_matchers: Vec<Matcher> = global.iter().map(Matcher::from_rule).collect();
+
+    let mut unreduced_cache: HashMap<u64, std::rc::Rc<Vec<Rule>>> = HashMap::new();
+    let global_rc = std::rc::Rc::new(global);
+    let mut node_rules: Vec<std::rc::Rc<Vec<Rule>>> = Vec::with_capacity(n);
+    let mut node_matchers: Vec<Option<Vec<Matcher>>> = Vec::with_capacity(n);
+    let mut extra_matchers: Vec<Vec<Matcher>> = Vec::with_capacity(n);
+    for i in 0..n {
+        if !per_node {
+            node_rules.push(global_rc.clone());
+            node_matchers.push(None);
+            extra_matchers.push(vec![]);
+            continue;
+        }
+        let node = &topo.nodes[i];
+        let has_via = cgs.iter().any(|c| {
+            c.via
+                .as_ref()
+                .is_some_and(|v| v.tags.iter().any(|t| node.tags.contains(t)))
+        });
+        let uid = if node.is_tagged() { None } else { node.user_id };
+        let mut extra = Vec::new();
+        for c in &cgs {
+            if let Some(u) = uid {
+                extra.extend(ctx.self_rules(c, u));
+            }
+            extra.extend(ctx.via_rules(c, i));
+        }
+        extra_matchers.push(extra.iter().map(Matcher::from_rule).collect());
+        let cache_key = if has_via { None } else { uid };
+        if let Some(k) = cache_key {
+            if let Some(r) = unreduced_cache.get(&k) {
+                node_rules.push(r.clone());
+                node_matchers.push(Some(r.iter().map(Matcher::from_rule).collect()));
+                continue;
+            }
+        }
+        if uid.is_none() && !has_via {
+            node_rules.push(global_rc.clone());
+            node_matchers.push(None);
+            continue;
+        }
+        let mut rules = Vec::new();
+        for c in &cgs {
+            rules.extend(c.rules.iter().cloned());
+            if let Some(u) = uid {
+                rules.extend(ctx.self_rules(c, u));
+            }
+            rules.extend(ctx.via_rules(c, i));
+        }
+        let rules = std::rc::Rc::new(merge_rules(rules));
+        if let Some(k) = cache_key {
+            unreduced_cache.insert(k, rules.clone());
+        }
+        node_matchers.push(Some(rules.iter().map(Matcher::from_rule).collect()));
+        node_rules.push(rules);
+    }
+    let matchers_of = |i: usize| -> &[Matcher] {
+        match &node_matchers[i] {
+            Some(m) => m,
+            None => &global_matchers,
+        }
+    };
+
+    // 3. reduced filters
+    let filters: Vec<Vec<Rule>> = (0..n)
+        .map(|i| reduce(&node_rules[i], &views[i], &ctx.internet))
+        .collect();
+
+    // 4. peers (symmetric)
+    let words = n.div_ceil(64).max(1);
+    let mut rows = vec![vec![0u64; words]; n];
+    {
+        // global matchers, evaluated once
+        let handle = |ms: &[Matcher], only_for: Option<usize>, rows: &mut Vec<Vec<u64>>| {
+            for m in ms {
+                let srcs: Vec<usize> = (0..n).filter(|&a| src_matches(m, &views[a])).collect();
+                if srcs.is_empty() {
+                    continue;
+                }
+                let mut dst_bits = vec![0u64; words];
+                let mut any = false;
+                for (b, v) in views.iter().enumerate() {
+                    if dst_matches(m, v, &ctx.internet) {
+                        bit_set(&mut dst_bits, b);
+                        any = true;
+                    }
+                }
+                if !any {
+                    continue;
+                }
+                for &a in &srcs {
+                    match only_for {
+                        None => {
+                            for (w, d) in rows[a].iter_mut().zip(dst_bits.iter()) {
+                                *w |= *d;
+                            }
+                        }
+                        Some(x) => {
+                            // per-node matchers only count for pairs
+                            // involving node x
+                            if a == x {
+                                for (w, d) in rows[a].iter_mut().zip(dst_bits.iter()) {
+                                    *w |= *d;
+                                }
+                            } else if bit_get(&dst_bits, x) {
+                                bit_set(&mut rows[a], x);
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        handle(&global_matchers, None, &mut rows);
+        if per_node {
+            for (i, ms) in extra_matchers.iter().enumerate() {
+                handle(ms, Some(i), &mut rows);
+            }
+        }
+    }
+    let mut peers: Vec<Vec<usize>> = vec![vec![]; n];
+    for (a, pa) in peers.iter_mut().enumerate() {
+        for b in 0..n {
+            if a != b && (bit_get(&rows[a], b) || bit_get(&rows[b], a)) {
+                pa.push(b);
+            }
+        }
+    }
+
+    // 5. primary routes (lowest node ID among approved advertisers)
+    let mut primary_of: BTreeMap<IpNet, usize> = BTreeMap::new();
+    for (i, node) in topo.nodes.iter().enumerate() {
+        for r in &ctx.subnets[i] {
+            match primary_of.get(r) {
+                Some(&j) if topo.nodes[j].id <= node.id => {}
+                _ => {
+                    primary_of.insert(*r, i);
+                }
+            }
+        }
+    }
+    let primary: Vec<Vec<IpNet>> = (0..n)
+        .map(|i| {
+            ctx.subnets[i]
+                .iter()
+                .filter(|r| primary_of.get(r) == Some(&i))
+                .cloned()
+                .collect()
+        })
+        .collect();
+
+    // 6. allowed IPs per (viewer, peer)
+    let mut allowed_ips: Vec<Vec<Vec<IpNet>>> = vec![vec![]; n];
+    for v in 0..n {
+        let ms = matchers_of(v);
+        let mut per_peer = Vec::with_capacity(peers[v].len());
+        for &p in &peers[v] {
+            let mut out: Vec<IpNet> = ctx.node_ips[p].iter().map(|ip| IpNet::from(*ip)).collect();
+            let exit = topo.nodes[p].exit_routes();
+            let candidates: Vec<IpNet> = primary[p].iter().cloned().chain(exit).collect();
+            let mut routes: Vec<IpNet> = Vec::new();
+            for r in &candidates {
+                if can_access_route(ms, &views[v], r) {
+                    routes.push(*r);
+                }
+            }
+            for r in &primary[p] {
+                if ctx.subnets[v].contains(r) && !routes.contains(r) {
+                    routes.push(*r);
+                }
+            }
+            let via = via_routes_for_peer(&ctx, &cgs, v, p);
+            if !via.include.is_empty() || !via.exclude.is_empty() {
+                routes.retain(|r| !via.exclude.contains(r) || via.include.contains(r));
+                for r in &via.include {
+                    if routes.contains(r) {
+                        continue;
+                    }
+                    if primary[p].contains(r) || !via.use_primary.contains(r) {
+                        routes.push(*r);
+                    }
+                }
+            }
+            out.extend(routes);
+            per_peer.push(out);
+        }
+        allowed_ips[v] = per_peer;
+    }
+
+    // 7. SSH
+    let ssh: Vec<Option<Value>> = (0..n)
+        .map(|i| super::ssh::ssh_policy_for(&ctx, i, "https://unused"))
+        .collect();
+
+    // 8. CapMap
+    let cap_maps = super::nodeattrs::cap_maps(&ctx);
+
+    Compiled {
+        allow_all,
+        index: topo
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.id, i))
+            .collect(),
+        names: topo.nodes.iter().map(|n| n.name.clone()).collect(),
+        ids: topo.nodes.iter().map(|n| n.id).collect(),
+        filters,
+        peers,
+        allowed_ips,
+        primary,
+        ssh,
+        cap_maps,
+        node_ips: ctx.node_ips.clone(),
+        is_exit: ctx.is_exit.clone(),
+        tags: topo.nodes.iter().map(|n| n.tags.clone()).collect(),
+    }
+}
+
+#[derive(Default)]
+struct ViaResult {
+    include: Vec<IpNet>,
+    exclude: Vec<IpNet>,
+    use_primary: Vec<IpNet>,
+}
+
+fn via_routes_for_peer(ctx: &Ctx, cgs: &[CGrant], v: usize, p: usize) -> ViaResult {
+    let mut res = ViaResult::default();
+    if !cgs.iter().any(|c| c.is_via) {
+        return res;
+    }
+    let viewer_match: Vec<bool> = cgs.iter().map(|c| ctx.node_in(v, &c.src_set)).collect();
+    let peer = &ctx.topo.nodes[p];
+    for (k, c) in cgs.iter().enumerate() {
+        if !c.is_via || !viewer_match[k] {
+            continue;
+        }
+        let mut matched: Vec<IpNet> = Vec::new();
+        for d in &c.dst_prefixes {
+            for r in &ctx.subnets[p] {
+                if nets_overlap(d, r) {
+                    matched.push(*r);
+                }
+            }
+        }
+        if c.dst_internet && ctx.is_exit[p] {
+            matched.extend(peer.exit_routes());
+        }
+        if matched.is_empty() {
+            continue;
+        }
+        if c.via_tags.iter().any(|t| peer.tags.contains(t)) {
+            res.include.extend(matched);
+        } else {
+            res.exclude.extend(matched);
+        }
+    }
+    if res.include.is_empty() && res.exclude.is_empty() {
+        return res;
+    }
+    for (k, c) in cgs.iter().enumerate() {
+        if !c.is_via || !viewer_match[k] {
+            continue;
+        }
+        for d in &c.dst_prefixes {
+            for inc in res.include.clone() {
+                if !nets_overlap(d, &inc) {
+                    continue;
+                }
+                let mut best: Option<u64> = None;
+                for (j, node) in ctx.topo.nodes.iter().enumerate() {
+                    if c.via_tags.iter().any(|t| node.tags.contains(t))
+                        && ctx.subnets[j].contains(&inc)
+                    {
+                        best = Some(best.map_or(node.id, |b| b.min(node.id)));
+                    }
+                }
+                if let Some(b) = best {
+                    if peer.id != b {
+                        res.include.retain(|x| *x != inc);
+                        if !res.exclude.contains(&inc) {
+                            res.exclude.push(inc);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for (k, c) in cgs.iter().enumerate() {
+        if c.is_via || !viewer_match[k] {
+            continue;
+        }
+        for d in &c.dst_prefixes {
+            for inc in &res.include {
+                if nets_overlap(d, inc) && !res.use_primary.contains(inc) {
+                    res.use_primary.push(*inc);
+                }
+            }
+            res.exclude.retain(|x| !nets_overlap(d, x));
+        }
+    }
+    res
+}
+
+impl Compiled {
+    /// Allow-all result for "no policy at all": every node may reach every
+    /// other node on every port and everybody sees everybody.
+    pub fn allow_all(topo: &Topology) -> Compiled {
+        compile(&Policy::default(), topo)
+    }
+
+    /// True when compiled from no policy / a policy without acls and grants.
+    pub fn is_allow_all(&self) -> bool {
+        self.allow_all
+    }
+
+    fn idx(&self, id: u64) -> Option<usize> {
+        self.index.get(&id).copied()
+    }
+
+    /// The node's packet filter as tailcfg `[]FilterRule` JSON. An empty
+    /// array means "deny all inbound" and must be sent as such.
+    pub fn packet_filter(&self, node_id: u64) -> Value {
+        match self.idx(node_id) {
+            Some(i) => Value::Array(self.filters[i].iter().map(|r| r.to_json()).collect()),
+            None => Value::Array(vec![]),
+        }
+    }
+
+    /// IDs of the peers this node may see (symmetric), sorted by ID.
+    pub fn peers(&self, node_id: u64) -> Vec<u64> {
+        let Some(i) = self.idx(node_id) else {
+            return vec![];
+        };
+        let mut v: Vec<u64> = self.peers[i].iter().map(|&j| self.ids[j]).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// `AllowedIPs` of `peer_id` as seen by `viewer_id`: the peer's addresses,
+    /// then the primary subnet routes and exit routes the viewer may use.
+    pub fn peer_allowed_ips(&self, viewer_id: u64, peer_id: u64) -> Vec<IpNet> {
+        let (Some(v), Some(p)) = (self.idx(viewer_id), self.idx(peer_id)) else {
+            return vec![];
+        };
+        match self.peers[v].iter().position(|&x| x == p) {
+            Some(k) => self.allowed_ips[v][k].clone(),
+            None => vec![],
+        }
+    }
+
+    /// `PrimaryRoutes` of `peer_id` as seen by `viewer_id`: the peer's
+    /// primary subnet routes that are in the viewer's `AllowedIPs` for it.
+    pub fn peer_primary_routes(&self, viewer_id: u64, peer_id: u64) -> Vec<IpNet> {
+        let allowed = self.peer_allowed_ips(viewer_id, peer_id);
+        self.primary_routes(peer_id)
+            .into_iter()
+            .filter(|r| allowed.contains(r))
+            .collect()
+    }
+
+    /// Subnet routes for which this node is the elected primary
+    /// (`PrimaryRoutes` of the node's self view).
+    pub fn primary_routes(&self, node_id: u64) -> Vec<IpNet> {
+        self.idx(node_id)
+            .map(|i| self.primary[i].clone())
+            .unwrap_or_default()
+    }
+
+    /// The node's own `AllowedIPs`: addresses plus its approved routes.
+    pub fn self_allowed_ips(&self, node_id: u64, topo: &Topology) -> Vec<IpNet> {
+        let Some(i) = self.idx(node_id) else {
+            return vec![];
+        };
+        let mut v: Vec<IpNet> = self.node_ips[i].iter().map(|ip| IpNet::from(*ip)).collect();
+        let n = &topo.nodes[i];
+        v.extend(n.subnet_routes());
+        v.extend(n.exit_routes());
+        v
+    }
+
+    /// The node's `SSHPolicy` (`{"rules": [...]}`), or `None` when the policy
+    /// has no `ssh` section (send no SSHPolicy then).
+    pub fn ssh_policy(&self, node_id: u64) -> Option<Value> {
+        self.idx(node_id).and_then(|i| self.ssh[i].clone())
+    }
+
+    /// Like [`Compiled::ssh_policy`] with the check URL rewritten to
+    /// `server_url` (e.g. `https://ctl.example.net`).
+    pub fn ssh_policy_with_url(&self, node_id: u64, server_url: &str) -> Option<Value> {
+        let v = self.ssh_policy(node_id)?;
+        let s = serde_json::to_string(&v).ok()?;
+        let s = s.replace(
+            "https://unused/machine/ssh/action/",
+            &format!("{}/machine/ssh/action/", server_url.trim_end_matches('/')),
+        );
+        serde_json::from_str(&s).ok()
+    }
+
+    /// The node's self `CapMap` (baseline caps + nodeAttrs).
+    pub fn cap_map(&self, node_id: u64) -> Value {
+        match self.idx(node_id) {
+            Some(i) => Value::Object(self.cap_maps[i].clone()),
+            None => Value::Object(Map::new()),
+        }
+    }
+
+    /// CapMap to put on this node when it is sent as a *peer* (only
+    /// `suggest-exit-node` on exit nodes), or `None`.
+    pub fn peer_cap_map(&self, node_id: u64) -> Option<Value> {
+        let i = self.idx(node_id)?;
+        if !self.is_exit[i] {
+            return None;
+        }
+        let v = self.cap_maps[i].get("suggest-exit-node")?;
+        let mut m = Map::new();
+        m.insert("suggest-exit-node".into(), v.clone());
+        Some(Value::Object(m))
+    }
+
+    pub(crate) fn name_of(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+    pub(crate) fn tags_of(&self, i: usize) -> &[String] {
+        &self.tags[i]
+    }
+}
+
+/// The merged global (unreduced, non-self, non-via) rule list, used by
+/// policy `tests`.
+pub(crate) fn global_rules(ctx: &Ctx) -> Vec<Rule> {
+    let grants = effective_grants(ctx.pol);
+    let cgs: Vec<CGrant> = grants.iter().filter_map(|g| ctx.compile_grant(g)).collect();
+    merge_rules(cgs.iter().flat_map(|c| c.rules.iter().cloned()).collect())
+}
+
+/// Grants in evaluation order (grants, then ACLs); a policy without acls
+/// and grants behaves like `src:["*"] → dst:["*"], ip:["*"]`.
+fn effective_grants(policy: &Policy) -> Vec<Grant> {
+    if !policy.has_filter_sections() {
+        return vec![Grant {
+            src: vec![Alias::Wildcard],
+            dst: vec![Alias::Wildcard],
+            ip: vec![ProtoPorts {
+                proto: vec![],
+                ports: vec![(0, 65535)],
+            }],
+            app: None,
+            via: vec![],
+        }];
+    }
+    let mut grants: Vec<Grant> = policy.grants.clone().unwrap_or_default();
+    for acl in policy.acls.iter().flatten() {
+        grants.extend(super::acl_to_grants(acl));
+    }
+    grants
+}
