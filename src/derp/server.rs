@@ -1,0 +1,715 @@
+//! The DERP relay: per-connection protocol and the registry of clients.
+//!
+//! The HTTP front door (TLS, `GET /derp`, `101 Switching Protocols`) is not
+//! here; it hands the upgraded byte stream to [`serve_derp_conn`].
+//!
+//! Shape of a connection: after the handshake (ServerKey →, ClientInfo ←,
+//! ServerInfo →) two futures run side by side on the caller's task, a reader
+//! that parses frames and acts on them, and a writer that drains this
+//! client's bounded queue and sends keepalives. Whichever ends first ends
+//! the connection. Senders never wait on a receiver: enqueueing is
+//! `try_send`, and a full queue drops its *oldest* packet (stale WireGuard
+//! packets are worthless, as in Go's derper). A receiver that cannot take a
+//! write within [`DerpConfig::write_timeout`] is disconnected, so one stuck
+//! client costs nobody else anything.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_io::Timer;
+use crypto_box::aead::Aead;
+use crypto_box::{PublicKey, SalsaBox, SecretKey};
+use futures_lite::future;
+use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smol::channel::{self, Receiver, Sender, TrySendError};
+
+use crate::wire::derp::{
+    looks_like_disco, FrameType, Header, Key, PeerGoneReason, Repr, HEADER_LEN, NONCE_LEN,
+    PROTOCOL_VERSION,
+};
+
+/// Admission hook: true if this node key may use the relay (e.g. it belongs
+/// to a node registered with this control server).
+pub type VerifyFn = Arc<dyn Fn(&Key) -> bool + Send + Sync>;
+
+/// Tunables; the defaults follow Tailscale's derper.
+#[derive(Debug, Clone)]
+pub struct DerpConfig {
+    /// Base keepalive interval; up to 5 s of jitter is added. Clients give
+    /// up after 120 s of silence.
+    pub keepalive: Duration,
+    /// Longest a single write to a client may take before it is dropped.
+    pub write_timeout: Duration,
+    /// Deadline for the client to send ClientInfo.
+    pub handshake_timeout: Duration,
+    /// Frames queued per client before the oldest is dropped.
+    pub queue_len: usize,
+}
+
+impl Default for DerpConfig {
+    fn default() -> Self {
+        DerpConfig {
+            keepalive: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(2),
+            handshake_timeout: Duration::from_secs(10),
+            queue_len: 32,
+        }
+    }
+}
+
+/// Counters for the admin plane's metrics.
+#[derive(Debug, Default)]
+pub struct DerpStats {
+    /// Packets delivered to a destination queue.
+    pub packets_forwarded: AtomicU64,
+    /// Packets whose destination was not connected.
+    pub packets_dropped_unknown_dst: AtomicU64,
+    /// Packets pushed out of a full queue (oldest first).
+    pub packets_dropped_queue_full: AtomicU64,
+    /// Connections closed because a write took too long.
+    pub slow_clients_dropped: AtomicU64,
+    /// Connections refused by the verify hook.
+    pub clients_refused: AtomicU64,
+}
+
+/// One live connection as seen by others: its identity and its queue.
+struct Conn {
+    id: u64,
+    key: Key,
+    remote: Option<SocketAddr>,
+    tx: Sender<Vec<u8>>,
+    /// A second handle on the queue so a sender can pop the oldest frame
+    /// when the queue is full.
+    rx: Receiver<Vec<u8>>,
+}
+
+impl Conn {
+    /// Queue an encoded frame; never waits. Returns false if the connection
+    /// is closing. A full queue loses its oldest frame.
+    fn enqueue(&self, frame: Vec<u8>, stats: &DerpStats) -> bool {
+        let mut frame = frame;
+        for _ in 0..4 {
+            match self.tx.try_send(frame) {
+                Ok(()) => return true,
+                Err(TrySendError::Closed(_)) => return false,
+                Err(TrySendError::Full(f)) => {
+                    frame = f;
+                    if self.rx.try_recv().is_ok() {
+                        stats
+                            .packets_dropped_queue_full
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        // Lost a race with other senders four times in a row; dropping this
+        // one frame is within the queue's contract.
+        stats
+            .packets_dropped_queue_full
+            .fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// Make the writer stop, which ends the connection.
+    fn close(&self) {
+        self.tx.close();
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Connections per node key; the last one is the active one ("last
+    /// writer wins", as Go resolves reconnect races).
+    clients: HashMap<Key, Vec<Arc<Conn>>>,
+    /// src → destinations src has sent to, for PeerGone when src leaves.
+    sent_to: HashMap<Key, HashSet<Key>>,
+    /// dst → sources that sent to it, to prune `sent_to` when dst leaves.
+    received_from: HashMap<Key, HashSet<Key>>,
+    /// Mesh peers that asked for WatchConns, by connection id.
+    watchers: HashMap<u64, Arc<Conn>>,
+}
+
+/// The relay: our DERP key pair, policy hooks and the connected clients.
+pub struct DerpServer {
+    secret: SecretKey,
+    public: Key,
+    mesh_key: Option<Key>,
+    verify: Option<VerifyFn>,
+    config: DerpConfig,
+    registry: Mutex<Registry>,
+    next_id: AtomicU64,
+    stats: DerpStats,
+}
+
+impl std::fmt::Debug for DerpServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DerpServer")
+            .field("public", &hex(&self.public))
+            .field("mesh", &self.mesh_key.is_some())
+            .field("verify", &self.verify.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Constant-time equality for the mesh key, so a remote cannot learn it
+/// byte by byte from response timing.
+fn ct_eq(a: &Key, b: &Key) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn random_bytes<const N: usize>() -> io::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| io::Error::other(format!("getrandom: {e}")))?;
+    Ok(b)
+}
+
+/// What the client told us in ClientInfo.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// Protocol version the client speaks.
+    pub version: u64,
+    /// Client answers server pings.
+    pub can_ack_pings: bool,
+    /// Mesh key, if the client is a peer relay (all-zero counts as absent).
+    pub mesh_key: Option<Key>,
+    /// The client is a prober (stats only).
+    pub is_prober: bool,
+}
+
+impl ClientInfo {
+    /// Parse the JSON Go's client marshals. Go's decoder matches field names
+    /// case-insensitively, so we do too; unknown fields are ignored.
+    pub fn from_json(b: &[u8]) -> Option<ClientInfo> {
+        let v: serde_json::Value = serde_json::from_slice(b).ok()?;
+        let obj = v.as_object()?;
+        let mut ci = ClientInfo::default();
+        for (k, v) in obj {
+            match k.to_ascii_lowercase().as_str() {
+                "version" => ci.version = v.as_u64().unwrap_or(0),
+                "canackpings" => ci.can_ack_pings = v.as_bool().unwrap_or(false),
+                "isprober" => ci.is_prober = v.as_bool().unwrap_or(false),
+                "meshkey" => {
+                    ci.mesh_key = v
+                        .as_str()
+                        .and_then(parse_hex_key)
+                        .filter(|k| k.iter().any(|&b| b != 0));
+                }
+                _ => {}
+            }
+        }
+        Some(ci)
+    }
+}
+
+fn parse_hex_key(s: &str) -> Option<Key> {
+    let s = s.as_bytes();
+    if s.len() != 64 {
+        return None;
+    }
+    let mut k = [0u8; 32];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        let d = |c: u8| (c as char).to_digit(16);
+        k[i] = u8::try_from(d(pair[0])? * 16 + d(pair[1])?).ok()?;
+    }
+    Some(k)
+}
+
+impl DerpServer {
+    /// A relay with the given X25519 private key (keep it separate from the
+    /// Noise machine key; the caller generates and persists it).
+    pub fn new(private_key: [u8; 32]) -> DerpServer {
+        let secret = SecretKey::from_bytes(private_key);
+        let public = secret.public_key().to_bytes();
+        DerpServer {
+            secret,
+            public,
+            mesh_key: None,
+            verify: None,
+            config: DerpConfig::default(),
+            registry: Mutex::new(Registry::default()),
+            next_id: AtomicU64::new(1),
+            stats: DerpStats::default(),
+        }
+    }
+
+    /// A fresh random private key, for callers that persist it themselves.
+    pub fn generate_private_key() -> io::Result<[u8; 32]> {
+        random_bytes()
+    }
+
+    /// Admit only node keys for which `verify` returns true. Mesh peers
+    /// (holders of the mesh key) bypass it.
+    pub fn with_verify(mut self, verify: VerifyFn) -> Self {
+        self.verify = Some(verify);
+        self
+    }
+
+    /// Enable mesh features (WatchConns, ClosePeer, ForwardPacket) for
+    /// clients presenting this key.
+    pub fn with_mesh_key(mut self, key: Key) -> Self {
+        self.mesh_key = Some(key);
+        self
+    }
+
+    /// Override tunables.
+    pub fn with_config(mut self, config: DerpConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Our DERP public key (for the DERP map / `Derp-Public-Key` header).
+    pub fn public_key(&self) -> Key {
+        self.public
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &DerpStats {
+        &self.stats
+    }
+
+    /// Whether `key` has at least one live connection.
+    pub fn is_connected(&self, key: &Key) -> bool {
+        self.registry().clients.contains_key(key)
+    }
+
+    /// Node keys currently connected.
+    pub fn connected_keys(&self) -> Vec<Key> {
+        self.registry().clients.keys().copied().collect()
+    }
+
+    /// Disconnect every connection of `key` (e.g. the node was deleted or
+    /// rotated its key).
+    pub fn close_client(&self, key: &Key) {
+        if let Some(conns) = self.registry().clients.get(key) {
+            conns.iter().for_each(|c| c.close());
+        }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic while holding the lock leaves plain maps behind, still
+        // consistent enough to relay with; don't turn one bug into an outage.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keepalive_delay(&self) -> Duration {
+        let jitter = random_bytes::<2>().map_or(0, u16::from_be_bytes) % 5000;
+        self.config.keepalive + Duration::from_millis(u64::from(jitter))
+    }
+
+    fn register(&self, conn: &Arc<Conn>) {
+        let mut reg = self.registry();
+        let present = Repr::PeerPresent {
+            key: conn.key,
+            endpoint: conn.remote,
+            flags: 0,
+        }
+        .to_vec();
+        for w in reg.watchers.values() {
+            w.enqueue(present.clone(), &self.stats);
+        }
+        reg.clients.entry(conn.key).or_default().push(conn.clone());
+    }
+
+    fn unregister(&self, conn: &Arc<Conn>) {
+        let mut guard = self.registry();
+        let reg = &mut *guard;
+        reg.watchers.remove(&conn.id);
+        let Some(set) = reg.clients.get_mut(&conn.key) else {
+            return;
+        };
+        set.retain(|c| c.id != conn.id);
+        if !set.is_empty() {
+            // Another connection for this key lives on: nobody is told.
+            return;
+        }
+        reg.clients.remove(&conn.key);
+        let gone = Repr::PeerGone {
+            key: conn.key,
+            reason: PeerGoneReason::Disconnected,
+        }
+        .to_vec();
+        if let Some(dsts) = reg.sent_to.remove(&conn.key) {
+            for dst in dsts {
+                if let Some(r) = reg.received_from.get_mut(&dst) {
+                    r.remove(&conn.key);
+                }
+                if let Some(c) = reg.clients.get(&dst).and_then(|s| s.last()) {
+                    c.enqueue(gone.clone(), &self.stats);
+                }
+            }
+        }
+        if let Some(srcs) = reg.received_from.remove(&conn.key) {
+            for src in srcs {
+                if let Some(s) = reg.sent_to.get_mut(&src) {
+                    s.remove(&conn.key);
+                }
+            }
+        }
+        for w in reg.watchers.values() {
+            w.enqueue(gone.clone(), &self.stats);
+        }
+    }
+
+    /// Deliver `packet` from `src` to `dst`'s active connection. Returns
+    /// false if `dst` is not connected here.
+    fn forward(&self, from: &Conn, src: Key, dst: Key, packet: &[u8]) -> bool {
+        let frame = Repr::RecvPacket { src, packet }.to_vec();
+        let mut guard = self.registry();
+        let reg = &mut *guard;
+        let Some(target) = reg.clients.get(&dst).and_then(|s| s.last()).cloned() else {
+            self.stats
+                .packets_dropped_unknown_dst
+                .fetch_add(1, Ordering::Relaxed);
+            return false;
+        };
+        // Last writer is active: if the sender has duplicate connections,
+        // the one that just spoke becomes the one we deliver to.
+        if let Some(mine) = reg.clients.get_mut(&from.key) {
+            if mine.len() > 1 && mine.last().map(|c| c.id) != Some(from.id) {
+                if let Some(i) = mine.iter().position(|c| c.id == from.id) {
+                    let me = mine.remove(i);
+                    mine.push(me);
+                }
+            }
+        }
+        if reg.sent_to.entry(src).or_default().insert(dst) {
+            reg.received_from.entry(dst).or_default().insert(src);
+        }
+        drop(guard);
+        target.enqueue(frame, &self.stats);
+        self.stats.packets_forwarded.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+}
+
+/// Run the DERP protocol on an upgraded stream (the front door has already
+/// written `101 Switching Protocols`). Returns when the client leaves, is
+/// refused, is too slow, or breaks the protocol.
+pub async fn serve_derp_conn<S>(stream: S, server: Arc<DerpServer>) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    serve_derp_conn_from(stream, server, None).await
+}
+
+/// [`serve_derp_conn`] with the client's address, which mesh watchers
+/// receive in PeerPresent.
+pub async fn serve_derp_conn_from<S>(
+    stream: S,
+    server: Arc<DerpServer>,
+    remote: Option<SocketAddr>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut r, mut w) = futures_lite::io::split(stream);
+    let cfg = server.config.clone();
+
+    // 1. ServerKey.
+    let hello = Repr::ServerKey { key: server.public }.to_vec();
+    with_timeout(cfg.write_timeout, write_flush(&mut w, &hello)).await?;
+
+    // 2. ClientInfo, within the handshake deadline.
+    let mut buf = Vec::new();
+    let first = with_timeout(cfg.handshake_timeout, read_frame(&mut r, &mut buf)).await?;
+    if first != FrameType::ClientInfo {
+        return Err(proto("first frame is not ClientInfo"));
+    }
+    let Ok((Repr::ClientInfo { key, nonce, sealed }, _)) = Repr::parse_bytes(&buf) else {
+        return Err(proto("bad ClientInfo frame"));
+    };
+    let boxed = SalsaBox::new(&PublicKey::from_bytes(key), &server.secret);
+    let json = boxed
+        .decrypt(&nonce.into(), sealed)
+        .map_err(|_| proto("ClientInfo box does not open"))?;
+    let info = ClientInfo::from_json(&json).ok_or_else(|| proto("ClientInfo JSON"))?;
+    let is_mesh = match (&info.mesh_key, &server.mesh_key) {
+        (Some(theirs), Some(ours)) => ct_eq(theirs, ours),
+        _ => false,
+    };
+
+    // 3. Admission.
+    if !is_mesh {
+        if let Some(verify) = &server.verify {
+            if !verify(&key) {
+                server.stats.clients_refused.fetch_add(1, Ordering::Relaxed);
+                log::info!("derp: refusing unknown node key {}", hex(&key));
+                // Tell the client why before closing; it shows up in its
+                // health state rather than as an unexplained EOF.
+                let msg = Repr::Health {
+                    problem: "node key not authorized by this DERP server",
+                }
+                .to_vec();
+                let _ = with_timeout(cfg.write_timeout, write_flush(&mut w, &msg)).await;
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "DERP client not authorized",
+                ));
+            }
+        }
+    }
+
+    // 4. Register, then ServerInfo. Frames other clients queue for us in
+    // between wait in the queue until the writer starts after ServerInfo.
+    let (tx, rx) = channel::bounded(cfg.queue_len.max(1));
+    let conn = Arc::new(Conn {
+        id: server.next_id.fetch_add(1, Ordering::Relaxed),
+        key,
+        remote,
+        tx,
+        rx,
+    });
+    server.register(&conn);
+    let result = async {
+        let server_info = format!("{{\"version\":{PROTOCOL_VERSION}}}");
+        let nonce: [u8; NONCE_LEN] = random_bytes()?;
+        let sealed = boxed
+            .encrypt(&nonce.into(), server_info.as_bytes())
+            .map_err(|_| io::Error::other("sealing ServerInfo"))?;
+        let frame = Repr::ServerInfo {
+            nonce,
+            sealed: &sealed,
+        }
+        .to_vec();
+        with_timeout(cfg.write_timeout, write_flush(&mut w, &frame)).await?;
+
+        // 5. Steady state.
+        future::or(
+            reader(&mut r, &server, &conn, is_mesh, buf),
+            writer(&mut w, &server, &conn),
+        )
+        .await
+    }
+    .await;
+    server.unregister(&conn);
+    conn.close();
+    result
+}
+
+fn proto(msg: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+async fn with_timeout<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    future::or(f, async {
+        Timer::after(d).await;
+        Err(io::Error::new(io::ErrorKind::TimedOut, "DERP I/O deadline"))
+    })
+    .await
+}
+
+async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> io::Result<()> {
+    w.write_all(b).await?;
+    w.flush().await
+}
+
+/// Read one frame into `buf` (header included). Payloads over the type's
+/// bound are refused before being read; unknown types are skipped without
+/// buffering and reported as such with an empty `buf`.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<FrameType> {
+    let mut head = [0u8; HEADER_LEN];
+    r.read_exact(&mut head).await?;
+    let h = Header::parse(&head).map_err(|_| proto("DERP frame too long"))?;
+    buf.clear();
+    if let FrameType::Unknown(_) = h.frame_type {
+        let mut left = h.payload_len;
+        let mut sink = [0u8; 1024];
+        while left > 0 {
+            let n = left.min(sink.len());
+            r.read_exact(&mut sink[..n]).await?;
+            left -= n;
+        }
+        return Ok(h.frame_type);
+    }
+    buf.extend_from_slice(&head);
+    buf.resize(HEADER_LEN + h.payload_len, 0);
+    r.read_exact(&mut buf[HEADER_LEN..]).await?;
+    Ok(h.frame_type)
+}
+
+/// Disco NotHere replies allowed per second per connection; a peer spraying
+/// disco at absent nodes must not turn us into an amplifier.
+const NOT_HERE_PER_SEC: u32 = 5;
+
+async fn reader<R: AsyncRead + Unpin>(
+    r: &mut R,
+    server: &DerpServer,
+    conn: &Arc<Conn>,
+    is_mesh: bool,
+    mut buf: Vec<u8>,
+) -> io::Result<()> {
+    let mut not_here_window = Instant::now();
+    let mut not_here_count = 0u32;
+    loop {
+        let ft = read_frame(r, &mut buf).await?;
+        if matches!(ft, FrameType::Unknown(_)) {
+            continue;
+        }
+        let (repr, _) = Repr::parse_bytes(&buf).map_err(|_| proto("malformed DERP frame"))?;
+        match repr {
+            Repr::SendPacket { dst, packet } => {
+                let delivered = server.forward(conn, conn.key, dst, packet);
+                if !delivered && looks_like_disco(packet) {
+                    let now = Instant::now();
+                    if now.duration_since(not_here_window) >= Duration::from_secs(1) {
+                        not_here_window = now;
+                        not_here_count = 0;
+                    }
+                    if not_here_count < NOT_HERE_PER_SEC {
+                        not_here_count += 1;
+                        let gone = Repr::PeerGone {
+                            key: dst,
+                            reason: PeerGoneReason::NotHere,
+                        };
+                        conn.enqueue(gone.to_vec(), &server.stats);
+                    }
+                }
+            }
+            Repr::ForwardPacket { src, dst, packet } => {
+                if !is_mesh {
+                    return Err(proto("ForwardPacket without mesh key"));
+                }
+                server.forward(conn, src, dst, packet);
+            }
+            Repr::Ping { data } => {
+                conn.enqueue(Repr::Pong { data }.to_vec(), &server.stats);
+            }
+            Repr::WatchConns => {
+                if !is_mesh {
+                    return Err(proto("WatchConns without mesh key"));
+                }
+                let mut reg = server.registry();
+                for set in reg.clients.values() {
+                    if let Some(c) = set.last() {
+                        let present = Repr::PeerPresent {
+                            key: c.key,
+                            endpoint: c.remote,
+                            flags: 0,
+                        };
+                        conn.enqueue(present.to_vec(), &server.stats);
+                    }
+                }
+                reg.watchers.insert(conn.id, conn.clone());
+            }
+            Repr::ClosePeer { key } => {
+                if !is_mesh {
+                    return Err(proto("ClosePeer without mesh key"));
+                }
+                server.close_client(&key);
+            }
+            // NotePreferred is bookkeeping only; Pong answers a ping we
+            // never send; the rest are server→client frames a client has no
+            // business sending. All are ignored like unknown frames.
+            _ => {}
+        }
+    }
+}
+
+/// Largest batch of queued frames coalesced into one write.
+const WRITE_BATCH: usize = 64 << 10;
+
+async fn writer<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    server: &DerpServer,
+    conn: &Conn,
+) -> io::Result<()> {
+    let timeout = server.config.write_timeout;
+    let mut out: Vec<u8> = Vec::new();
+    let mut keepalive_at = Instant::now() + server.keepalive_delay();
+    loop {
+        out.clear();
+        let next = future::or(async { conn.rx.recv().await.map(Some) }, async {
+            Timer::at(keepalive_at).await;
+            Ok(None)
+        })
+        .await;
+        match next {
+            // Queue closed: ClosePeer, close_client, or the reader side
+            // finished unregistering.
+            Err(_) => return Ok(()),
+            Ok(None) => {
+                Repr::KeepAlive.emit_to_vec(&mut out);
+                keepalive_at = Instant::now() + server.keepalive_delay();
+            }
+            Ok(Some(frame)) => {
+                out.extend_from_slice(&frame);
+                while out.len() < WRITE_BATCH {
+                    match conn.rx.try_recv() {
+                        Ok(f) => out.extend_from_slice(&f),
+                        Err(_) => break,
+                    }
+                }
+            }
+        }
+        if let Err(e) = with_timeout(timeout, write_flush(w, &out)).await {
+            if e.kind() == io::ErrorKind::TimedOut {
+                server
+                    .stats
+                    .slow_clients_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                log::info!("derp: dropping slow client {}", hex(&conn.key));
+            }
+            return Err(e);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_info_json_case_insensitive() {
+        let mk = "ab".repeat(32);
+        let j =
+            format!(r#"{{"version":2,"CanAckPings":true,"meshkey":"{mk}","IsProber":true,"x":1}}"#);
+        let ci = ClientInfo::from_json(j.as_bytes()).unwrap();
+        assert_eq!(
+            ci,
+            ClientInfo {
+                version: 2,
+                can_ack_pings: true,
+                mesh_key: Some([0xab; 32]),
+                is_prober: true
+            }
+        );
+        let zero = format!(r#"{{"Version":2,"MeshKey":"{}"}}"#, "0".repeat(64));
+        let ci = ClientInfo::from_json(zero.as_bytes()).unwrap();
+        assert_eq!(ci.version, 2);
+        assert_eq!(ci.mesh_key, None);
+        assert!(ClientInfo::from_json(b"[1]").is_none());
+        assert!(ClientInfo::from_json(b"{").is_none());
+        assert_eq!(parse_hex_key("zz"), None);
+        assert_eq!(parse_hex_key(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn public_key_derivation_matches_x25519() {
+        let sk = [7u8; 32];
+        let s = DerpServer::new(sk);
+        let xs = x25519_dalek::StaticSecret::from(sk);
+        assert_eq!(
+            s.public_key(),
+            x25519_dalek::PublicKey::from(&xs).to_bytes()
+        );
+    }
+
+    #[test]
+    fn ct_eq_works() {
+        assert!(ct_eq(&[1; 32], &[1; 32]));
+        let mut b = [1; 32];
+        b[31] = 2;
+        assert!(!ct_eq(&[1; 32], &b));
+    }
+}

@@ -1,0 +1,427 @@
+//! The DERP relay against synthetic clients over loopback TCP.
+//!
+//! The clients are deliberately plain blocking code on std sockets, written
+//! from derp.md rather than from the server, so the two sides don't share
+//! mistakes.
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crypto_box::aead::Aead;
+use crypto_box::{PublicKey, SalsaBox, SecretKey};
+use tinyscale::derp::{serve_derp_conn, serve_derp_conn_from, DerpConfig, DerpServer};
+use tinyscale::wire::derp::{
+    FrameType, Header, Key, PeerGoneReason, Repr, DISCO_MAGIC, HEADER_LEN, MAX_PACKET_SIZE,
+};
+
+/// Start a relay on 127.0.0.1:0; each accepted connection runs on smol.
+fn start(server: DerpServer) -> (SocketAddr, Arc<DerpServer>) {
+    let server = Arc::new(server);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let s = server.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let _ = stream.set_nodelay(true);
+            let remote = stream.peer_addr().ok();
+            let s = s.clone();
+            smol::spawn(async move {
+                let stream = async_io::Async::new(stream).unwrap();
+                let _ = serve_derp_conn_from(stream, s, remote).await;
+            })
+            .detach();
+        }
+    });
+    (addr, server)
+}
+
+fn read_frame(s: &mut impl Read) -> io::Result<Vec<u8>> {
+    let mut head = [0u8; HEADER_LEN];
+    s.read_exact(&mut head)?;
+    let h = Header::parse(&head).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let mut f = head.to_vec();
+    f.resize(HEADER_LEN + h.payload_len, 0);
+    s.read_exact(&mut f[HEADER_LEN..])?;
+    Ok(f)
+}
+
+struct Client<S = TcpStream> {
+    s: S,
+    key: Key,
+}
+
+/// Connect and do the handshake; returns the client and the first frame
+/// after ClientInfo (ServerInfo on success).
+fn connect_raw(addr: SocketAddr, seed: u8, mesh: Option<&str>) -> (Client, io::Result<Vec<u8>>) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    handshake(s, seed, mesh)
+}
+
+fn handshake<S: Read + Write>(
+    mut s: S,
+    seed: u8,
+    mesh: Option<&str>,
+) -> (Client<S>, io::Result<Vec<u8>>) {
+    let secret = SecretKey::from_bytes([seed; 32]);
+    let key = secret.public_key().to_bytes();
+    let f = read_frame(&mut s).unwrap();
+    let Ok((Repr::ServerKey { key: server_key }, _)) = Repr::parse_bytes(&f) else {
+        panic!("expected ServerKey, got {f:?}");
+    };
+    let json = match mesh {
+        Some(mk) => format!(r#"{{"version":2,"CanAckPings":true,"meshKey":"{mk}"}}"#),
+        None => r#"{"version":2,"CanAckPings":true}"#.to_string(),
+    };
+    let b = SalsaBox::new(&PublicKey::from_bytes(server_key), &secret);
+    let nonce = [seed ^ 0x5a; 24];
+    let sealed = b.encrypt(&nonce.into(), json.as_bytes()).unwrap();
+    let ci = Repr::ClientInfo {
+        key,
+        nonce,
+        sealed: &sealed,
+    };
+    s.write_all(&ci.to_vec()).unwrap();
+    let next = read_frame(&mut s);
+    if let Ok(f) = &next {
+        if let Ok((Repr::ServerInfo { nonce, sealed }, _)) = Repr::parse_bytes(f) {
+            let plain = b.decrypt(&nonce.into(), sealed).expect("ServerInfo opens");
+            let v: serde_json::Value = serde_json::from_slice(&plain).unwrap();
+            assert_eq!(v["version"], 2);
+        }
+    }
+    (Client { s, key }, next)
+}
+
+fn connect(addr: SocketAddr, seed: u8) -> Client {
+    let (c, first) = connect_raw(addr, seed, None);
+    let first = first.expect("ServerInfo");
+    assert_eq!(first[0], u8::from(FrameType::ServerInfo));
+    c
+}
+
+impl<S: Read + Write> Client<S> {
+    fn send(&mut self, r: Repr<'_>) {
+        self.s.write_all(&r.to_vec()).unwrap();
+    }
+
+    /// Next frame that is not a KeepAlive.
+    fn recv(&mut self) -> io::Result<Vec<u8>> {
+        loop {
+            let f = read_frame(&mut self.s)?;
+            if f[0] != u8::from(FrameType::KeepAlive) {
+                return Ok(f);
+            }
+        }
+    }
+}
+
+/// A client over a Unix socket pair: unlike loopback TCP (whose kernel keeps
+/// squeezing more unread data into a stalled receiver), its buffer is small
+/// and fixed, so a client that stops reading really stops the server's writes.
+fn connect_unix(server: &Arc<DerpServer>, seed: u8) -> Client<UnixStream> {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let s = server.clone();
+    smol::spawn(async move {
+        let theirs = async_io::Async::new(theirs).unwrap();
+        let _ = serve_derp_conn(theirs, s).await;
+    })
+    .detach();
+    let (c, first) = handshake(ours, seed, None);
+    assert_eq!(first.unwrap()[0], u8::from(FrameType::ServerInfo));
+    c
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn packets_are_relayed_and_peer_gone_follows() {
+    let (addr, server) = start(DerpServer::new([1; 32]));
+    let mut a = connect(addr, 10);
+    let mut b = connect(addr, 11);
+    assert!(wait_until(
+        || server.is_connected(&a.key) && server.is_connected(&b.key)
+    ));
+
+    a.send(Repr::SendPacket {
+        dst: b.key,
+        packet: b"hello b",
+    });
+    let f = b.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::RecvPacket {
+            src: a.key,
+            packet: b"hello b"
+        }
+    );
+    // The largest legal packet makes it through too.
+    let big = vec![0xEE; MAX_PACKET_SIZE];
+    b.send(Repr::SendPacket {
+        dst: a.key,
+        packet: &big,
+    });
+    let f = a.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::RecvPacket {
+            src: b.key,
+            packet: &big
+        }
+    );
+
+    // Ping → Pong with the same bytes.
+    a.send(Repr::Ping { data: *b"pingpong" });
+    let f = a.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::Pong { data: *b"pingpong" }
+    );
+
+    // Unknown frame types are skipped, the connection survives.
+    a.send(Repr::Unknown {
+        frame_type: 0x7f,
+        payload: b"future stuff",
+    });
+    a.send(Repr::NotePreferred { preferred: true });
+    a.send(Repr::Ping { data: [9; 8] });
+    let f = a.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::Pong { data: [9; 8] }
+    );
+
+    // A leaves: B, which received from A, hears PeerGone(A, disconnected).
+    let a_key = a.key;
+    drop(a);
+    let f = b.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::PeerGone {
+            key: a_key,
+            reason: PeerGoneReason::Disconnected
+        }
+    );
+    assert!(wait_until(|| !server.is_connected(&a_key)));
+}
+
+#[test]
+fn disco_to_absent_peer_gets_not_here() {
+    let (addr, _server) = start(DerpServer::new([2; 32]));
+    let mut a = connect(addr, 20);
+    let absent = [0x99; 32];
+    // Plain data to an absent peer is dropped silently…
+    a.send(Repr::SendPacket {
+        dst: absent,
+        packet: b"wg",
+    });
+    // …a disco message earns a NotHere.
+    let mut disco = DISCO_MAGIC.to_vec();
+    disco.resize(6 + 32 + 24 + 10, 1);
+    a.send(Repr::SendPacket {
+        dst: absent,
+        packet: &disco,
+    });
+    let f = a.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::PeerGone {
+            key: absent,
+            reason: PeerGoneReason::NotHere
+        }
+    );
+}
+
+#[test]
+fn unknown_node_key_is_refused() {
+    let allowed = SecretKey::from_bytes([30; 32]).public_key().to_bytes();
+    let server = DerpServer::new([3; 32]).with_verify(Arc::new(move |k: &Key| *k == allowed));
+    let (addr, server) = start(server);
+    let _ok = connect(addr, 30);
+
+    let (mut c, first) = connect_raw(addr, 31, None);
+    let first = first.expect("an explanation frame");
+    match Repr::parse_bytes(&first).unwrap().0 {
+        Repr::Health { problem } => assert!(problem.contains("not authorized")),
+        other => panic!("expected Health, got {other:?}"),
+    }
+    // Then the server hangs up: EOF, never ServerInfo.
+    let mut rest = Vec::new();
+    let n = c.s.read_to_end(&mut rest).unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(!server.is_connected(&c.key));
+    assert_eq!(
+        server
+            .stats()
+            .clients_refused
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn bad_client_info_is_dropped() {
+    let (addr, _server) = start(DerpServer::new([4; 32]));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    read_frame(&mut s).unwrap();
+    // A box sealed to the wrong key does not open.
+    let ci = Repr::ClientInfo {
+        key: [5; 32],
+        nonce: [0; 24],
+        sealed: &[0; 40],
+    };
+    s.write_all(&ci.to_vec()).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+}
+
+#[test]
+fn slow_reader_is_dropped_without_blocking_others() {
+    let cfg = DerpConfig {
+        write_timeout: Duration::from_millis(300),
+        ..DerpConfig::default()
+    };
+    let server = Arc::new(DerpServer::new([5; 32]).with_config(cfg));
+    let mut a = connect_unix(&server, 50);
+    let mut b = connect_unix(&server, 51);
+    let slow = connect_unix(&server, 52); // never reads again
+    let slow_key = slow.key;
+    assert!(wait_until(|| server.connected_keys().len() == 3));
+
+    // Flood the slow reader with far more than socket buffers hold; the
+    // sender must never block (it is a different client's problem).
+    let pkt = vec![0xAB; MAX_PACKET_SIZE];
+    let started = Instant::now();
+    for _ in 0..2000 {
+        a.send(Repr::SendPacket {
+            dst: slow_key,
+            packet: &pkt,
+        });
+        if !server.is_connected(&slow_key) {
+            break;
+        }
+    }
+    eprintln!(
+        "fwd={} full={} slow={}",
+        st.packets_forwarded
+            .load(std::sync::atomic::Ordering::Relaxed),
+        st.packets_dropped_queue_full
+            .load(std::sync::atomic::Ordering::Relaxed),
+        st.slow_clients_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    assert!(
+        wait_until(|| !server.is_connected(&slow_key)),
+        "slow reader still connected after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        server
+            .stats()
+            .slow_clients_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+
+    // The others are unaffected.
+    a.send(Repr::SendPacket {
+        dst: b.key,
+        packet: b"still here",
+    });
+    let f = b.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::RecvPacket {
+            src: a.key,
+            packet: b"still here"
+        }
+    );
+    a.send(Repr::Ping { data: [1; 8] });
+    loop {
+        let f = a.recv().unwrap();
+        if let Repr::Pong { data } = Repr::parse_bytes(&f).unwrap().0 {
+            assert_eq!(data, [1; 8]);
+            break;
+        }
+    }
+    drop(slow);
+}
+
+#[test]
+fn keepalives_arrive() {
+    let cfg = DerpConfig {
+        keepalive: Duration::from_millis(1),
+        ..DerpConfig::default()
+    };
+    let (addr, _server) = start(DerpServer::new([6; 32]).with_config(cfg));
+    let mut a = connect(addr, 60);
+    // Jitter is up to 5 s; allow for it.
+    a.s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let f = read_frame(&mut a.s).unwrap();
+    assert_eq!(Repr::parse_bytes(&f).unwrap().0, Repr::KeepAlive);
+}
+
+#[test]
+fn mesh_watcher_sees_presence_and_can_close_peers() {
+    let mesh = [0x42u8; 32];
+    let mesh_hex: String = mesh.iter().map(|b| format!("{b:02x}")).collect();
+    let server = DerpServer::new([7; 32])
+        .with_mesh_key(mesh)
+        .with_verify(Arc::new(|_: &Key| false));
+    let (addr, server) = start(server);
+    // Mesh peers bypass verify.
+    let (mut w, first) = connect_raw(addr, 70, Some(&mesh_hex));
+    assert_eq!(first.unwrap()[0], u8::from(FrameType::ServerInfo));
+    w.send(Repr::WatchConns);
+    // The watcher itself is reported first.
+    let f = w.recv().unwrap();
+    assert!(
+        matches!(Repr::parse_bytes(&f).unwrap().0, Repr::PeerPresent { key, .. } if key == w.key)
+    );
+
+    // A second mesh-holding client appears: PeerPresent with its endpoint.
+    let (other, first) = connect_raw(addr, 71, Some(&mesh_hex));
+    assert!(first.is_ok());
+    let f = w.recv().unwrap();
+    match Repr::parse_bytes(&f).unwrap().0 {
+        Repr::PeerPresent { key, endpoint, .. } => {
+            assert_eq!(key, other.key);
+            assert_eq!(endpoint, Some(other.s.local_addr().unwrap()));
+        }
+        r => panic!("expected PeerPresent, got {r:?}"),
+    }
+    // ClosePeer drops it, and the watcher hears PeerGone.
+    w.send(Repr::ClosePeer { key: other.key });
+    let f = w.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::PeerGone {
+            key: other.key,
+            reason: PeerGoneReason::Disconnected
+        }
+    );
+    assert!(wait_until(|| !server.is_connected(&other.key)));
+
+    // A non-mesh client asking to watch is disconnected.
+    let plain = DerpServer::new([8; 32]);
+    let (addr2, _s2) = start(plain);
+    let mut c = connect(addr2, 72);
+    c.send(Repr::WatchConns);
+    let mut rest = Vec::new();
+    assert_eq!(c.s.read_to_end(&mut rest).unwrap_or(0), 0);
+}
