@@ -70,7 +70,8 @@ macro_rules! key_type {
                     // Go encodes nothing as empty; treat as zero like a missing field.
                     return Ok($name([0; 32]));
                 }
-                $name::parse(&s).ok_or_else(|| de::Error::custom(concat!("invalid ", $prefix, " key")))
+                $name::parse(&s)
+                    .ok_or_else(|| de::Error::custom(concat!("invalid ", $prefix, " key")))
             }
         }
     };
@@ -104,7 +105,10 @@ mod tests {
         let s = k.to_string();
         assert!(s.starts_with("nodekey:abab"));
         assert_eq!(NodeKey::parse(&s), Some(k));
-        assert_eq!(NodeKey::parse(&s.to_uppercase().replace("NODEKEY:", "nodekey:")), Some(k));
+        assert_eq!(
+            NodeKey::parse(&s.to_uppercase().replace("NODEKEY:", "nodekey:")),
+            Some(k)
+        );
         assert_eq!(NodeKey::parse("mkey:00"), None);
         assert_eq!(NodeKey::parse(&s[..s.len() - 1]), None);
         let j: Result<MachineKey, _> = serde_json::from_str("\"nodekey:00\"");
@@ -116,7 +120,9 @@ mod tests {
     #[test]
     fn public_key_vector() {
         // protocol/noise.md §8: server static key.
-        let private = from_hex::<32>("0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20").unwrap();
+        let private =
+            from_hex::<32>("0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20")
+                .unwrap();
         assert_eq!(
             to_hex(&x25519_public(&private)),
             "07a37cbc142093c8b755dc1b10e86cb426374ad16aa853ed0bdfc0b2b86d1c7c"

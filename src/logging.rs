@@ -20,7 +20,12 @@ impl log::Log for Stderr {
             return;
         }
         let now = crate::state::now();
-        let line = format!("{} {:<5} {}\n", crate::timefmt::rfc3339(now), r.level(), r.args());
+        let line = format!(
+            "{} {:<5} {}\n",
+            crate::timefmt::rfc3339(now),
+            r.level(),
+            r.args()
+        );
         let _ = std::io::stderr().lock().write_all(line.as_bytes());
     }
     fn flush(&self) {}

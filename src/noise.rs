@@ -85,14 +85,18 @@ fn accept_with(
         .read_message(msg.noise_message(), &mut payload)
         .map_err(|_| HandshakeError::Crypto)?;
     if n != 0 {
-        return Err(HandshakeError::Malformed(wn::Error::Malformed("non-empty payload")));
+        return Err(HandshakeError::Malformed(wn::Error::Malformed(
+            "non-empty payload",
+        )));
     }
     let machine_key: [u8; 32] = hs
         .get_remote_static()
         .and_then(|k| k.try_into().ok())
         .ok_or(HandshakeError::Crypto)?;
     let mut out = [0u8; 128];
-    let n = hs.write_message(&[], &mut out).map_err(|_| HandshakeError::Crypto)?;
+    let n = hs
+        .write_message(&[], &mut out)
+        .map_err(|_| HandshakeError::Crypto)?;
     let mut response = Vec::with_capacity(wn::RESPONSE_LEN);
     wn::Response::emit(&out[..n], &mut response).map_err(HandshakeError::Malformed)?;
     let (k1, k2) = hs.dangerously_get_raw_split();
@@ -136,7 +140,9 @@ impl Initiator {
         }
         let mut hs = b.build_initiator().map_err(|_| HandshakeError::Crypto)?;
         let mut out = [0u8; 128];
-        let n = hs.write_message(&[], &mut out).map_err(|_| HandshakeError::Crypto)?;
+        let n = hs
+            .write_message(&[], &mut out)
+            .map_err(|_| HandshakeError::Crypto)?;
         let mut init = Vec::with_capacity(wn::INITIATION_LEN);
         wn::Initiation::emit(version, &out[..n], &mut init).map_err(HandshakeError::Malformed)?;
         Ok((Initiator { hs }, init))
@@ -162,7 +168,10 @@ pub struct CipherState {
 
 impl CipherState {
     pub fn new(key: &[u8; 32]) -> Self {
-        CipherState { aead: ChaCha20Poly1305::new(Key::from_slice(key)), counter: 0 }
+        CipherState {
+            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            counter: 0,
+        }
     }
 
     fn next_nonce(&mut self) -> io::Result<[u8; 12]> {
@@ -178,7 +187,12 @@ impl CipherState {
     pub fn seal_record(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
         debug_assert!(plain.len() <= MAX_PLAINTEXT_LEN);
         let nonce = self.next_nonce()?;
-        out.extend_from_slice(&RecordHeader { len: plain.len() + TAG_LEN }.emit());
+        out.extend_from_slice(
+            &RecordHeader {
+                len: plain.len() + TAG_LEN,
+            }
+            .emit(),
+        );
         let start = out.len();
         out.extend_from_slice(plain);
         let tag = self
@@ -192,14 +206,19 @@ impl CipherState {
     /// Decrypts a record body (ciphertext ‖ tag) in place; returns the plaintext length.
     pub fn open_record(&mut self, body: &mut [u8]) -> io::Result<usize> {
         if body.len() < TAG_LEN {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "short noise record"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "short noise record",
+            ));
         }
         let nonce = self.next_nonce()?;
         let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
         let tag = Tag::clone_from_slice(tag);
         self.aead
             .decrypt_in_place_detached(Nonce::from_slice(&nonce), &[], ct, &tag)
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "noise record decryption failed"))?;
+            .map_err(|_| {
+                io::Error::new(io::ErrorKind::InvalidData, "noise record decryption failed")
+            })?;
         Ok(ct.len())
     }
 }
@@ -249,14 +268,18 @@ impl<S> NoiseStream<S> {
             return Ok(false);
         }
         let hdr = [self.rbuf[0], self.rbuf[1], self.rbuf[2]];
-        let h = RecordHeader::parse(&hdr).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+        let h = RecordHeader::parse(&hdr)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let total = RECORD_HEADER_LEN + h.len;
         if self.rbuf.len() < total {
             return Ok(false);
         }
-        let n = self.rx.open_record(&mut self.rbuf[RECORD_HEADER_LEN..total])?;
+        let n = self
+            .rx
+            .open_record(&mut self.rbuf[RECORD_HEADER_LEN..total])?;
         self.plain.clear();
-        self.plain.extend_from_slice(&self.rbuf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + n]);
+        self.plain
+            .extend_from_slice(&self.rbuf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + n]);
         self.ppos = 0;
         self.rbuf.drain(..total);
         Ok(true)
@@ -278,7 +301,11 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
     }
 
     /// Reads plaintext into `dst`; 0 means end of stream.
-    pub fn poll_read_plain(&mut self, cx: &mut Context<'_>, dst: &mut [u8]) -> Poll<io::Result<usize>> {
+    pub fn poll_read_plain(
+        &mut self,
+        cx: &mut Context<'_>,
+        dst: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
         loop {
             if self.ppos < self.plain.len() {
                 let n = dst.len().min(self.plain.len() - self.ppos);
@@ -304,7 +331,11 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
         }
     }
 
-    pub fn poll_write_plain(&mut self, cx: &mut Context<'_>, src: &[u8]) -> Poll<io::Result<usize>> {
+    pub fn poll_write_plain(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &[u8],
+    ) -> Poll<io::Result<usize>> {
         if self.wbuf.len() - self.wpos >= WRITE_HIGH_WATER {
             ready!(self.poll_flush_wbuf(cx))?;
         }
@@ -348,7 +379,11 @@ impl<S: FRead + FWrite + Unpin> tokio::io::AsyncRead for NoiseStream<S> {
 }
 
 impl<S: FRead + FWrite + Unpin> tokio::io::AsyncWrite for NoiseStream<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.get_mut().poll_write_plain(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -366,21 +401,34 @@ mod tests {
 
     fn h(s: &str) -> Vec<u8> {
         let s: String = s.split_whitespace().collect();
-        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     /// protocol/noise.md §8 vectors (capver 130).
     #[test]
     fn handshake_and_records_match_vectors() {
-        let server = from_hex::<32>("0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20").unwrap();
-        let client = from_hex::<32>("2122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40").unwrap();
-        let ceph = from_hex::<32>("4142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f60").unwrap();
-        let seph = from_hex::<32>("6162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f80").unwrap();
+        let server =
+            from_hex::<32>("0102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f20")
+                .unwrap();
+        let client =
+            from_hex::<32>("2122232425262728292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f40")
+                .unwrap();
+        let ceph =
+            from_hex::<32>("4142434445464748494a4b4c4d4e4f505152535455565758595a5b5c5d5e5f60")
+                .unwrap();
+        let seph =
+            from_hex::<32>("6162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f80")
+                .unwrap();
         let server_pub = crate::keys::x25519_public(&server);
         let (ini, init) = Initiator::start_with(&client, &server_pub, 130, Some(&ceph)).unwrap();
-        let want_init = h("0082 01 0060 64b101b1d0be5a8704bd078f9895001fc03e8e9f9522f188dd128d9846d48466
+        let want_init = h(
+            "0082 01 0060 64b101b1d0be5a8704bd078f9895001fc03e8e9f9522f188dd128d9846d48466
             0806c371c2f5b89e49d5c606b01d6586a9712bf580bcfb3a6c2d1d66cc5a9591
-            408e5c05c1173ab99f3225f4f6434f00 549771054b9963b6bfc7e2a99edb4c06");
+            408e5c05c1173ab99f3225f4f6434f00 549771054b9963b6bfc7e2a99edb4c06",
+        );
         assert_eq!(init, want_init);
         assert_eq!(
             crate::wire::base64::encode(&init),
@@ -388,13 +436,22 @@ mod tests {
         );
         let acc = accept_with(&server, &init, Some(&seph)).unwrap();
         assert_eq!(acc.version, 130);
-        assert_eq!(to_hex(&acc.machine_key), "5869aff450549732cbaaed5e5df9b30a6da31cb0e5742bad5ad4a1a768f1a67b");
+        assert_eq!(
+            to_hex(&acc.machine_key),
+            "5869aff450549732cbaaed5e5df9b30a6da31cb0e5742bad5ad4a1a768f1a67b"
+        );
         assert_eq!(
             acc.response,
             h("02 0030 244fe3b963e899dd295baffce248d3530f3a9a7479ba063002680ebfe7adad49 57324e83f722058835b2229bbe82a1d8")
         );
-        assert_eq!(to_hex(&acc.keys.rx), "d5e58dae60ff25cc337ac1ea707d6c02dd1de177f8bc6d566627fc383ac00af8");
-        assert_eq!(to_hex(&acc.keys.tx), "6efd2cd4516d87a0827fbc5863fa03c5d58eafd0da54497d5190362fe50b0f6f");
+        assert_eq!(
+            to_hex(&acc.keys.rx),
+            "d5e58dae60ff25cc337ac1ea707d6c02dd1de177f8bc6d566627fc383ac00af8"
+        );
+        assert_eq!(
+            to_hex(&acc.keys.tx),
+            "6efd2cd4516d87a0827fbc5863fa03c5d58eafd0da54497d5190362fe50b0f6f"
+        );
         let ck = ini.finish(&acc.response).unwrap();
         assert_eq!(ck.tx, acc.keys.rx);
         assert_eq!(ck.rx, acc.keys.tx);
@@ -402,20 +459,31 @@ mod tests {
         // Client→server records with big-endian nonces 0, 1, 2.
         let mut c = CipherState::new(&ck.tx);
         let mut out = Vec::new();
-        c.seal_record(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut out).unwrap();
+        c.seal_record(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", &mut out)
+            .unwrap();
         assert_eq!(out, h("0400288b2e0c876dbab1a674906e8272135e34de154776d5d522b2c9c11610e77b6f7c6f4d0bf3d767307f"));
         out.clear();
         c.seal_record(b"second record", &mut out).unwrap();
-        assert_eq!(out, h("04001de308291c858a4b9f0fbc60c7cded42fd35b60c6c517191e096a9c6926a"));
+        assert_eq!(
+            out,
+            h("04001de308291c858a4b9f0fbc60c7cded42fd35b60c6c517191e096a9c6926a")
+        );
         out.clear();
         c.seal_record(b"third record", &mut out).unwrap();
-        assert_eq!(out, h("04001c4e2d7a467a993c23e4078d3581159b5b9fbbf7e18caebb384d7e3e87"));
+        assert_eq!(
+            out,
+            h("04001c4e2d7a467a993c23e4078d3581159b5b9fbbf7e18caebb384d7e3e87")
+        );
 
         // Server→client record #0 and #1 decrypt on the server's tx key.
         let mut s = CipherState::new(&acc.keys.tx);
         let mut out = Vec::new();
-        s.seal_record(&h("ffffff5453000000027b7d"), &mut out).unwrap();
-        assert_eq!(out, h("04001b946cea560ed458b7061fbe2d0c2cfe8dceb2570c3789e91aebb64a"));
+        s.seal_record(&h("ffffff5453000000027b7d"), &mut out)
+            .unwrap();
+        assert_eq!(
+            out,
+            h("04001b946cea560ed458b7061fbe2d0c2cfe8dceb2570c3789e91aebb64a")
+        );
         let mut r = CipherState::new(&acc.keys.rx);
         let mut rec = h("04001dd47673e995b194f28c8135fb756836e1299b505c5b6b8edcf6ede9edd8");
         // A little-endian record #1 must fail after a good record #0.
@@ -433,7 +501,9 @@ mod tests {
             serde_json::from_str(include_str!("../tests/vectors/summary.json")).unwrap();
         let init_b64 = include_str!("../tests/vectors/handshake_init.b64").trim();
         let init = crate::wire::base64::decode(init_b64).unwrap();
-        let priv_hex = summary["control_private_key_hex_TEST_ONLY"].as_str().unwrap();
+        let priv_hex = summary["control_private_key_hex_TEST_ONLY"]
+            .as_str()
+            .unwrap();
         let server = from_hex::<32>(priv_hex).unwrap();
         let acc = accept(&server, &init).unwrap();
         assert_eq!(acc.version, 130);

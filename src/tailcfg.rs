@@ -118,7 +118,9 @@ pub struct SharedRaw(pub Arc<RawValue>);
 
 impl SharedRaw {
     pub fn new(json: String) -> Option<SharedRaw> {
-        RawValue::from_string(json).ok().map(|b| SharedRaw(Arc::from(b)))
+        RawValue::from_string(json)
+            .ok()
+            .map(|b| SharedRaw(Arc::from(b)))
     }
     pub fn get(&self) -> &str {
         self.0.get()
@@ -139,7 +141,11 @@ pub struct UserProfile {
     pub login_name: String,
     #[serde(rename = "DisplayName")]
     pub display_name: String,
-    #[serde(rename = "ProfilePicURL", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "ProfilePicURL",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub profile_pic_url: String,
 }
 
@@ -178,7 +184,11 @@ pub struct Node {
     pub cap: u32,
     #[serde(rename = "Tags", skip_serializing_if = "Vec::is_empty", default)]
     pub tags: Vec<String>,
-    #[serde(rename = "PrimaryRoutes", skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(
+        rename = "PrimaryRoutes",
+        skip_serializing_if = "Vec::is_empty",
+        default
+    )]
     pub primary_routes: Vec<String>,
     #[serde(rename = "LastSeen", skip_serializing_if = "Option::is_none", default)]
     pub last_seen: Option<String>,
@@ -188,7 +198,11 @@ pub struct Node {
     pub machine_authorized: bool,
     #[serde(rename = "CapMap", skip_serializing_if = "Option::is_none", default)]
     pub cap_map: Option<BTreeMap<String, serde_json::Value>>,
-    #[serde(rename = "Expired", skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(
+        rename = "Expired",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
     pub expired: bool,
 }
 
@@ -204,7 +218,11 @@ fn is_zero_u32(v: &u32) -> bool {
 pub struct PeerChange {
     #[serde(rename = "NodeID")]
     pub node_id: u64,
-    #[serde(rename = "DERPRegion", skip_serializing_if = "Option::is_none", default)]
+    #[serde(
+        rename = "DERPRegion",
+        skip_serializing_if = "Option::is_none",
+        default
+    )]
     pub derp_region: Option<i32>,
     #[serde(rename = "Cap", skip_serializing_if = "Option::is_none", default)]
     pub cap: Option<u32>,
@@ -236,15 +254,27 @@ pub struct DerpNode {
     pub ipv6: String,
     #[serde(rename = "STUNPort", skip_serializing_if = "is_zero_i32", default)]
     pub stun_port: i32,
-    #[serde(rename = "STUNOnly", skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(
+        rename = "STUNOnly",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
     pub stun_only: bool,
     #[serde(rename = "DERPPort", skip_serializing_if = "is_zero_i32", default)]
     pub derp_port: i32,
     #[serde(rename = "CertName", skip_serializing_if = "String::is_empty", default)]
     pub cert_name: String,
-    #[serde(rename = "InsecureForTests", skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(
+        rename = "InsecureForTests",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
     pub insecure_for_tests: bool,
-    #[serde(rename = "CanPort80", skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(
+        rename = "CanPort80",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
     pub can_port80: bool,
 }
 
@@ -267,7 +297,11 @@ pub struct DerpMap {
     /// Keys are region IDs as decimal strings.
     #[serde(rename = "Regions")]
     pub regions: BTreeMap<String, DerpRegion>,
-    #[serde(rename = "omitDefaultRegions", skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(
+        rename = "omitDefaultRegions",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
     pub omit_default_regions: bool,
 }
 
@@ -295,15 +329,27 @@ pub struct DnsConfig {
     pub routes: BTreeMap<String, Vec<Resolver>>,
     #[serde(rename = "Domains", skip_serializing_if = "Vec::is_empty", default)]
     pub domains: Vec<String>,
-    #[serde(rename = "Proxied", skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(
+        rename = "Proxied",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
     pub proxied: bool,
-    #[serde(rename = "ExtraRecords", skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(
+        rename = "ExtraRecords",
+        skip_serializing_if = "Vec::is_empty",
+        default
+    )]
     pub extra_records: Vec<DnsRecord>,
 }
 
 #[derive(Serialize, Deserialize, Default, Debug, Clone)]
 pub struct Debug {
-    #[serde(rename = "DisableLogTail", skip_serializing_if = "std::ops::Not::not", default)]
+    #[serde(
+        rename = "DisableLogTail",
+        skip_serializing_if = "std::ops::Not::not",
+        default
+    )]
     pub disable_log_tail: bool,
 }
 
@@ -361,7 +407,11 @@ pub fn hostinfo_strs(hostinfo: &serde_json::Value, key: &str) -> Vec<String> {
     hostinfo
         .get(key)
         .and_then(|v| v.as_array())
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -373,7 +423,11 @@ mod tests {
     fn real_client_requests_decode() {
         let v: serde_json::Value =
             serde_json::from_str(include_str!("../tests/vectors/register_request.json")).unwrap();
-        let body = v.get("body").or_else(|| v.get("json")).cloned().unwrap_or(v.clone());
+        let body = v
+            .get("body")
+            .or_else(|| v.get("json"))
+            .cloned()
+            .unwrap_or(v.clone());
         let r: RegisterRequest = serde_json::from_value(body).unwrap();
         assert_eq!(r.version, 130);
         assert!(!r.node_key.is_zero());

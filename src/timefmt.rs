@@ -99,8 +99,14 @@ mod tests {
         assert_eq!(rfc3339(123), "1970-01-01T00:02:03Z");
         assert_eq!(rfc3339(1_760_955_072), "2025-10-20T10:11:12Z");
         assert_eq!(parse_rfc3339("2025-10-20T10:11:12Z"), Some(1_760_955_072));
-        assert_eq!(parse_rfc3339("2025-10-20T10:11:12.123456789Z"), Some(1_760_955_072));
-        assert_eq!(parse_rfc3339("2025-10-20T12:11:12+02:00"), Some(1_760_955_072));
+        assert_eq!(
+            parse_rfc3339("2025-10-20T10:11:12.123456789Z"),
+            Some(1_760_955_072)
+        );
+        assert_eq!(
+            parse_rfc3339("2025-10-20T12:11:12+02:00"),
+            Some(1_760_955_072)
+        );
         assert_eq!(parse_rfc3339(ZERO), Some(0));
         assert_eq!(parse_rfc3339("1970-01-01T00:02:03Z"), Some(123));
         assert_eq!(parse_rfc3339("nonsense"), None);

@@ -6,13 +6,25 @@ mod common;
 use common::*;
 use tinyscale::client::{self, netmap::NetMap, Node};
 
-async fn join(ts: &TestServer, node: &Node, key: &str) -> (client::Conn, client::MapStream, NetMap) {
+async fn join(
+    ts: &TestServer,
+    node: &Node,
+    key: &str,
+) -> (client::Conn, client::MapStream, NetMap) {
     let server_pub = client::fetch_key(ts.addr).await.unwrap();
-    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private).await.unwrap();
-    let r = conn.register(&node.register_request(Some(key))).await.unwrap();
+    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
+        .await
+        .unwrap();
+    let r = conn
+        .register(&node.register_request(Some(key)))
+        .await
+        .unwrap();
     assert_eq!(r.error, "", "register error");
     assert!(r.machine_authorized);
-    let mut stream = conn.map(&node.map_request(true, &["198.51.100.1:41641"])).await.unwrap();
+    let mut stream = conn
+        .map(&node.map_request(true, &["198.51.100.1:41641"]))
+        .await
+        .unwrap();
     let mut nm = NetMap::default();
     let first = stream.next().await.unwrap().expect("first map");
     nm.apply(&first);
@@ -40,7 +52,9 @@ fn two_nodes_see_each_other_and_updates() {
         assert_eq!(me["MachineAuthorized"], true);
         assert_eq!(me["Name"], "alpha.tail.test.");
         assert!(me["Addresses"][0].as_str().unwrap().starts_with("100.64."));
-        assert!(nma.derp_map["Regions"].as_object().is_some_and(|r| !r.is_empty()));
+        assert!(nma.derp_map["Regions"]
+            .as_object()
+            .is_some_and(|r| !r.is_empty()));
         assert_eq!(nma.packet_filter[0]["SrcIPs"][0], "*");
         assert!(nma.peers.is_empty());
 
@@ -52,14 +66,21 @@ fn two_nodes_see_each_other_and_updates() {
         assert_eq!(pa["Online"], true);
         // a learns about b as a delta.
         until(&mut sa, &mut nma, |n| n.peer_by_name("beta").is_some()).await;
-        assert_eq!(nma.peer_by_name("beta").unwrap()["Key"], b.node_key().to_string());
+        assert_eq!(
+            nma.peer_by_name("beta").unwrap()["Key"],
+            b.node_key().to_string()
+        );
 
         // Lite update from b: new endpoints reach a as a patch.
         let lite = b.map_request(false, &["203.0.113.9:41641"]);
-        let (status, _) = cb.post_json("/machine/map", serde_json::to_vec(&lite).unwrap()).await.unwrap();
+        let (status, _) = cb
+            .post_json("/machine/map", serde_json::to_vec(&lite).unwrap())
+            .await
+            .unwrap();
         assert_eq!(status, 200);
         until(&mut sa, &mut nma, |n| {
-            n.peer_by_name("beta").is_some_and(|p| p["Endpoints"][0] == "203.0.113.9:41641")
+            n.peer_by_name("beta")
+                .is_some_and(|p| p["Endpoints"][0] == "203.0.113.9:41641")
         })
         .await;
 
@@ -67,7 +88,9 @@ fn two_nodes_see_each_other_and_updates() {
         let bid = nmb.self_node["ID"].as_u64().unwrap();
         ts.server.state().delete_node(bid).unwrap();
         ts.server.hub.disconnect(bid);
-        ts.server.hub.notify(tinyscale::control::Change::NodeRemoved(bid));
+        ts.server
+            .hub
+            .notify(tinyscale::control::Change::NodeRemoved(bid));
         until(&mut sa, &mut nma, |n| n.peers.is_empty()).await;
         while let Some(m) = sb.next().await.unwrap() {
             nmb.apply(&m);
@@ -82,15 +105,25 @@ fn bad_keys_get_clear_errors() {
     block_on_timeout(30, async {
         let server_pub = client::fetch_key(ts.addr).await.unwrap();
         let n = Node::new("one");
-        let mut c = client::connect(ts.addr, &server_pub, &n.machine_private).await.unwrap();
-        let r = c.register(&n.register_request(Some("hskey-auth-000000000000-nope"))).await.unwrap();
+        let mut c = client::connect(ts.addr, &server_pub, &n.machine_private)
+            .await
+            .unwrap();
+        let r = c
+            .register(&n.register_request(Some("hskey-auth-000000000000-nope")))
+            .await
+            .unwrap();
         assert_eq!(r.error, "invalid key");
         let r = c.register(&n.register_request(Some(&once))).await.unwrap();
         assert_eq!(r.error, "");
         // Single-use key, second machine: spent.
         let n2 = Node::new("two");
-        let mut c2 = client::connect(ts.addr, &server_pub, &n2.machine_private).await.unwrap();
-        let r = c2.register(&n2.register_request(Some(&once))).await.unwrap();
+        let mut c2 = client::connect(ts.addr, &server_pub, &n2.machine_private)
+            .await
+            .unwrap();
+        let r = c2
+            .register(&n2.register_request(Some(&once)))
+            .await
+            .unwrap();
         assert_eq!(r.error, "authkey already used");
         // ...but the first node restarting with the spent key is fine.
         let r = c.register(&n.register_request(Some(&once))).await.unwrap();
@@ -100,10 +133,16 @@ fn bad_keys_get_clear_errors() {
         assert!(err.to_string().contains("404"), "{err}");
         // Wrong server key: the handshake fails for that client alone.
         let wrong = tinyscale::keys::random32();
-        let e = client::connect(ts.addr, &wrong, &n.machine_private).await.err().unwrap();
+        let e = client::connect(ts.addr, &wrong, &n.machine_private)
+            .await
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("server error"), "{e}");
         // Too-old client version: a Noise error frame that says why.
-        let e = client::connect_version(ts.addr, &server_pub, &n.machine_private, 100).await.err().unwrap();
+        let e = client::connect_version(ts.addr, &server_pub, &n.machine_private, 100)
+            .await
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("unsupported client version"), "{e}");
         // The server still serves.
         assert_eq!(client::fetch_key(ts.addr).await.unwrap(), server_pub);
@@ -129,7 +168,9 @@ fn restart_keeps_identity_and_ips() {
     let ts = start_with(config(&dir), dir.clone());
     assert_eq!(ts.server.noise_public, key_pub, "noise key persisted");
     block_on_timeout(30, async {
-        let mut c = client::connect(ts.addr, &key_pub, &n.machine_private).await.unwrap();
+        let mut c = client::connect(ts.addr, &key_pub, &n.machine_private)
+            .await
+            .unwrap();
         let r = c.register(&n.register_request(None)).await.unwrap();
         assert_eq!(r.error, "");
         let mut s = c.map(&n.map_request(true, &[])).await.unwrap();

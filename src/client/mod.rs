@@ -32,7 +32,10 @@ async fn read_http_head(s: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Resu
             return Ok((r.code.unwrap_or(0), n));
         }
         if buf.len() > 16 * 1024 {
-            return Err(Error::new(ErrorKind::InvalidData, "response head too large"));
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                "response head too large",
+            ));
         }
         let mut tmp = [0u8; 4096];
         let n = s.read(&mut tmp).await?;
@@ -60,7 +63,13 @@ pub async fn fetch_key(addr: SocketAddr) -> io::Result<[u8; 32]> {
         r.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-            .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+            .and_then(|h| {
+                std::str::from_utf8(h.value)
+                    .ok()?
+                    .trim()
+                    .parse::<usize>()
+                    .ok()
+            })
             .unwrap_or(64 * 1024)
             .min(64 * 1024)
     };
@@ -73,7 +82,8 @@ pub async fn fetch_key(addr: SocketAddr) -> io::Result<[u8; 32]> {
         }
         body.extend_from_slice(&tmp[..k]);
     }
-    let v: crate::tailcfg::OverTlsPublicKeyResponse = serde_json::from_slice(&body).map_err(other)?;
+    let v: crate::tailcfg::OverTlsPublicKeyResponse =
+        serde_json::from_slice(&body).map_err(other)?;
     if v.public_key.is_zero() {
         return Err(other("server has no noise key"));
     }
@@ -88,7 +98,11 @@ pub struct Conn {
 
 /// Dials `/ts2021` and completes the handshake; the HTTP/2 connection is
 /// driven by a task on smol's executor.
-pub async fn connect(addr: SocketAddr, server_public: &[u8; 32], machine_private: &[u8; 32]) -> io::Result<Conn> {
+pub async fn connect(
+    addr: SocketAddr,
+    server_public: &[u8; 32],
+    machine_private: &[u8; 32],
+) -> io::Result<Conn> {
     connect_version(addr, server_public, machine_private, CAPVER).await
 }
 
@@ -120,7 +134,10 @@ pub async fn connect_version(
         while buf.len() < 3 + len {
             read_more(&mut s, &mut buf).await?;
         }
-        return Err(other(format!("server error: {:?}", String::from_utf8_lossy(&buf[3..3 + len]))));
+        return Err(other(format!(
+            "server error: {:?}",
+            String::from_utf8_lossy(&buf[3..3 + len])
+        )));
     }
     while buf.len() < wn::RESPONSE_LEN {
         read_more(&mut s, &mut buf).await?;
@@ -137,7 +154,10 @@ pub async fn connect_version(
         let _ = conn.await;
     })
     .detach();
-    Ok(Conn { send, machine_public: keys::x25519_public(machine_private) })
+    Ok(Conn {
+        send,
+        machine_public: keys::x25519_public(machine_private),
+    })
 }
 
 async fn read_more(s: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Result<()> {
@@ -173,21 +193,38 @@ impl Conn {
     }
 
     pub async fn register(&mut self, req: &RegisterRequest) -> io::Result<RegisterResponse> {
-        let (status, body) = self.post_json("/machine/register", serde_json::to_vec(req).map_err(other)?).await?;
+        let (status, body) = self
+            .post_json("/machine/register", serde_json::to_vec(req).map_err(other)?)
+            .await?;
         if status != 200 {
-            return Err(other(format!("register: HTTP {status}: {}", String::from_utf8_lossy(&body))));
+            return Err(other(format!(
+                "register: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
         }
         serde_json::from_slice(&body).map_err(other)
     }
 
     /// Opens a map poll; with `Stream: true` messages keep coming.
     pub async fn map(&mut self, req: &MapRequest) -> io::Result<MapStream> {
-        let (status, rx) = self.post("/machine/map", serde_json::to_vec(req).map_err(other)?).await?;
+        let (status, rx) = self
+            .post("/machine/map", serde_json::to_vec(req).map_err(other)?)
+            .await?;
         if status != 200 {
-            let body = crate::http::h2srv::read_body(rx, 1 << 20).await.unwrap_or_default();
-            return Err(other(format!("map: HTTP {status}: {}", String::from_utf8_lossy(&body))));
+            let body = crate::http::h2srv::read_body(rx, 1 << 20)
+                .await
+                .unwrap_or_default();
+            return Err(other(format!(
+                "map: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            )));
         }
-        Ok(MapStream { rx, buf: Vec::new(), zstd: req.compress == "zstd", bytes: 0 })
+        Ok(MapStream {
+            rx,
+            buf: Vec::new(),
+            zstd: req.compress == "zstd",
+            bytes: 0,
+        })
     }
 }
 
@@ -204,10 +241,13 @@ impl MapStream {
     /// The next MapResponse as JSON; None at end of stream.
     pub async fn next(&mut self) -> io::Result<Option<serde_json::Value>> {
         loop {
-            if let Some((body, used)) = mapframe::split_message(&self.buf).map_err(|e| other(format!("{e:?}")))? {
+            if let Some((body, used)) =
+                mapframe::split_message(&self.buf).map_err(|e| other(format!("{e:?}")))?
+            {
                 let json = if self.zstd {
                     let mut out = Vec::new();
-                    mapframe::decode_zstd_raw(body, &mut out).map_err(|e| other(format!("{e:?}")))?;
+                    mapframe::decode_zstd_raw(body, &mut out)
+                        .map_err(|e| other(format!("{e:?}")))?;
                     out
                 } else {
                     body.to_vec()
@@ -265,7 +305,9 @@ impl Node {
         RegisterRequest {
             version: CAPVER as u32,
             node_key: self.node_key(),
-            auth: auth_key.map(|k| RegisterResponseAuth { auth_key: k.to_string() }),
+            auth: auth_key.map(|k| RegisterResponseAuth {
+                auth_key: k.to_string(),
+            }),
             hostinfo: Some(self.hostinfo(&[])),
             ..Default::default()
         }

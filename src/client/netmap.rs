@@ -38,25 +38,53 @@ impl NetMap {
         } else if let Some(f) = m.get("PacketFilter").filter(|n| !n.is_null()) {
             self.packet_filter = f.clone();
         }
-        match m.get("Peers").and_then(|p| p.as_array()).filter(|p| !p.is_empty()) {
+        match m
+            .get("Peers")
+            .and_then(|p| p.as_array())
+            .filter(|p| !p.is_empty())
+        {
             Some(peers) => {
-                self.peers = peers.iter().filter_map(|p| Some((id_of(p)?, p.clone()))).collect();
+                self.peers = peers
+                    .iter()
+                    .filter_map(|p| Some((id_of(p)?, p.clone())))
+                    .collect();
             }
             None => {
-                for id in m.get("PeersRemoved").and_then(|p| p.as_array()).into_iter().flatten() {
+                for id in m
+                    .get("PeersRemoved")
+                    .and_then(|p| p.as_array())
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(id) = id.as_u64() {
                         self.peers.remove(&id);
                     }
                 }
-                for p in m.get("PeersChanged").and_then(|p| p.as_array()).into_iter().flatten() {
+                for p in m
+                    .get("PeersChanged")
+                    .and_then(|p| p.as_array())
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(id) = id_of(p) {
                         self.peers.insert(id, p.clone());
                     }
                 }
-                for p in m.get("PeersChangedPatch").and_then(|p| p.as_array()).into_iter().flatten() {
-                    let Some(id) = p.get("NodeID").and_then(|i| i.as_u64()) else { continue };
-                    let Some(peer) = self.peers.get_mut(&id) else { continue };
-                    let Some(obj) = peer.as_object_mut() else { continue };
+                for p in m
+                    .get("PeersChangedPatch")
+                    .and_then(|p| p.as_array())
+                    .into_iter()
+                    .flatten()
+                {
+                    let Some(id) = p.get("NodeID").and_then(|i| i.as_u64()) else {
+                        continue;
+                    };
+                    let Some(peer) = self.peers.get_mut(&id) else {
+                        continue;
+                    };
+                    let Some(obj) = peer.as_object_mut() else {
+                        continue;
+                    };
                     for (k, v) in p.as_object().into_iter().flatten() {
                         match k.as_str() {
                             "NodeID" => {}
@@ -76,7 +104,9 @@ impl NetMap {
     /// The peer named `label` (first label of its Name).
     pub fn peer_by_name(&self, label: &str) -> Option<&Value> {
         self.peers.values().find(|p| {
-            p.get("Name").and_then(|n| n.as_str()).is_some_and(|n| n.split('.').next() == Some(label))
+            p.get("Name")
+                .and_then(|n| n.as_str())
+                .is_some_and(|n| n.split('.').next() == Some(label))
         })
     }
 }

@@ -46,6 +46,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Hub {
     inner: Mutex<Inner>,
+    /// Set when nodes or users changed: the policy must be recompiled.
+    topology_dirty: AtomicBool,
 }
 
 /// A streaming session's end of the hub.
@@ -76,12 +78,27 @@ impl Hub {
         let mut g = self.lock();
         g.next_seq += 1;
         let seq = g.next_seq;
-        let old = g.sessions.insert(node_id, Slot { seq, tx, resync: resync.clone() });
+        let old = g.sessions.insert(
+            node_id,
+            Slot {
+                seq,
+                tx,
+                resync: resync.clone(),
+            },
+        );
         g.peer_cache.remove(&node_id);
         if let Some(old) = &old {
             old.tx.close();
         }
-        (Subscription { node_id, seq, rx, resync }, old.is_some())
+        (
+            Subscription {
+                node_id,
+                seq,
+                rx,
+                resync,
+            },
+            old.is_some(),
+        )
     }
 
     /// Removes the session if it is still the node's current one.
@@ -111,8 +128,16 @@ impl Hub {
         self.lock().sessions.len()
     }
 
+    /// True once after the topology changed (and clears the flag).
+    pub fn take_topology_dirty(&self) -> bool {
+        self.topology_dirty.swap(false, Ordering::AcqRel)
+    }
+
     /// Offers `c` to every connected session.
     pub fn notify(&self, c: Change) {
+        if !matches!(c, Change::NodePatch(_)) {
+            self.topology_dirty.store(true, Ordering::Release);
+        }
         let mut g = self.lock();
         match &c {
             Change::NodeUpsert(id) | Change::NodeRemoved(id) | Change::NodePatch(id) => {

@@ -4,11 +4,12 @@
 
 use crate::control::hub::Subscription;
 use crate::control::netmap::{self, peer_json, render_node, to_raw};
+use crate::control::policy::View;
 use crate::control::{Change, Server, SharedServer};
 use crate::http::h2srv::{self, ConnCtx};
 use crate::http::MIN_CAPVER;
 use crate::keys::{DiscoKey, NodeKey};
-use crate::state::{now, Node, Op, State};
+use crate::state::{now, Node, Op};
 use crate::tailcfg::{self, MapRequest, MapResponse, PeerChange, SharedRaw};
 use crate::timefmt::rfc3339;
 use crate::wire::mapframe;
@@ -65,9 +66,20 @@ pub async fn handle(
         }
         let msg = full_map(&server, node_id, &mut BTreeSet::new(), false).map(|m| frame(&m, zstd));
         let Some(msg) = msg else {
-            return h2srv::reply(&mut respond, StatusCode::NOT_FOUND, "text/plain", Vec::new()).await;
+            return h2srv::reply(
+                &mut respond,
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                Vec::new(),
+            )
+            .await;
         };
-        let mut tx = h2srv::start(&mut respond, StatusCode::OK, "application/octet-stream", false)?;
+        let mut tx = h2srv::start(
+            &mut respond,
+            StatusCode::OK,
+            "application/octet-stream",
+            false,
+        )?;
         return h2srv::send_all(&mut tx, msg, true).await;
     }
     let (sub, was_online) = server.hub.subscribe(node_id);
@@ -86,7 +98,9 @@ pub async fn handle(
 /// Stores what a MapRequest reports and tells whoever must know.
 fn apply_update(server: &Server, id: u64, req: &MapRequest) {
     let mut st = server.state();
-    let Some(old) = st.nodes.get(&id).cloned() else { return };
+    let Some(old) = st.nodes.get(&id).cloned() else {
+        return;
+    };
     let mut n = old.clone();
     if !req.disco_key.is_zero() {
         n.disco_key = req.disco_key.0;
@@ -108,7 +122,13 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) {
     if n == old {
         return;
     }
-    let patch_only = Node { endpoints: old.endpoints.clone(), disco_key: old.disco_key, home_derp: old.home_derp, cap: old.cap, ..n.clone() } == old;
+    let patch_only = Node {
+        endpoints: old.endpoints.clone(),
+        disco_key: old.disco_key,
+        home_derp: old.home_derp,
+        cap: old.cap,
+        ..n.clone()
+    } == old;
     n.last_seen = now();
     if let Err(e) = st.store.apply(&[Op::PutNode(&n)]) {
         log::warn!("map: storing update of node {id}: {e}");
@@ -116,7 +136,11 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) {
     }
     st.nodes.insert(id, n);
     drop(st);
-    server.hub.notify(if patch_only { Change::NodePatch(id) } else { Change::NodeUpsert(id) });
+    server.hub.notify(if patch_only {
+        Change::NodePatch(id)
+    } else {
+        Change::NodeUpsert(id)
+    });
 }
 
 /// After a stream ends: peers learn the node is offline after a grace
@@ -138,7 +162,10 @@ fn went_offline(server: SharedServer, id: u64, _seq: u64) {
         if !ephemeral {
             return;
         }
-        let wait = server.cfg.ephemeral_inactivity_timeout.saturating_sub(OFFLINE_GRACE);
+        let wait = server
+            .cfg
+            .ephemeral_inactivity_timeout
+            .saturating_sub(OFFLINE_GRACE);
         Timer::after(wait).await;
         if server.hub.is_online(id) {
             return;
@@ -155,9 +182,89 @@ fn went_offline(server: SharedServer, id: u64, _seq: u64) {
     .detach();
 }
 
-/// Whether `viewer` may see `peer`. Allow-all until the policy is wired.
-fn visible(_st: &State, viewer: &Node, peer: &Node) -> bool {
-    viewer.id != peer.id
+/// Which peers one viewer may see, per the policy in force.
+struct Vis {
+    all: bool,
+    me: u64,
+    peers: Vec<u64>,
+}
+
+impl Vis {
+    fn new(view: &View, me: u64) -> Vis {
+        match view {
+            View::AllowAll => Vis {
+                all: true,
+                me,
+                peers: vec![],
+            },
+            View::Compiled(c) => Vis {
+                all: false,
+                me,
+                peers: c.peers(me),
+            },
+        }
+    }
+    fn sees(&self, peer: u64) -> bool {
+        peer != self.me && (self.all || self.peers.binary_search(&peer).is_ok())
+    }
+}
+
+/// A peer's JSON for this viewer: the shared cached render unless the
+/// policy gives this viewer a different view of the peer's routes.
+fn peer_for(server: &Server, view: &View, viewer: u64, n: &Node, t: i64) -> SharedRaw {
+    if let View::Compiled(c) = view {
+        if !n.approved_routes.is_empty() || c.peer_cap_map(n.id).is_some() {
+            let mut node = render_node(server, n, false, t);
+            node.allowed_ips = c
+                .peer_allowed_ips(viewer, n.id)
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            node.primary_routes = c
+                .peer_primary_routes(viewer, n.id)
+                .iter()
+                .map(|p| p.to_string())
+                .collect();
+            node.cap_map = c
+                .peer_cap_map(n.id)
+                .and_then(|v| serde_json::from_value(v).ok());
+            return to_raw(&node);
+        }
+    }
+    peer_json(server, n, t)
+}
+
+/// The self node, with the policy's CapMap and routes.
+fn self_for(server: &Server, view: &View, n: &Node, t: i64) -> SharedRaw {
+    let mut node = render_node(server, n, true, t);
+    if let View::Compiled(c) = view {
+        node.cap_map = serde_json::from_value(c.cap_map(n.id)).ok();
+        node.primary_routes = c
+            .primary_routes(n.id)
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+    }
+    to_raw(&node)
+}
+
+fn filters_for(view: &View, id: u64) -> BTreeMap<String, SharedRaw> {
+    let mut filters = BTreeMap::new();
+    let f = match view {
+        View::AllowAll => netmap::allow_all_filter(),
+        View::Compiled(c) => to_raw(&c.packet_filter(id)),
+    };
+    filters.insert("base".to_string(), f);
+    filters
+}
+
+fn ssh_for(server: &Server, view: &View, id: u64) -> Option<SharedRaw> {
+    match view {
+        View::AllowAll => None,
+        View::Compiled(c) => c
+            .ssh_policy_with_url(id, &server.cfg.server_url)
+            .map(|v| to_raw(&v)),
+    }
 }
 
 fn frame(m: &MapResponse, zstd: bool) -> Bytes {
@@ -168,28 +275,33 @@ fn frame(m: &MapResponse, zstd: bool) -> Bytes {
 }
 
 /// A complete snapshot for `id`; fills `known` with the peers sent.
-fn full_map(server: &Server, id: u64, known: &mut BTreeSet<u64>, resync: bool) -> Option<MapResponse> {
+fn full_map(
+    server: &Server,
+    id: u64,
+    known: &mut BTreeSet<u64>,
+    resync: bool,
+) -> Option<MapResponse> {
+    let (view, _) = server.policy_view();
     let t = now();
     let st = server.state();
     let me = st.nodes.get(&id)?;
+    let vis = Vis::new(&view, id);
     let mut profiles = BTreeMap::new();
     let p = netmap::profile_for(&server.cfg, &st, me, true);
     profiles.insert(p.id, p);
     let mut peers = Vec::new();
     let previously = std::mem::take(known);
     for n in st.nodes.values() {
-        if !visible(&st, me, n) {
+        if !vis.sees(n.id) {
             continue;
         }
-        peers.push(peer_json(server, n, t));
+        peers.push(peer_for(server, &view, id, n, t));
         known.insert(n.id);
         let p = netmap::profile_for(&server.cfg, &st, n, false);
         profiles.entry(p.id).or_insert(p);
     }
     let removed: Vec<u64> = previously.difference(known).copied().collect();
-    let mut filters = BTreeMap::new();
-    filters.insert("base".to_string(), netmap::allow_all_filter());
-    let self_node = to_raw(&render_node(server, me, true, t));
+    let self_node = self_for(server, &view, me, t);
     drop(st);
     let peers_empty = peers.is_empty();
     Some(MapResponse {
@@ -202,10 +314,13 @@ fn full_map(server: &Server, id: u64, known: &mut BTreeSet<u64>, resync: bool) -
         dns_config: netmap::dns_config(&server.cfg).map(|d| to_raw(&d)),
         domain: netmap::dns_suffix(&server.cfg),
         collect_services: Some(false),
-        packet_filters: Some(filters),
+        packet_filters: Some(filters_for(&view, id)),
+        ssh_policy: ssh_for(server, &view, id),
         user_profiles: profiles.into_values().collect(),
         control_time: Some(rfc3339(t)),
-        debug: Some(tailcfg::Debug { disable_log_tail: true }),
+        debug: Some(tailcfg::Debug {
+            disable_log_tail: true,
+        }),
         ..Default::default()
     })
 }
@@ -214,9 +329,17 @@ fn patch_for(server: &Server, n: &Node, t: i64) -> PeerChange {
     let online = server.hub.is_online(n.id);
     PeerChange {
         node_id: n.id,
-        derp_region: Some(if n.home_derp > 0 { n.home_derp } else { server.cfg.derp_region_id as i32 }),
+        derp_region: Some(if n.home_derp > 0 {
+            n.home_derp
+        } else {
+            server.cfg.derp_region_id as i32
+        }),
         cap: (n.cap > 0).then_some(n.cap),
-        endpoints: Some(if n.is_expired(t) { vec![] } else { n.endpoints.clone() }),
+        endpoints: Some(if n.is_expired(t) {
+            vec![]
+        } else {
+            n.endpoints.clone()
+        }),
         key: Some(NodeKey(n.node_key)),
         disco_key: (n.disco_key != [0; 32]).then_some(DiscoKey(n.disco_key)),
         online: Some(online),
@@ -226,10 +349,19 @@ fn patch_for(server: &Server, n: &Node, t: i64) -> PeerChange {
 }
 
 /// Turns a batch of changes into one delta message (None if nothing to say).
-fn delta(server: &Server, id: u64, changes: &[Change], known: &mut BTreeSet<u64>) -> Option<MapResponse> {
+fn delta(
+    server: &Server,
+    id: u64,
+    changes: &[Change],
+    known: &mut BTreeSet<u64>,
+    seen_gen: &mut u64,
+    sent: &mut Sent,
+) -> Option<MapResponse> {
+    let (view, gen) = server.policy_view();
     let t = now();
     let st = server.state();
     let me = st.nodes.get(&id)?;
+    let vis = Vis::new(&view, id);
     let mut m = MapResponse::default();
     let mut changed: BTreeMap<u64, SharedRaw> = BTreeMap::new();
     let mut removed = BTreeSet::new();
@@ -237,13 +369,13 @@ fn delta(server: &Server, id: u64, changes: &[Change], known: &mut BTreeSet<u64>
     let mut profiles = BTreeMap::new();
     for c in changes {
         match c {
-            Change::NodeUpsert(x) if *x == id => m.node = Some(to_raw(&render_node(server, me, true, t))),
+            Change::NodeUpsert(x) if *x == id => m.node = Some(self_for(server, &view, me, t)),
             Change::NodeUpsert(x) | Change::NodePatch(x) => match st.nodes.get(x) {
-                Some(n) if visible(&st, me, n) => {
+                Some(n) if vis.sees(n.id) => {
                     let full = matches!(c, Change::NodeUpsert(_)) || !known.contains(x);
                     if full {
                         patches.remove(x);
-                        changed.insert(*x, peer_json(server, n, t));
+                        changed.insert(*x, peer_for(server, &view, id, n, t));
                         let p = netmap::profile_for(&server.cfg, &st, n, false);
                         profiles.insert(p.id, p);
                     } else if !changed.contains_key(x) {
@@ -268,12 +400,70 @@ fn delta(server: &Server, id: u64, changes: &[Change], known: &mut BTreeSet<u64>
                 patches.remove(x);
             }
             Change::UserChanged(_) => {
-                for n in st.nodes.values().filter(|n| n.id == id || known.contains(&n.id)) {
+                for n in st
+                    .nodes
+                    .values()
+                    .filter(|n| n.id == id || known.contains(&n.id))
+                {
                     let p = netmap::profile_for(&server.cfg, &st, n, n.id == id);
                     profiles.insert(p.id, p);
                 }
             }
             Change::Everything => return None, // handled by the caller
+        }
+    }
+    if gen != *seen_gen {
+        // The policy was recompiled: reconcile visibility (work in
+        // proportion to what this node sees, not to the tailnet), and
+        // resend the filter, SSH policy and self node if they changed.
+        *seen_gen = gen;
+        if !vis.all {
+            for &p in &vis.peers {
+                if known.contains(&p) {
+                    continue;
+                }
+                if let Some(n) = st.nodes.get(&p) {
+                    changed.insert(p, peer_for(server, &view, id, n, t));
+                    let pr = netmap::profile_for(&server.cfg, &st, n, false);
+                    profiles.insert(pr.id, pr);
+                    known.insert(p);
+                    removed.remove(&p);
+                }
+            }
+        }
+        let gone: Vec<u64> = known
+            .iter()
+            .filter(|k| !vis.sees(**k) || !st.nodes.contains_key(k))
+            .copied()
+            .collect();
+        for g in gone {
+            known.remove(&g);
+            removed.insert(g);
+            changed.remove(&g);
+            patches.remove(&g);
+        }
+        let filters = filters_for(&view, id);
+        let fkey = filters
+            .get("base")
+            .map(|f| f.get().to_string())
+            .unwrap_or_default();
+        if fkey != sent.filter {
+            sent.filter = fkey;
+            m.packet_filters = Some(filters);
+        }
+        let ssh = ssh_for(server, &view, id);
+        let skey = ssh
+            .as_ref()
+            .map(|f| f.get().to_string())
+            .unwrap_or_default();
+        if skey != sent.ssh {
+            sent.ssh = skey;
+            m.ssh_policy = ssh;
+        }
+        let node = self_for(server, &view, me, t);
+        if node.get() != sent.node {
+            sent.node = node.get().to_string();
+            m.node = Some(node);
         }
     }
     drop(st);
@@ -288,11 +478,44 @@ fn delta(server: &Server, id: u64, changes: &[Change], known: &mut BTreeSet<u64>
     }
     m.user_profiles = profiles.into_values().collect();
     let empty = m.node.is_none()
+        && m.packet_filters.is_none()
         && m.peers_changed.is_none()
         && m.peers_removed.is_none()
         && m.peers_changed_patch.is_none()
         && m.user_profiles.is_empty();
     (!empty).then_some(m)
+}
+
+/// What this session last sent of the per-node policy outputs, so a
+/// recompile that did not change them costs no message.
+#[derive(Default)]
+struct Sent {
+    filter: String,
+    ssh: String,
+    node: String,
+}
+
+impl Sent {
+    fn from_map(m: &MapResponse) -> Sent {
+        Sent {
+            filter: m
+                .packet_filters
+                .as_ref()
+                .and_then(|f| f.get("base"))
+                .map(|f| f.get().to_string())
+                .unwrap_or_default(),
+            ssh: m
+                .ssh_policy
+                .as_ref()
+                .map(|f| f.get().to_string())
+                .unwrap_or_default(),
+            node: m
+                .node
+                .as_ref()
+                .map(|f| f.get().to_string())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 enum Event {
@@ -335,16 +558,28 @@ async fn stream(
     let id = sub.node_id;
     let mut tx = h2srv::start(respond, StatusCode::OK, "application/octet-stream", false)?;
     let mut known = BTreeSet::new();
+    let mut seen_gen = server.policy_view().1;
     let Some(first) = full_map(server, id, &mut known, false) else {
         return Ok(());
     };
+    let mut sent = Sent::from_map(&first);
     h2srv::send_all(&mut tx, frame(&first, zstd), false).await?;
     drop(first);
-    let ka_msg = frame(&MapResponse { keep_alive: true, ..Default::default() }, zstd);
+    let ka_msg = frame(
+        &MapResponse {
+            keep_alive: true,
+            ..Default::default()
+        },
+        zstd,
+    );
     loop {
         // 50 s plus jitter, so keep-alives of many nodes do not align.
         let jitter = Duration::from_millis(u64::from(crate::keys::random32()[0]) * 35);
-        let ka = if keep_alive { KEEPALIVE + jitter } else { Duration::from_secs(3600) };
+        let ka = if keep_alive {
+            KEEPALIVE + jitter
+        } else {
+            Duration::from_secs(3600)
+        };
         match next_event(sub, &mut tx, ka).await {
             Event::Closed => {
                 // Replaced or disconnected: end the body cleanly.
@@ -354,9 +589,14 @@ async fn stream(
             Event::KeepAlive => h2srv::send_all(&mut tx, ka_msg.clone(), false).await?,
             Event::Changes(changes) => {
                 let msg = if sub.take_resync() || changes.contains(&Change::Everything) {
-                    full_map(server, id, &mut known, true)
+                    seen_gen = server.policy_view().1;
+                    let m = full_map(server, id, &mut known, true);
+                    if let Some(m) = &m {
+                        sent = Sent::from_map(m);
+                    }
+                    m
                 } else {
-                    delta(server, id, &changes, &mut known)
+                    delta(server, id, &changes, &mut known, &mut seen_gen, &mut sent)
                 };
                 if let Some(m) = msg {
                     h2srv::send_all(&mut tx, frame(&m, zstd), false).await?;

@@ -2,8 +2,9 @@
 //! fans changes out to connected map sessions.
 
 pub mod hub;
-pub mod netmap;
 pub mod map;
+pub mod netmap;
+pub mod policy;
 pub mod register;
 
 use crate::config::Config;
@@ -20,6 +21,8 @@ pub struct Server {
     /// Our Noise static private key (X25519).
     pub noise_private: [u8; 32],
     pub noise_public: [u8; 32],
+    /// The policy in force and its compiled form.
+    pub policy: Mutex<policy::Live>,
 }
 
 impl Server {
@@ -42,10 +45,26 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
     let store = crate::state::Store::open(&cfg.database_path)
         .map_err(|e| Error::other(format!("database {}: {e}", cfg.database_path.display())))?;
     let state = State::load(store).map_err(|e| Error::other(format!("loading database: {e}")))?;
-    let noise_private = load_or_create_key(&cfg.noise_private_key_path)
-        .map_err(|e| Error::new(e.kind(), format!("noise.private_key_path {}: {e}", cfg.noise_private_key_path.display())))?;
+    let noise_private = load_or_create_key(&cfg.noise_private_key_path).map_err(|e| {
+        Error::new(
+            e.kind(),
+            format!(
+                "noise.private_key_path {}: {e}",
+                cfg.noise_private_key_path.display()
+            ),
+        )
+    })?;
     let noise_public = crate::keys::x25519_public(&noise_private);
-    Ok(Arc::new(Server { cfg, state: Mutex::new(state), hub: Hub::default(), noise_private, noise_public }))
+    let server = Arc::new(Server {
+        cfg,
+        state: Mutex::new(state),
+        hub: Hub::default(),
+        noise_private,
+        noise_public,
+        policy: Mutex::new(policy::Live::default()),
+    });
+    policy::load_initial(&server).map_err(Error::other)?;
+    Ok(server)
 }
 
 /// Creates `dir` (and parents) readable by the owner only.
@@ -54,7 +73,10 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
     if dir.as_os_str().is_empty() || dir.exists() {
         return Ok(());
     }
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Reads a `privkey:<hex>` file, or creates one (mode 0600) on first start.
@@ -64,15 +86,23 @@ pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let hex = s.trim().strip_prefix("privkey:").unwrap_or(s.trim());
-            crate::keys::from_hex::<32>(hex)
-                .ok_or_else(|| Error::new(ErrorKind::InvalidData, "not a private key (want privkey:<64 hex>)"))
+            crate::keys::from_hex::<32>(hex).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::InvalidData,
+                    "not a private key (want privkey:<64 hex>)",
+                )
+            })
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
                 create_private_dir(dir)?;
             }
             let key = crate::keys::random32();
-            let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
             writeln!(f, "privkey:{}", crate::keys::to_hex(&key))?;
             f.sync_all()?;
             log::info!("generated a new key in {}", path.display());
@@ -85,7 +115,9 @@ pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
 /// Starts every listener and serves until the process ends.
 pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
     if std::env::var_os("SMOL_THREADS").is_none() {
-        let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let n = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         std::env::set_var("SMOL_THREADS", n.to_string());
     }
     let listener = crate::http::bind(&server)?;
@@ -95,7 +127,11 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
         }
     }
     start_admin(&server);
-    println!("tinyscale listening on {}; server_url {}", server.cfg.listen_addr, server.cfg.server_url);
+    policy::spawn_watcher(server.clone());
+    println!(
+        "tinyscale listening on {}; server_url {}",
+        server.cfg.listen_addr, server.cfg.server_url
+    );
     smol::block_on(crate::http::accept_loop(server, listener));
     Ok(())
 }
@@ -112,14 +148,22 @@ fn start_stun(addr: std::net::SocketAddr) {
 
 fn start_admin(server: &SharedServer) {
     if let Err(e) = crate::admin::spawn(server.clone()) {
-        log::warn!("admin socket {}: {e} (the CLI cannot reach this server)", server.cfg.unix_socket.display());
+        log::warn!(
+            "admin socket {}: {e} (the CLI cannot reach this server)",
+            server.cfg.unix_socket.display()
+        );
     }
 }
 
 /// Binds the control listener and serves it on smol's executor; returns
 /// the bound address (tests and benchmarks bind port 0).
-pub fn start_background(server: &SharedServer) -> std::io::Result<(std::net::SocketAddr, smol::Task<()>)> {
+pub fn start_background(
+    server: &SharedServer,
+) -> std::io::Result<(std::net::SocketAddr, smol::Task<()>)> {
     let listener = crate::http::bind(server)?;
     let addr = listener.get_ref().local_addr()?;
-    Ok((addr, smol::spawn(crate::http::accept_loop(server.clone(), listener))))
+    Ok((
+        addr,
+        smol::spawn(crate::http::accept_loop(server.clone(), listener)),
+    ))
 }

@@ -77,10 +77,19 @@ pub fn profile_for(cfg: &Config, st: &State, n: &Node, self_view: bool) -> UserP
             Some(u) => UserProfile {
                 id,
                 login_name: u.login_name(),
-                display_name: if u.display_name.is_empty() { u.name.clone() } else { u.display_name.clone() },
+                display_name: if u.display_name.is_empty() {
+                    u.name.clone()
+                } else {
+                    u.display_name.clone()
+                },
                 profile_pic_url: String::new(),
             },
-            None => UserProfile { id, login_name: "unknown@".into(), display_name: "unknown".into(), ..Default::default() },
+            None => UserProfile {
+                id,
+                login_name: "unknown@".into(),
+                display_name: "unknown".into(),
+                ..Default::default()
+            },
         }
     }
 }
@@ -90,7 +99,12 @@ pub fn render_node(server: &Server, n: &Node, self_view: bool, now: i64) -> tail
     let cfg = &server.cfg;
     let addrs = addresses(n);
     let mut allowed = addrs.clone();
-    let approved: Vec<String> = n.approved_routes.iter().filter(|r| n.advertised_routes.contains(r)).cloned().collect();
+    let approved: Vec<String> = n
+        .approved_routes
+        .iter()
+        .filter(|r| n.advertised_routes.contains(r))
+        .cloned()
+        .collect();
     allowed.extend(approved.iter().cloned());
     let primary: Vec<String> = approved
         .iter()
@@ -106,8 +120,14 @@ pub fn render_node(server: &Server, n: &Node, self_view: bool, now: i64) -> tail
     let mut cap_map = None;
     if self_view {
         let mut m = BTreeMap::new();
-        m.insert("disable-captive-portal-detection".to_string(), serde_json::json!([]));
-        m.insert("https://tailscale.com/cap/file-sharing".to_string(), serde_json::json!([]));
+        m.insert(
+            "disable-captive-portal-detection".to_string(),
+            serde_json::json!([]),
+        );
+        m.insert(
+            "https://tailscale.com/cap/file-sharing".to_string(),
+            serde_json::json!([]),
+        );
         cap_map = Some(m);
     }
     tailcfg::Node {
@@ -122,7 +142,13 @@ pub fn render_node(server: &Server, n: &Node, self_view: bool, now: i64) -> tail
         addresses: addrs,
         allowed_ips: allowed,
         endpoints: if expired { vec![] } else { n.endpoints.clone() },
-        home_derp: if n.home_derp > 0 { n.home_derp } else if self_view { 0 } else { cfg.derp_region_id as i32 },
+        home_derp: if n.home_derp > 0 {
+            n.home_derp
+        } else if self_view {
+            0
+        } else {
+            cfg.derp_region_id as i32
+        },
         hostinfo: Some(hostinfo),
         created: rfc3339(n.created),
         cap: n.cap,
@@ -158,12 +184,20 @@ pub fn to_raw<T: serde::Serialize>(v: &T) -> SharedRaw {
 
 /// Host part of server_url.
 pub fn server_host(cfg: &Config) -> String {
-    let u = cfg.server_url.split("://").nth(1).unwrap_or(&cfg.server_url);
+    let u = cfg
+        .server_url
+        .split("://")
+        .nth(1)
+        .unwrap_or(&cfg.server_url);
     let hostport = u.split('/').next().unwrap_or(u);
     if let Some(rest) = hostport.strip_prefix('[') {
         return rest.split(']').next().unwrap_or(rest).to_string();
     }
-    hostport.rsplit_once(':').map(|(h, _)| h).unwrap_or(hostport).to_string()
+    hostport
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .unwrap_or(hostport)
+        .to_string()
 }
 
 pub fn derp_map(cfg: &Config) -> tailcfg::DerpMap {
@@ -181,7 +215,13 @@ pub fn derp_map(cfg: &Config) -> tailcfg::DerpMap {
         region_id: cfg.derp_region_id,
         host_name: host.clone(),
         ipv4,
-        ipv6: cfg.derp_ipv6.clone().unwrap_or_else(|| if is_ip { "none".into() } else { String::new() }),
+        ipv6: cfg.derp_ipv6.clone().unwrap_or_else(|| {
+            if is_ip {
+                "none".into()
+            } else {
+                String::new()
+            }
+        }),
         stun_port: cfg.stun_listen_addr.map(|a| a.port() as i32).unwrap_or(-1),
         derp_port: 443,
         ..Default::default()
@@ -197,13 +237,20 @@ pub fn derp_map(cfg: &Config) -> tailcfg::DerpMap {
             nodes: vec![node],
         },
     );
-    tailcfg::DerpMap { regions, omit_default_regions: true }
+    tailcfg::DerpMap {
+        regions,
+        omit_default_regions: true,
+    }
 }
 
 pub fn dns_config(cfg: &Config) -> Option<tailcfg::DnsConfig> {
     let suffix = dns_suffix(cfg);
     let mut d = tailcfg::DnsConfig {
-        resolvers: cfg.nameservers_global.iter().map(|a| tailcfg::Resolver { addr: a.clone() }).collect(),
+        resolvers: cfg
+            .nameservers_global
+            .iter()
+            .map(|a| tailcfg::Resolver { addr: a.clone() })
+            .collect(),
         ..Default::default()
     };
     d.domains = cfg.search_domains.clone();
@@ -216,6 +263,8 @@ pub fn dns_config(cfg: &Config) -> Option<tailcfg::DnsConfig> {
 
 /// Allow-all packet filter, used until a policy is configured.
 pub fn allow_all_filter() -> SharedRaw {
-    SharedRaw::new(r#"[{"SrcIPs":["*"],"DstPorts":[{"IP":"*","Ports":{"First":0,"Last":65535}}]}]"#.into())
-        .expect("literal JSON")
+    SharedRaw::new(
+        r#"[{"SrcIPs":["*"],"DstPorts":[{"IP":"*","Ports":{"First":0,"Last":65535}}]}]"#.into(),
+    )
+    .expect("literal JSON")
 }

@@ -17,10 +17,18 @@ use log::{info, warn};
 pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode, Vec<u8>) {
     let req: RegisterRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => return (StatusCode::BAD_REQUEST, format!("invalid register request: {e}\n").into_bytes()),
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("invalid register request: {e}\n").into_bytes(),
+            )
+        }
     };
     if req.version < MIN_CAPVER as u32 {
-        return (StatusCode::BAD_REQUEST, b"unsupported client version\n".to_vec());
+        return (
+            StatusCode::BAD_REQUEST,
+            b"unsupported client version\n".to_vec(),
+        );
     }
     if req.node_key.is_zero() {
         return (StatusCode::BAD_REQUEST, b"missing NodeKey\n".to_vec());
@@ -33,7 +41,10 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode,
 }
 
 fn error_response(msg: impl Into<String>) -> RegisterResponse {
-    RegisterResponse { error: msg.into(), ..Default::default() }
+    RegisterResponse {
+        error: msg.into(),
+        ..Default::default()
+    }
 }
 
 /// The success answer for `node`.
@@ -44,7 +55,12 @@ fn success(server: &Server, st: &State, n: &Node) -> RegisterResponse {
             id: p.id,
             display_name: p.display_name.clone(),
             profile_pic_url: String::new(),
-            created: rfc3339(st.users.get(&n.user).map(|u| u.created).unwrap_or(n.created)),
+            created: rfc3339(
+                st.users
+                    .get(&n.user)
+                    .map(|u| u.created)
+                    .unwrap_or(n.created),
+            ),
         },
         login: tailcfg::Login {
             id: p.id,
@@ -63,7 +79,10 @@ fn success(server: &Server, st: &State, n: &Node) -> RegisterResponse {
 fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterResponse {
     let t = now();
     let mut st = server.state();
-    let hostinfo = req.hostinfo.clone().unwrap_or_else(|| serde_json::json!({}));
+    let hostinfo = req
+        .hostinfo
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({}));
     let expiry_req = req.expiry.as_deref().and_then(parse_rfc3339).unwrap_or(0);
     let by_key = st.node_by_node_key(&req.node_key.0).map(|n| n.id);
 
@@ -102,10 +121,19 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
             return success(server, &st, &n2);
         }
         // Expired: re-authenticate with a key, else tell it to rotate.
-        match req.auth.as_ref().map(|a| a.auth_key.as_str()).filter(|k| !k.is_empty()) {
+        match req
+            .auth
+            .as_ref()
+            .map(|a| a.auth_key.as_str())
+            .filter(|k| !k.is_empty())
+        {
             Some(secret) => return reauth(server, &mut st, n, secret, req, &hostinfo, t),
             None => {
-                return RegisterResponse { node_key_expired: true, machine_authorized: false, ..Default::default() }
+                return RegisterResponse {
+                    node_key_expired: true,
+                    machine_authorized: false,
+                    ..Default::default()
+                }
             }
         }
     }
@@ -114,7 +142,12 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
     if !req.old_node_key.is_zero() {
         if let Some(n) = st.node_by_node_key(&req.old_node_key.0).cloned() {
             if n.machine_key == ctx.machine_key {
-                return match req.auth.as_ref().map(|a| a.auth_key.as_str()).filter(|k| !k.is_empty()) {
+                return match req
+                    .auth
+                    .as_ref()
+                    .map(|a| a.auth_key.as_str())
+                    .filter(|k| !k.is_empty())
+                {
                     Some(secret) => reauth(server, &mut st, n, secret, req, &hostinfo, t),
                     None if !n.is_expired(t) => {
                         // Seamless renewal of a valid node: the old key proves it.
@@ -131,8 +164,15 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
         }
     }
 
-    let Some(secret) = req.auth.as_ref().map(|a| a.auth_key.as_str()).filter(|k| !k.is_empty()) else {
-        return error_response("interactive login is not available on this server yet: use an auth key (--authkey)");
+    let Some(secret) = req
+        .auth
+        .as_ref()
+        .map(|a| a.auth_key.as_str())
+        .filter(|k| !k.is_empty())
+    else {
+        return error_response(
+            "interactive login is not available on this server yet: use an auth key (--authkey)",
+        );
     };
     let key = match st.validate_preauth_key(secret) {
         Ok(k) => k.clone(),
@@ -151,10 +191,11 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
             return reauth(server, &mut st, n, secret, req, &hostinfo, t);
         }
     }
-    let (v4, v6) = match crate::state::ipalloc::allocate(&st, server.cfg.prefix_v4, server.cfg.prefix_v6) {
-        Ok(a) => a,
-        Err(e) => return error_response(e.to_string()),
-    };
+    let (v4, v6) =
+        match crate::state::ipalloc::allocate(&st, server.cfg.prefix_v4, server.cfg.prefix_v6) {
+            Ok(a) => a,
+            Err(e) => return error_response(e.to_string()),
+        };
     let id = st.alloc_node_id();
     let hostname = tailcfg::hostinfo_str(&hostinfo, "Hostname").to_string();
     let tagged = !key.tags.is_empty();
@@ -183,7 +224,13 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
         approved_routes: vec![],
     };
     apply_hostinfo(&mut n, &hostinfo);
-    info!("register: new node {} {} ({}, {:?})", n.id, n.given_name, v4, NodeKey(n.node_key));
+    info!(
+        "register: new node {} {} ({}, {:?})",
+        n.id,
+        n.given_name,
+        v4,
+        NodeKey(n.node_key)
+    );
     commit_node(server, &mut st, n, Some(key), Change::NodeUpsert(id))
 }
 
@@ -204,7 +251,10 @@ fn check_request_tags(granted: &[String], hostinfo: &serde_json::Value) -> Resul
         Ok(())
     } else {
         let list: Vec<&str> = bad.iter().map(|s| s.as_str()).collect();
-        Err(format!("requested tags [{}] are invalid or not permitted", list.join(" ")))
+        Err(format!(
+            "requested tags [{}] are invalid or not permitted",
+            list.join(" ")
+        ))
     }
 }
 
@@ -241,7 +291,12 @@ fn reauth(
     commit_node(server, st, n2, Some(key), Change::NodeUpsert(id))
 }
 
-fn logout(server: &Server, st: &mut std::sync::MutexGuard<'_, State>, n: Node, t: i64) -> RegisterResponse {
+fn logout(
+    server: &Server,
+    st: &mut std::sync::MutexGuard<'_, State>,
+    n: Node,
+    t: i64,
+) -> RegisterResponse {
     let id = n.id;
     if n.ephemeral {
         if let Err(e) = st.delete_node(id) {
@@ -249,7 +304,10 @@ fn logout(server: &Server, st: &mut std::sync::MutexGuard<'_, State>, n: Node, t
         }
         server.hub.disconnect(id);
         server.hub.notify(Change::NodeRemoved(id));
-        return RegisterResponse { node_key_expired: true, ..Default::default() };
+        return RegisterResponse {
+            node_key_expired: true,
+            ..Default::default()
+        };
     }
     let mut n2 = n;
     n2.expiry = t;
@@ -258,7 +316,10 @@ fn logout(server: &Server, st: &mut std::sync::MutexGuard<'_, State>, n: Node, t
             st.nodes.insert(id, n2);
             server.hub.disconnect(id);
             server.hub.notify(Change::NodeUpsert(id));
-            RegisterResponse { node_key_expired: true, ..Default::default() }
+            RegisterResponse {
+                node_key_expired: true,
+                ..Default::default()
+            }
         }
         Err(e) => error_response(format!("storage error: {e}")),
     }
@@ -312,4 +373,3 @@ pub fn apply_hostinfo(n: &mut Node, hostinfo: &serde_json::Value) {
     n.advertised_routes = tailcfg::hostinfo_strs(hostinfo, "RoutableIPs");
     n.hostinfo = serde_json::to_string(hostinfo).unwrap_or_default();
 }
-

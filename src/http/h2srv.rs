@@ -68,7 +68,13 @@ async fn route(
     let body = match read_body(body, MAX_BODY).await {
         Ok(b) => b,
         Err(e) => {
-            return reply(&mut respond, StatusCode::PAYLOAD_TOO_LARGE, "text/plain", e.to_string().into_bytes()).await
+            return reply(
+                &mut respond,
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "text/plain",
+                e.to_string().into_bytes(),
+            )
+            .await
         }
     };
     if path.ends_with("/machine/register") {
@@ -80,7 +86,13 @@ async fn route(
         // Accept and drop: 404/501 would be treated as permanent failures.
         reply(&mut respond, StatusCode::OK, "text/plain", Vec::new()).await
     } else {
-        reply(&mut respond, StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()).await
+        reply(
+            &mut respond,
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            b"not found\n".to_vec(),
+        )
+        .await
     }
 }
 
@@ -91,7 +103,10 @@ pub async fn read_body(mut body: RecvStream, limit: usize) -> io::Result<Vec<u8>
         let chunk = chunk.map_err(h2_io)?;
         let _ = body.flow_control().release_capacity(chunk.len());
         if out.len() + chunk.len() > limit {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "request body too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "request body too large",
+            ));
         }
         out.extend_from_slice(&chunk);
     }

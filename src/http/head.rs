@@ -47,7 +47,8 @@ impl Head {
     }
 
     pub fn content_length(&self) -> Option<usize> {
-        self.header("content-length").and_then(|v| v.trim().parse().ok())
+        self.header("content-length")
+            .and_then(|v| v.trim().parse().ok())
     }
 }
 
@@ -63,7 +64,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
             let headers = req
                 .headers
                 .iter()
-                .map(|h| (h.name.to_string(), String::from_utf8_lossy(h.value).into_owned()))
+                .map(|h| {
+                    (
+                        h.name.to_string(),
+                        String::from_utf8_lossy(h.value).into_owned(),
+                    )
+                })
                 .collect();
             Ok(Some((
                 Head {
@@ -83,7 +89,10 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
 }
 
 fn split_target(target: &str) -> Option<(String, String)> {
-    let rest = if let Some(r) = target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
+    let rest = if let Some(r) = target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
         match r.find('/') {
             Some(i) => &r[i..],
             None => "/",
@@ -103,15 +112,31 @@ mod tests {
 
     #[test]
     fn origin_and_absolute_form() {
-        let (h, n) = parse(b"GET /key?v=130 HTTP/1.1\r\nHost: x\r\n\r\nrest").unwrap().unwrap();
-        assert_eq!((h.path.as_str(), h.query_param("v"), n), ("/key", Some("130"), 35));
-        let (h, _) = parse(b"GET http://198.18.0.1:8080/key?v=130 HTTP/1.1\r\n\r\n").unwrap().unwrap();
+        let (h, n) = parse(b"GET /key?v=130 HTTP/1.1\r\nHost: x\r\n\r\nrest")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (h.path.as_str(), h.query_param("v"), n),
+            ("/key", Some("130"), 35)
+        );
+        let (h, _) = parse(b"GET http://198.18.0.1:8080/key?v=130 HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!((h.path.as_str(), h.query_param("v")), ("/key", Some("130")));
         let (h, _) = parse(b"GET http://host HTTP/1.1\r\n\r\n").unwrap().unwrap();
         assert_eq!(h.path, "/");
-        assert_eq!(parse(b"GET /key HTTP/1.1\r\nHost:").unwrap().map(|_| ()), None);
-        assert_eq!(parse(b"\x00\x01garbage\r\n\r\n").unwrap_err(), Error::Malformed);
-        assert_eq!(parse(b"GET * HTTP/1.1\r\n\r\n").unwrap_err(), Error::Malformed);
+        assert_eq!(
+            parse(b"GET /key HTTP/1.1\r\nHost:").unwrap().map(|_| ()),
+            None
+        );
+        assert_eq!(
+            parse(b"\x00\x01garbage\r\n\r\n").unwrap_err(),
+            Error::Malformed
+        );
+        assert_eq!(
+            parse(b"GET * HTTP/1.1\r\n\r\n").unwrap_err(),
+            Error::Malformed
+        );
         let big = vec![b'a'; MAX_HEAD];
         assert_eq!(parse(&big).unwrap_err(), Error::Malformed);
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();

@@ -56,7 +56,10 @@ pub async fn accept_loop(server: SharedServer, listener: Async<TcpListener>) {
     }
 }
 
-async fn timeout<T>(d: Duration, f: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+async fn timeout<T>(
+    d: Duration,
+    f: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     f.or(async {
         Timer::after(d).await;
         Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
@@ -65,7 +68,10 @@ async fn timeout<T>(d: Duration, f: impl std::future::Future<Output = io::Result
 }
 
 /// Reads one request head; returns the head and any bytes read past it.
-async fn read_head(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Result<Option<head::Head>> {
+async fn read_head(
+    stream: &mut Async<TcpStream>,
+    buf: &mut Vec<u8>,
+) -> io::Result<Option<head::Head>> {
     loop {
         match head::parse(buf) {
             Ok(Some((h, n))) => {
@@ -73,7 +79,12 @@ async fn read_head(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Resu
                 return Ok(Some(h));
             }
             Ok(None) => {}
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("bad request head: {e:?}"))),
+            Err(e) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("bad request head: {e:?}"),
+                ))
+            }
         }
         let mut tmp = [0u8; 4096];
         let n = stream.read(&mut tmp).await?;
@@ -84,7 +95,12 @@ async fn read_head(stream: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Resu
     }
 }
 
-async fn respond(stream: &mut Async<TcpStream>, status: &str, ctype: &str, body: &[u8]) -> io::Result<()> {
+async fn respond(
+    stream: &mut Async<TcpStream>,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+) -> io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -104,7 +120,13 @@ async fn handle_conn(server: SharedServer, mut stream: Async<TcpStream>) -> io::
         // Bodies on the front door are tiny or absent; bound and discard them.
         let body_len = h.content_length().unwrap_or(0);
         if body_len > 64 * 1024 {
-            respond(&mut stream, "413 Payload Too Large", "text/plain", b"request body too large\n").await?;
+            respond(
+                &mut stream,
+                "413 Payload Too Large",
+                "text/plain",
+                b"request body too large\n",
+            )
+            .await?;
             return Ok(());
         }
         while buf.len() < body_len {
@@ -118,10 +140,21 @@ async fn handle_conn(server: SharedServer, mut stream: Async<TcpStream>) -> io::
         buf.drain(..body_len);
         let close = h.header_has_token("connection", "close");
         match (h.method.as_str(), h.path.as_str()) {
-            (_, "/ts2021") => return upgrade_ts2021(server, stream, h, std::mem::take(&mut buf)).await,
+            (_, "/ts2021") => {
+                return upgrade_ts2021(server, stream, h, std::mem::take(&mut buf)).await
+            }
             ("GET", "/key") => {
-                if h.query_param("v").and_then(|v| v.parse::<u32>().ok()).is_none() {
-                    respond(&mut stream, "400 Bad Request", "text/plain", b"missing or invalid v parameter\n").await?;
+                if h.query_param("v")
+                    .and_then(|v| v.parse::<u32>().ok())
+                    .is_none()
+                {
+                    respond(
+                        &mut stream,
+                        "400 Bad Request",
+                        "text/plain",
+                        b"missing or invalid v parameter\n",
+                    )
+                    .await?;
                     continue;
                 }
                 let body = serde_json::to_vec(&crate::tailcfg::OverTlsPublicKeyResponse {
@@ -132,10 +165,22 @@ async fn handle_conn(server: SharedServer, mut stream: Async<TcpStream>) -> io::
                 respond(&mut stream, "200 OK", "application/json", &body).await?;
             }
             ("GET", "/health") | ("GET", "/healthz") => {
-                respond(&mut stream, "200 OK", "application/json", b"{\"status\":\"pass\"}").await?;
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "application/json",
+                    b"{\"status\":\"pass\"}",
+                )
+                .await?;
             }
             ("GET", "/") => {
-                respond(&mut stream, "200 OK", "text/plain", b"tinyscale control server\n").await?;
+                respond(
+                    &mut stream,
+                    "200 OK",
+                    "text/plain",
+                    b"tinyscale control server\n",
+                )
+                .await?;
             }
             _ => {
                 respond(&mut stream, "404 Not Found", "text/plain", b"not found\n").await?;
@@ -160,25 +205,46 @@ async fn upgrade_ts2021(
         .header("upgrade")
         .is_some_and(|u| u.eq_ignore_ascii_case("tailscale-control-protocol"))
     {
-        return respond(&mut stream, "400 Bad Request", "text/plain", b"missing or unknown Upgrade header\n").await;
+        return respond(
+            &mut stream,
+            "400 Bad Request",
+            "text/plain",
+            b"missing or unknown Upgrade header\n",
+        )
+        .await;
     }
     let Some(init) = h
         .header("x-tailscale-handshake")
         .filter(|v| v.len() <= 256)
         .and_then(|v| base64::decode(v.trim()))
     else {
-        return respond(&mut stream, "400 Bad Request", "text/plain", b"missing or invalid X-Tailscale-Handshake\n").await;
+        return respond(
+            &mut stream,
+            "400 Bad Request",
+            "text/plain",
+            b"missing or invalid X-Tailscale-Handshake\n",
+        )
+        .await;
     };
     let version = match wn::Initiation::parse(&init) {
         Ok(i) => i.version(),
         Err(_) => {
-            return respond(&mut stream, "400 Bad Request", "text/plain", b"invalid handshake message\n").await
+            return respond(
+                &mut stream,
+                "400 Bad Request",
+                "text/plain",
+                b"invalid handshake message\n",
+            )
+            .await
         }
     };
     let mut out = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: tailscale-control-protocol\r\nConnection: upgrade\r\n\r\n".to_vec();
     if version < MIN_CAPVER {
         // The client shows this as `server error: "..."`.
-        wn::emit_error("unsupported client version: upgrade tailscale to 1.80 or newer", &mut out);
+        wn::emit_error(
+            "unsupported client version: upgrade tailscale to 1.80 or newer",
+            &mut out,
+        );
         stream.write_all(&out).await?;
         return stream.flush().await;
     }
@@ -200,14 +266,21 @@ async fn upgrade_ts2021(
         machine_key: accepted.machine_key,
         version: accepted.version,
     };
-    debug!("noise connection from {:?} (capver {})", MachineKey(ctx.machine_key), ctx.version);
+    debug!(
+        "noise connection from {:?} (capver {})",
+        MachineKey(ctx.machine_key),
+        ctx.version
+    );
     h2srv::serve(server, conn, ctx).await
 }
 
 /// Binds the control listener.
 pub fn bind(server: &Server) -> io::Result<Async<TcpListener>> {
     let l = Async::<TcpListener>::bind(server.cfg.listen_addr)?;
-    info!("listening on {} (server_url {})", server.cfg.listen_addr, server.cfg.server_url);
+    info!(
+        "listening on {} (server_url {})",
+        server.cfg.listen_addr, server.cfg.server_url
+    );
     Ok(l)
 }
 

@@ -127,7 +127,9 @@ mod tests {
         // protocol/map.md §2.1 example, byte for byte.
         let mut v = Vec::new();
         emit_message(br#"{"KeepAlive":true}"#, true, &mut v);
-        let mut want = vec![0x1e, 0, 0, 0, 0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0x12, 0, 0, 0, 0x91, 0, 0];
+        let mut want = vec![
+            0x1e, 0, 0, 0, 0x28, 0xb5, 0x2f, 0xfd, 0xa0, 0x12, 0, 0, 0, 0x91, 0, 0,
+        ];
         want.extend_from_slice(br#"{"KeepAlive":true}"#);
         assert_eq!(v, want);
     }
@@ -148,7 +150,10 @@ mod tests {
         decode_zstd_raw(&e, &mut out).unwrap();
         assert!(out.is_empty());
         assert_eq!(split_message(&v[..10]).unwrap(), None);
-        assert_eq!(decode_zstd_raw(&body[..body.len() - 1], &mut out), Err(Error::Truncated));
+        assert_eq!(
+            decode_zstd_raw(&body[..body.len() - 1], &mut out),
+            Err(Error::Truncated)
+        );
     }
 
     #[test]

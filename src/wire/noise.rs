@@ -125,7 +125,7 @@ impl RecordHeader {
             return Err(Error::Malformed("record type"));
         }
         let len = u16::from_be_bytes([buf[1], buf[2]]) as usize;
-        if len < TAG_LEN || len > MAX_RECORD_LEN - RECORD_HEADER_LEN {
+        if !(TAG_LEN..=MAX_RECORD_LEN - RECORD_HEADER_LEN).contains(&len) {
             return Err(Error::Malformed("record length"));
         }
         Ok(RecordHeader { len })

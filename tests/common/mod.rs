@@ -44,7 +44,12 @@ pub fn config(dir: &std::path::Path) -> Config {
 pub fn start_with(cfg: Config, dir: PathBuf) -> TestServer {
     let server = tinyscale::control::build_server(cfg).unwrap();
     let (addr, task) = tinyscale::control::start_background(&server).unwrap();
-    TestServer { server, addr, dir, task: Some(task) }
+    TestServer {
+        server,
+        addr,
+        dir,
+        task: Some(task),
+    }
 }
 
 pub fn start(tag: &str) -> TestServer {
@@ -65,7 +70,11 @@ impl TestServer {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(std::sync::Arc::strong_count(&self.server), 1, "server still referenced");
+        assert_eq!(
+            std::sync::Arc::strong_count(&self.server),
+            1,
+            "server still referenced"
+        );
         self.dir = PathBuf::new();
     }
 
@@ -76,9 +85,15 @@ impl TestServer {
             st.create_user(user, "", "").unwrap();
         }
         let u = if tags.is_empty() { Some(user) } else { None };
-        st.create_preauth_key(u, reusable, ephemeral, None, tags.iter().map(|s| s.to_string()).collect())
-            .unwrap()
-            .1
+        st.create_preauth_key(
+            u,
+            reusable,
+            ephemeral,
+            None,
+            tags.iter().map(|s| s.to_string()).collect(),
+        )
+        .unwrap()
+        .1
     }
 }
 

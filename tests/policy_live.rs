@@ -1,0 +1,97 @@
+//! The policy in force shapes every node's map, and a change reaches
+//! connected clients at once (protocol-level clients on loopback).
+
+mod common;
+
+use common::*;
+use tinyscale::client::{self, netmap::NetMap, Node};
+
+async fn join(
+    ts: &TestServer,
+    node: &Node,
+    key: &str,
+) -> (client::Conn, client::MapStream, NetMap) {
+    let server_pub = client::fetch_key(ts.addr).await.unwrap();
+    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
+        .await
+        .unwrap();
+    let r = conn
+        .register(&node.register_request(Some(key)))
+        .await
+        .unwrap();
+    assert_eq!(r.error, "");
+    let mut stream = conn.map(&node.map_request(true, &[])).await.unwrap();
+    let mut nm = NetMap::default();
+    nm.apply(&stream.next().await.unwrap().unwrap());
+    (conn, stream, nm)
+}
+
+async fn until(stream: &mut client::MapStream, nm: &mut NetMap, pred: impl Fn(&NetMap) -> bool) {
+    while !pred(nm) {
+        let m = stream.next().await.unwrap().expect("stream ended");
+        nm.apply(&m);
+    }
+}
+
+const ALICE_TO_SERVERS: &str = r#"{
+  // alice may reach the servers; nobody else may do anything
+  "tagOwners": {"tag:server": ["alice@"]},
+  "acls": [
+    {"action": "accept", "src": ["alice@"], "dst": ["tag:server:22,80"]},
+  ],
+}"#;
+
+#[test]
+fn policy_shapes_maps_and_changes_live() {
+    let dir = tempdir("policy");
+    let mut cfg = config(&dir);
+    let pfile = dir.join("policy.hujson");
+    std::fs::write(&pfile, ALICE_TO_SERVERS).unwrap();
+    cfg.policy_path = Some(pfile.clone());
+    let ts = start_with(cfg, dir);
+    let ka = ts.key("alice", true, false, &[]);
+    let kb = ts.key("bob", true, false, &[]);
+    let ks = ts.key("alice", true, false, &["tag:server"]);
+    block_on_timeout(60, async {
+        let (a, b, s) = (Node::new("laptop"), Node::new("phone"), Node::new("srv"));
+        let (_ca, mut sa, mut nma) = join(&ts, &a, &ka).await;
+        let (_cs, mut ss, mut nms) = join(&ts, &s, &ks).await;
+        let (_cb, _sb, nmb) = join(&ts, &b, &kb).await;
+        // bob may reach nothing and nothing may reach bob: no peers.
+        assert!(nmb.peers.is_empty(), "bob sees {:?}", nmb.peers.keys());
+        assert_eq!(nmb.packet_filter, serde_json::json!([]));
+        // The server's filter lets alice's laptop in on 22 and 80.
+        until(&mut ss, &mut nms, |n| n.peer_by_name("laptop").is_some()).await;
+        let laptop_ip = nma.self_node["Addresses"][0]
+            .as_str()
+            .unwrap()
+            .trim_end_matches("/32")
+            .to_string();
+        let f = nms.packet_filter.to_string();
+        assert!(
+            f.contains(&laptop_ip) && f.contains("\"First\":22") && f.contains("\"First\":80"),
+            "{f}"
+        );
+        assert!(nms.peer_by_name("phone").is_none());
+        until(&mut sa, &mut nma, |n| n.peer_by_name("srv").is_some()).await;
+
+        // Live change: deny-all. The server's filter empties and peers go.
+        ts.server.set_policy(Some(r#"{"acls": []}"#)).unwrap();
+        until(&mut ss, &mut nms, |n| {
+            n.packet_filter == serde_json::json!([]) && n.peers.is_empty()
+        })
+        .await;
+        until(&mut sa, &mut nma, |n| n.peers.is_empty()).await;
+
+        // A broken policy is rejected and the previous one stays.
+        let err = ts.server.set_policy(Some(
+            r#"{"acls": [ {"action": "accept", "src": ["group:nope"], "dst": ["*:*"]} ]}"#,
+        ));
+        assert!(err.is_err());
+        assert_eq!(ts.server.policy_text().as_deref(), Some(r#"{"acls": []}"#));
+
+        // Back to the file's policy through the watcher path.
+        tinyscale::control::policy::reload_if_changed(&ts.server, true);
+        until(&mut ss, &mut nms, |n| n.peer_by_name("laptop").is_some()).await;
+    });
+}
