@@ -5,8 +5,9 @@
 //! highest address already handed out inside the prefix (so a freed address
 //! is not reused at once, which keeps stale peer caches harmless), wraps to
 //! the start of the prefix once, and fails only when the prefix is full.
-//! Cost per call: one pass over the nodes to build the used sets, then a scan
-//! that only visits used or reserved addresses, so O(N) for N nodes.
+//! Cost per call: one pass over the nodes to find the highest address in
+//! use; a set of used addresses is built only once the top of the prefix is
+//! reached and the scan wraps. So O(N) cheap steps for N nodes.
 //!
 //! Never handed out: the prefix's network and last address, quad-100
 //! (100.100.100.0/24 is reserved whole), the ChromeOS VM range
@@ -40,16 +41,13 @@ const RESERVED_V6: [(Ipv6Addr, u8); 4] = [
 
 /// Picks a free IPv4 in `v4` and a free IPv6 in `v6` for a new node.
 pub fn allocate(state: &State, v4: Ipv4Net, v6: Ipv6Net) -> Result<(Ipv4Addr, Ipv6Addr), OpError> {
-    let mut used4 = HashSet::with_capacity(state.nodes.len());
-    let mut used6 = HashSet::with_capacity(state.nodes.len());
-    for n in state.nodes.values() {
-        if let Some(a) = n.ipv4 {
-            used4.insert(u32::from(a) as u128);
-        }
-        if let Some(a) = n.ipv6 {
-            used6.insert(u128::from(a));
-        }
-    }
+    let net4 = v4.trunc();
+    let net6 = v6.trunc();
+    let b4 = (
+        u32::from(net4.network()) as u128,
+        32 - net4.prefix_len() as u32,
+    );
+    let b6 = (u128::from(net6.network()), 128 - net6.prefix_len() as u32);
     let r4: Vec<(u128, u128)> = RESERVED_V4
         .iter()
         .map(|&(a, l)| range(u32::from(a) as u128, 32 - l as u32))
@@ -58,22 +56,18 @@ pub fn allocate(state: &State, v4: Ipv4Net, v6: Ipv6Net) -> Result<(Ipv4Addr, Ip
         .iter()
         .map(|&(a, l)| range(u128::from(a), 128 - l as u32))
         .collect();
-    let net4 = v4.trunc();
-    let net6 = v6.trunc();
-    let a4 = pick(
-        u32::from(net4.network()) as u128,
-        32 - net4.prefix_len() as u32,
-        &used4,
-        &r4,
-    )
-    .ok_or_else(|| OpError::Conflict(format!("no free IPv4 address left in {net4}")))?;
-    let a6 = pick(
-        u128::from(net6.network()),
-        128 - net6.prefix_len() as u32,
-        &used6,
-        &r6,
-    )
-    .ok_or_else(|| OpError::Conflict(format!("no free IPv6 address left in {net6}")))?;
+    let used4 = || {
+        state
+            .nodes
+            .values()
+            .filter_map(|n| n.ipv4)
+            .map(|a| u32::from(a) as u128)
+    };
+    let used6 = || state.nodes.values().filter_map(|n| n.ipv6).map(u128::from);
+    let a4 = pick(b4.0, b4.1, used4, &r4)
+        .ok_or_else(|| OpError::Conflict(format!("no free IPv4 address left in {net4}")))?;
+    let a6 = pick(b6.0, b6.1, used6, &r6)
+        .ok_or_else(|| OpError::Conflict(format!("no free IPv6 address left in {net6}")))?;
     Ok((Ipv4Addr::from(a4 as u32), Ipv6Addr::from(a6)))
 }
 
@@ -88,11 +82,15 @@ fn range(base: u128, host_bits: u32) -> (u128, u128) {
 }
 
 /// Sequential pick in the block `[base, base + 2^host_bits)`, excluding its
-/// first and last address, `used` and the `reserved` ranges.
-fn pick(
+/// first and last address, the `used` ones and the `reserved` ranges.
+///
+/// Fast path: nothing above the highest used address is taken, so the
+/// forward scan needs only that maximum (one pass, no set). The set of
+/// used addresses is built only when the scan wraps around.
+fn pick<I: Iterator<Item = u128>>(
     base: u128,
     host_bits: u32,
-    used: &HashSet<u128>,
+    used: impl Fn() -> I,
     reserved: &[(u128, u128)],
 ) -> Option<u128> {
     let (first, last) = range(base, host_bits);
@@ -100,18 +98,18 @@ fn pick(
         return None;
     }
     let (lo, hi) = (first + 1, last - 1);
-    let highest = used.iter().copied().filter(|a| (lo..=hi).contains(a)).max();
+    let highest = used().filter(|a| (lo..=hi).contains(a)).max();
     let start = match highest {
         Some(h) if h < hi => h + 1,
         _ => lo,
     };
-    scan(start, hi, used, reserved).or_else(|| {
-        if start > lo {
-            scan(lo, start - 1, used, reserved)
-        } else {
-            None
+    if highest.map_or(true, |h| h < hi) {
+        if let Some(a) = scan(start, hi, &HashSet::new(), reserved) {
+            return Some(a);
         }
-    })
+    }
+    let set: HashSet<u128> = used().collect();
+    scan(lo, hi, &set, reserved)
 }
 
 /// First free address in `[from, to]`. Each step either returns or skips a
@@ -139,8 +137,8 @@ fn scan(from: u128, to: u128, used: &HashSet<u128>, reserved: &[(u128, u128)]) -
 mod tests {
     use super::*;
 
-    fn set(v: &[u128]) -> HashSet<u128> {
-        v.iter().copied().collect()
+    fn set<'a>(v: &'a [u128]) -> impl Fn() -> std::iter::Copied<std::slice::Iter<'a, u128>> + 'a {
+        move || v.iter().copied()
     }
 
     fn v4(s: &str) -> u128 {
@@ -154,37 +152,37 @@ mod tests {
             .map(|&(a, l)| range(u32::from(a) as u128, 32 - l as u32))
             .collect();
         let base = v4("100.64.0.0");
-        assert_eq!(pick(base, 22, &set(&[]), &r), Some(v4("100.64.0.1")));
+        assert_eq!(pick(base, 22, set(&[]), &r), Some(v4("100.64.0.1")));
         assert_eq!(
-            pick(base, 22, &set(&[v4("100.64.0.1"), v4("100.64.0.2")]), &r),
+            pick(base, 22, set(&[v4("100.64.0.1"), v4("100.64.0.2")]), &r),
             Some(v4("100.64.0.3"))
         );
         // Walks forward from the highest used address, not into a hole.
         assert_eq!(
-            pick(base, 22, &set(&[v4("100.64.0.5")]), &r),
+            pick(base, 22, set(&[v4("100.64.0.5")]), &r),
             Some(v4("100.64.0.6"))
         );
         // Quad-100 /24 and ChromeOS /23 are skipped.
         let b = v4("100.100.99.255");
         assert_eq!(
-            pick(v4("100.100.0.0"), 16, &set(&[b]), &r),
+            pick(v4("100.100.0.0"), 16, set(&[b]), &r),
             Some(v4("100.100.101.0"))
         );
         assert_eq!(
-            pick(v4("100.115.0.0"), 16, &set(&[v4("100.115.91.255")]), &r),
+            pick(v4("100.115.0.0"), 16, set(&[v4("100.115.91.255")]), &r),
             Some(v4("100.115.94.0"))
         );
         // Wraps around once the top is used, then reports exhaustion.
         let net = v4("10.0.0.0");
         assert_eq!(
-            pick(net, 2, &set(&[v4("10.0.0.2")]), &r),
+            pick(net, 2, set(&[v4("10.0.0.2")]), &r),
             Some(v4("10.0.0.1"))
         );
         assert_eq!(
-            pick(net, 2, &set(&[v4("10.0.0.1"), v4("10.0.0.2")]), &r),
+            pick(net, 2, set(&[v4("10.0.0.1"), v4("10.0.0.2")]), &r),
             None
         );
-        assert_eq!(pick(net, 1, &set(&[]), &r), None);
+        assert_eq!(pick(net, 1, set(&[]), &r), None);
     }
 
     #[test]
@@ -194,10 +192,12 @@ mod tests {
             .map(|&(a, l)| range(u128::from(a), 128 - l as u32))
             .collect();
         let base = u128::from("fd7a:115c:a1e0::".parse::<Ipv6Addr>().unwrap());
-        let used = set(&[base + 0x52]);
+        let arr = [base + 0x52];
+        let used = set(&arr);
         assert_eq!(pick(base, 80, &used, &r), Some(base + 0x54));
         let b1a = u128::from("fd7a:115c:a1e0:b1a::".parse::<Ipv6Addr>().unwrap());
-        let used = set(&[b1a - 1]);
+        let arr = [b1a - 1];
+        let used = set(&arr);
         assert_eq!(pick(base, 80, &used, &r), Some(b1a + (1u128 << 64)));
     }
 }

@@ -80,11 +80,8 @@ impl State {
     /// owns nodes (as Headscale does): delete them first.
     pub fn destroy_user(&mut self, who: &str) -> Result<User, OpError> {
         let id = self.user_id(who)?;
-        let owned = self
-            .nodes
-            .values()
-            .filter(|n| n.user == id && !n.is_tagged())
-            .count();
+        // Tagged nodes count too: they still reference their registering user.
+        let owned = self.nodes.values().filter(|n| n.user == id).count();
         if owned > 0 {
             return Err(OpError::Invalid(format!(
                 "user {who:?} still has {owned} node(s); delete them first"
