@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
-use tinyscale::control::{Hub, Server};
+use std::sync::Arc;
+use tinyscale::control::Server;
 use tinyscale::state::{ipalloc, Node, State, Store};
 
 struct Env {
@@ -34,14 +34,7 @@ fn setup(name: &str) -> Env {
     .unwrap();
     let (cfg, used) = tinyscale::config::load(Some(&config)).unwrap();
     assert_eq!(used.as_deref(), Some(config.as_path()));
-    let state = State::load(Store::open(&cfg.database_path).unwrap()).unwrap();
-    let server = Arc::new(Server {
-        cfg,
-        state: Mutex::new(state),
-        hub: Hub::default(),
-        noise_private: [0; 32],
-        noise_public: [0; 32],
-    });
+    let server = tinyscale::control::build_server(cfg).unwrap();
     tinyscale::admin::spawn(server.clone()).unwrap();
     Env {
         dir,
