@@ -15,6 +15,10 @@ struct Env {
 }
 
 fn setup(name: &str) -> Env {
+    setup_with(name, "")
+}
+
+fn setup_with(name: &str, extra: &str) -> Env {
     let mut b = [0u8; 8];
     getrandom::fill(&mut b).unwrap();
     let dir = std::env::temp_dir().join(format!(
@@ -27,7 +31,7 @@ fn setup(name: &str) -> Env {
         &config,
         format!(
             "data_dir: {}\nunix_socket: run/admin.sock\ndatabase:\n  path: db/db.redb\n\
-             listen_addr: 127.0.0.1:18080\n",
+             listen_addr: 127.0.0.1:18080\n{extra}",
             dir.display()
         ),
     )
@@ -418,4 +422,63 @@ fn server_not_running() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("tinyscale "));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn policy_through_the_api() {
+    use tinyscale::cli::client::{call, ClientError};
+    let pol = r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"#;
+    let body = serde_json::json!({ "policy": pol });
+
+    // File mode: the API refuses to change the policy.
+    let env = setup("polfile");
+    let sock = env.server.cfg.unix_socket.clone();
+    let e = call(&sock, "PUT", "/api/v1/policy", Some(&body)).unwrap_err();
+    assert!(matches!(e, ClientError::Api { status: 400, .. }), "{e}");
+    let got = call(&sock, "GET", "/api/v1/policy", None).unwrap();
+    assert_eq!(got["policy"], "");
+    let e = call(&sock, "GET", "/api/v1/nope", None).unwrap_err();
+    assert!(matches!(e, ClientError::Api { status: 404, .. }));
+    let _ = std::fs::remove_dir_all(&env.dir);
+
+    // Database mode: validated, stored, served back.
+    let env = setup_with("poldb", "policy:\n  mode: database\n");
+    let sock = env.server.cfg.unix_socket.clone();
+    let bad = serde_json::json!({ "policy": "{\"acls\": 5}" });
+    let e = call(&sock, "PUT", "/api/v1/policy", Some(&bad)).unwrap_err();
+    assert!(e.to_string().starts_with("invalid policy"), "{e}");
+    let r = call(&sock, "PUT", "/api/v1/policy", Some(&body)).unwrap();
+    assert_eq!(r["policy"], pol);
+    assert!(!r["updatedAt"].as_str().unwrap().starts_with("0001"));
+    assert_eq!(
+        call(&sock, "GET", "/api/v1/policy", None).unwrap()["policy"],
+        pol
+    );
+    assert_eq!(env.server.policy_text().as_deref(), Some(pol));
+    let stored = env
+        .server
+        .state()
+        .store
+        .get_meta("policy")
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored, pol.as_bytes());
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+#[test]
+fn oversized_body_is_refused() {
+    use std::io::{Read, Write};
+    let env = setup("big");
+    let mut s = std::os::unix::net::UnixStream::connect(&env.server.cfg.unix_socket).unwrap();
+    write!(
+        s,
+        "POST /api/v1/user HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+        2 << 20
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+    let _ = std::fs::remove_dir_all(&env.dir);
 }

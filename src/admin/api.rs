@@ -17,6 +17,8 @@
 //! | DELETE | /api/v1/node/{id} | | `{}` |
 //! | POST | /api/v1/node/{id}/expire | `{expiry, disableExpiry}` (optional) | `{node}` |
 //! | POST | /api/v1/node/{id}/rename/{newName} | | `{node}` |
+//! | GET | /api/v1/policy | | `{policy, updatedAt}` |
+//! | PUT | /api/v1/policy | `{policy}` (only with `policy.mode: database`) | `{policy, updatedAt}` |
 //!
 //! Users are named by ID or name wherever an id is expected. Errors are
 //! problem details `{status, title, detail}`.
@@ -294,6 +296,49 @@ fn route(
             Ok(ok(json!({ "node": node_json(server, &st, &n) })))
         }
 
+        // ----- policy
+        ("GET", ["api", "v1", "policy"]) => {
+            let text = server.policy_text().unwrap_or_default();
+            Ok(ok(
+                json!({ "policy": text, "updatedAt": policy_updated(server) }),
+            ))
+        }
+        ("PUT", ["api", "v1", "policy"]) => {
+            let r: SetPolicyRequest = body(b)?;
+            if server.cfg.policy_mode != "database" {
+                return Err(error(
+                    400,
+                    "policy.mode is \"file\": edit the policy file instead \
+                     (set policy.mode: database to manage it through the API)",
+                ));
+            }
+            // Validate, persist, then activate (store before memory).
+            {
+                let st = server.state();
+                let topo = crate::control::policy::topology(&st);
+                crate::policy::parse_and_check(&r.policy, &topo)
+                    .map_err(|e| error(400, format!("invalid policy: {e}")))?;
+                st.store
+                    .apply(&[
+                        crate::state::Op::PutMeta(
+                            crate::control::policy::META_POLICY,
+                            r.policy.as_bytes().to_vec(),
+                        ),
+                        crate::state::Op::PutMeta(
+                            META_POLICY_UPDATED,
+                            now().to_le_bytes().to_vec(),
+                        ),
+                    ])
+                    .map_err(|e| error(500, e.to_string()))?;
+            }
+            server
+                .set_policy(Some(&r.policy))
+                .map_err(|e| error(400, format!("invalid policy: {e}")))?;
+            Ok(ok(
+                json!({ "policy": r.policy, "updatedAt": policy_updated(server) }),
+            ))
+        }
+
         (_, ["api", ..]) | (_, ["health"]) => Err(error(
             if known_path(segs) { 405 } else { 404 },
             format!("no such endpoint: {method} /{}", segs.join("/")),
@@ -305,8 +350,23 @@ fn route(
 fn known_path(segs: &[&str]) -> bool {
     matches!(
         segs,
-        ["health"] | ["api", "v1", "user" | "preauthkey" | "node", ..]
+        ["health"] | ["api", "v1", "user" | "preauthkey" | "node" | "policy", ..]
     )
+}
+
+/// Meta key: when the policy was last set through the API (i64 LE seconds).
+pub const META_POLICY_UPDATED: &str = "policy_updated_at";
+
+fn policy_updated(server: &Server) -> String {
+    let t = server
+        .state()
+        .store
+        .get_meta(META_POLICY_UPDATED)
+        .ok()
+        .flatten()
+        .and_then(|b| b.as_slice().try_into().ok().map(i64::from_le_bytes))
+        .unwrap_or(0);
+    crate::timefmt::rfc3339(t)
 }
 
 /// True when the filter is unset or equals `v`.

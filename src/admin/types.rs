@@ -185,3 +185,9 @@ pub struct ExpireNodeRequest {
     pub expiry: Option<String>,
     pub disable_expiry: bool,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SetPolicyRequest {
+    pub policy: String,
+}

@@ -39,7 +39,7 @@ enum Cmd {
     PreAuthKeys(PreAuthKeysCmd),
     Nodes(NodesCmd),
     Version(VersionCmd),
-    // POLICY: add `Policy(crate::policy::cli::PolicyCmd),` once src/policy/cli.rs lands.
+    Policy(crate::policy::cli::PolicyCmd),
 }
 
 /// Run the control server.
@@ -454,6 +454,11 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             }
             Ok(())
         }
+        Cmd::Policy(p) => match crate::policy::cli::run(p) {
+            0 => Ok(()),
+            // The policy tools print their own error.
+            code => std::process::exit(code),
+        },
         Cmd::Serve(_) => {
             let cfg = load_config(explicit)?;
             serve(cfg).map_err(|e| e.to_string())
