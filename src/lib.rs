@@ -10,6 +10,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod debug;
 pub mod derp;
 pub mod http;
 pub mod keys;

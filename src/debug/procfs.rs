@@ -1,0 +1,74 @@
+//! What /proc says about a process (RSS, CPU time) and raising our own
+//! open-file limit.
+
+use std::io;
+
+/// VmRSS of `pid` in bytes.
+pub fn rss_bytes(pid: u32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    parse_vmrss(&s)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc/PID/status"))
+}
+
+fn parse_vmrss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// utime + stime of `pid` in seconds (`self` for this process).
+pub fn cpu_seconds(pid: &str) -> io::Result<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let ticks = parse_stat_ticks(&s)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "bad /proc/PID/stat"))?;
+    Ok(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}
+
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    // The command name is in parentheses and may contain spaces: split
+    // after the last ')'. Fields from there: state(3) ... utime(14) stime(15).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Raises RLIMIT_NOFILE's soft limit to `want` (at most the hard limit).
+/// Returns (soft now, hard) or an explanation of why not.
+pub fn raise_nofile(want: u64) -> Result<(u64, u64), String> {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let cur = getrlimit(Resource::Nofile);
+    let hard = cur.maximum.unwrap_or(u64::MAX);
+    let soft = cur.current.unwrap_or(u64::MAX);
+    if soft >= want {
+        return Ok((soft, hard));
+    }
+    let target = want.min(hard);
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(target),
+            maximum: cur.maximum,
+        },
+    )
+    .map_err(|e| format!("setrlimit(RLIMIT_NOFILE, {target}): {e}"))?;
+    Ok((target, hard))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_files() {
+        assert_eq!(
+            parse_vmrss("Name:\tx\nVmRSS:\t    3400 kB\nVmData: 1 kB\n"),
+            Some(3400 * 1024)
+        );
+        let stat = "42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0";
+        assert_eq!(parse_stat_ticks(stat), Some(280));
+        assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        assert!(cpu_seconds("self").is_ok());
+    }
+}
