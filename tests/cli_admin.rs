@@ -323,6 +323,50 @@ fn users_keys_nodes() {
     assert!(env.server.state().nodes[&n1].is_expired(tinyscale::state::now() + 1));
     env.fails(&["nodes", "expire", "-i", "999"], "not found");
 
+    // Tags and routes.
+    let n3s = n3.to_string();
+    let t = env.ok_json(&[
+        "nodes",
+        "tag",
+        "-i",
+        &n3s,
+        "-t",
+        "tag:db,tag:web",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(t["tags"], serde_json::json!(["tag:db", "tag:web"]));
+    env.fails(&["nodes", "tag", "-i", &n3s, "-t", "db"], "invalid tag");
+    {
+        let mut st = env.server.state();
+        let mut n = st.nodes[&n3].clone();
+        n.advertised_routes = vec!["10.0.0.0/24".into(), "0.0.0.0/0".into(), "::/0".into()];
+        st.put_node(n).unwrap();
+    }
+    let r = env.ok_json(&[
+        "nodes",
+        "approve-routes",
+        "-i",
+        &n3s,
+        "-r",
+        "10.0.0.0/24,0.0.0.0/0",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(
+        r["approvedRoutes"],
+        serde_json::json!(["0.0.0.0/0", "10.0.0.0/24", "::/0"])
+    );
+    assert_eq!(r["subnetRoutes"].as_array().unwrap().len(), 3);
+    let routes = env.ok_json(&["nodes", "list-routes", "-o", "json"]);
+    assert_eq!(routes.as_array().unwrap().len(), 1);
+    let (_, table, _) = env.cli(&["nodes", "routes"]);
+    assert!(table.contains("10.0.0.0/24"), "{table}");
+    env.fails(
+        &["nodes", "approve-routes", "-i", &n3s, "-r", "10.0.0.300/24"],
+        "invalid route",
+    );
+
     // A user owning nodes cannot be destroyed.
     env.fails(
         &["users", "destroy", "--name", "alice", "--force"],

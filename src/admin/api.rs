@@ -17,6 +17,8 @@
 //! | DELETE | /api/v1/node/{id} | | `{}` |
 //! | POST | /api/v1/node/{id}/expire | `{expiry, disableExpiry}` (optional) | `{node}` |
 //! | POST | /api/v1/node/{id}/rename/{newName} | | `{node}` |
+//! | POST | /api/v1/node/{id}/tags | `{tags}` | `{node}` |
+//! | POST | /api/v1/node/{id}/approve_routes | `{routes}` | `{node}` |
 //! | GET | /api/v1/policy | | `{policy, updatedAt}` |
 //! | PUT | /api/v1/policy | `{policy}` (only with `policy.mode: database`) | `{policy, updatedAt}` |
 //!
@@ -292,6 +294,23 @@ fn route(
             let id = parse_id(id, "node")?;
             let mut st = server.state();
             let n = st.rename_node(id, new).map_err(op_err)?;
+            changes.push(Change::NodeUpsert(id));
+            Ok(ok(json!({ "node": node_json(server, &st, &n) })))
+        }
+
+        ("POST", ["api", "v1", "node", id, "tags"]) => {
+            let id = parse_id(id, "node")?;
+            let r: SetTagsRequest = body(b)?;
+            let mut st = server.state();
+            let n = st.set_node_tags(id, r.tags).map_err(op_err)?;
+            changes.push(Change::NodeUpsert(id));
+            Ok(ok(json!({ "node": node_json(server, &st, &n) })))
+        }
+        ("POST", ["api", "v1", "node", id, "approve_routes"]) => {
+            let id = parse_id(id, "node")?;
+            let r: SetApprovedRoutesRequest = body(b)?;
+            let mut st = server.state();
+            let n = st.set_approved_routes(id, r.routes).map_err(op_err)?;
             changes.push(Change::NodeUpsert(id));
             Ok(ok(json!({ "node": node_json(server, &st, &n) })))
         }

@@ -191,3 +191,15 @@ pub struct ExpireNodeRequest {
 pub struct SetPolicyRequest {
     pub policy: String,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SetTagsRequest {
+    pub tags: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct SetApprovedRoutesRequest {
+    pub routes: Vec<String>,
+}

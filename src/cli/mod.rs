@@ -258,6 +258,52 @@ enum NodesSub {
     Delete(NodeDelete),
     Rename(NodeRename),
     Expire(NodeExpire),
+    Tag(NodeTag),
+    ApproveRoutes(NodeApproveRoutes),
+    ListRoutes(NodeListRoutes),
+}
+
+/// Set a node's tags (replaces them): `nodes tag -i ID -t tag:a,tag:b`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "tag")]
+struct NodeTag {
+    /// node ID
+    #[argh(option, short = 'i')]
+    identifier: u64,
+    /// tags, comma separated; repeatable; none = remove all tags
+    #[argh(option, short = 't')]
+    tags: Vec<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Set the routes approved for a node (replaces them; an empty string
+/// removes all): `nodes approve-routes -i ID -r 10.0.0.0/8,0.0.0.0/0`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "approve-routes")]
+struct NodeApproveRoutes {
+    /// node ID
+    #[argh(option, short = 'i')]
+    identifier: u64,
+    /// CIDR prefixes, comma separated; repeatable
+    #[argh(option, short = 'r')]
+    routes: Vec<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// List advertised and approved routes of nodes that have any.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list-routes")]
+struct NodeListRoutes {
+    /// only this node
+    #[argh(option, short = 'i')]
+    identifier: Option<u64>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
 }
 
 /// List nodes.
@@ -368,6 +414,8 @@ fn canonical_commands(args: &mut [String]) {
         ("users" | "nodes", "mv") => "rename",
         ("preauthkeys" | "nodes", "del" | "rm" | "d") => "delete",
         ("preauthkeys", "revoke" | "exp" | "e") | ("nodes", "logout" | "exp" | "e") => "expire",
+        ("nodes", "tags" | "t") => "tag",
+        ("nodes", "lsr" | "routes") => "list-routes",
         (_, other) => other,
     };
     *second = sub.to_string();
@@ -618,14 +666,7 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
                 let t = crate::state::now().saturating_add(secs as i64);
                 Value::String(crate::timefmt::rfc3339(t))
             };
-            let tags: Vec<String> = c
-                .tags
-                .iter()
-                .flat_map(|t| t.split(','))
-                .map(str::trim)
-                .filter(|t| !t.is_empty())
-                .map(str::to_string)
-                .collect();
+            let tags = split_list(&c.tags);
             let r = api.call(
                 "POST",
                 "/api/v1/preauthkey",
@@ -724,8 +765,82 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
     Ok(())
 }
 
+/// Comma-separated, repeatable list flag values.
+fn split_list(v: &[String]) -> Vec<String> {
+    v.iter()
+        .flat_map(|t| t.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
     match cmd {
+        NodesSub::Tag(t) => {
+            let f = Format::parse(&t.output)?;
+            let res = api.call(
+                "POST",
+                &format!("/api/v1/node/{}/tags", t.identifier),
+                Some(json!({ "tags": split_list(&t.tags) })),
+            )?;
+            let n: ApiNode = field(&res, "node")?;
+            if !output::machine(f, &n) {
+                println!("Node updated");
+            }
+        }
+        NodesSub::ApproveRoutes(r) => {
+            let f = Format::parse(&r.output)?;
+            let res = api.call(
+                "POST",
+                &format!("/api/v1/node/{}/approve_routes", r.identifier),
+                Some(json!({ "routes": split_list(&r.routes) })),
+            )?;
+            let n: ApiNode = field(&res, "node")?;
+            if !output::machine(f, &n) {
+                println!("Node updated");
+            }
+        }
+        NodesSub::ListRoutes(l) => {
+            let f = Format::parse(&l.output)?;
+            let list: Vec<ApiNode> = match l.identifier {
+                Some(id) => vec![field(
+                    &api.call("GET", &format!("/api/v1/node/{id}"), None)?,
+                    "node",
+                )?],
+                None => field(&api.call("GET", "/api/v1/node", None)?, "nodes")?,
+            };
+            let list: Vec<ApiNode> = list
+                .into_iter()
+                .filter(|n| {
+                    l.identifier.is_some()
+                        || !n.available_routes.is_empty()
+                        || !n.approved_routes.is_empty()
+                })
+                .collect();
+            if output::machine(f, &list) {
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|n| {
+                    vec![
+                        n.id.clone(),
+                        n.given_name.clone(),
+                        n.approved_routes.join(", "),
+                        n.available_routes.join(", "),
+                        n.subnet_routes.join(", "),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                table(
+                    &["ID", "Name", "Approved", "Available", "Serving (Primary)"],
+                    &rows
+                )
+            );
+        }
         NodesSub::List(l) => {
             let f = Format::parse(&l.output)?;
             let path = match &l.user {

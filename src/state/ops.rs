@@ -340,6 +340,52 @@ impl State {
         Ok(n)
     }
 
+    /// Replaces a node's tags (each `tag:name`). An empty list makes a
+    /// tagged node user-owned again, which needs an owning user.
+    pub fn set_node_tags(&mut self, id: u64, tags: Vec<String>) -> Result<Node, OpError> {
+        let mut n = self.node_ref(id)?.clone();
+        let mut tags = tags;
+        for t in &tags {
+            validate_tag(t)?;
+        }
+        tags.sort();
+        tags.dedup();
+        if tags.is_empty() && !self.users.contains_key(&n.user) {
+            return Err(OpError::Invalid(format!(
+                "node {id} has no owning user: it must keep at least one tag"
+            )));
+        }
+        n.tags = tags;
+        self.store.apply(&[Op::PutNode(&n)])?;
+        self.nodes.insert(id, n.clone());
+        Ok(n)
+    }
+
+    /// Sets the routes approved for a node (CIDR prefixes, normalised). An
+    /// exit route (`0.0.0.0/0` or `::/0`) approves its twin too, since
+    /// clients advertise both.
+    pub fn set_approved_routes(&mut self, id: u64, routes: Vec<String>) -> Result<Node, OpError> {
+        let mut n = self.node_ref(id)?.clone();
+        let mut out: Vec<String> = Vec::new();
+        for r in &routes {
+            let net: ipnet::IpNet = r.trim().parse().map_err(|_| {
+                OpError::Invalid(format!("invalid route {r:?}: want a CIDR prefix"))
+            })?;
+            out.push(net.trunc().to_string());
+        }
+        for (a, b) in [("0.0.0.0/0", "::/0"), ("::/0", "0.0.0.0/0")] {
+            if out.iter().any(|r| r == a) && !out.iter().any(|r| r == b) {
+                out.push(b.to_string());
+            }
+        }
+        out.sort();
+        out.dedup();
+        n.approved_routes = out;
+        self.store.apply(&[Op::PutNode(&n)])?;
+        self.nodes.insert(id, n.clone());
+        Ok(n)
+    }
+
     /// A DNS label derived from `hostname` that no other node uses:
     /// sanitised, then `-1`, `-2`, … appended on collision. For the
     /// register handler.
@@ -576,6 +622,23 @@ mod tests {
         assert!(s.expire_node(2).unwrap().is_expired(now()));
         assert!(matches!(s.delete_node(9), Err(OpError::NotFound(_))));
         assert_eq!(s.alloc_node_id(), 3);
+        let n = s
+            .set_node_tags(1, vec!["tag:web".into(), "tag:web".into()])
+            .unwrap();
+        assert_eq!(n.tags, vec!["tag:web".to_string()]);
+        assert!(s.set_node_tags(1, vec!["web".into()]).is_err());
+        // User 1 does not exist here: the node must keep a tag.
+        assert!(s.set_node_tags(1, vec![]).is_err());
+        let n = s
+            .set_approved_routes(2, vec!["10.1.2.3/24".into(), "0.0.0.0/0".into()])
+            .unwrap();
+        assert_eq!(n.approved_routes, vec!["0.0.0.0/0", "10.1.2.0/24", "::/0"]);
+        assert!(s.set_approved_routes(2, vec!["nope".into()]).is_err());
+        assert!(s
+            .set_approved_routes(2, vec![])
+            .unwrap()
+            .approved_routes
+            .is_empty());
         let _ = std::fs::remove_dir_all(dir);
     }
 }
