@@ -11,6 +11,15 @@
 //! Headscale's command aliases work: `user`, `node`, `preauthkey`,
 //! `authkey`, `pre`, `ls`, `show`, `c`, `new`, `mv`, `delete`/`del`/`rm`.
 
+/// `print!` that exits quietly when stdout is a closed pipe (`| head`).
+macro_rules! out {
+    ($($a:tt)*) => { $crate::cli::output::write_stdout(&format!($($a)*)) };
+}
+/// `println!` that exits quietly when stdout is a closed pipe.
+macro_rules! outln {
+    ($($a:tt)*) => { $crate::cli::output::write_stdout(&format!("{}\n", format_args!($($a)*))) };
+}
+
 pub mod client;
 pub mod output;
 
@@ -40,6 +49,7 @@ enum Cmd {
     Nodes(NodesCmd),
     Version(VersionCmd),
     Policy(crate::policy::cli::PolicyCmd),
+    Debug(crate::debug::DebugCmd),
 }
 
 /// Run the control server.
@@ -436,7 +446,7 @@ pub fn run(mut args: Vec<String>) -> i32 {
         }
     };
     if args.len() == 2 && matches!(args[1].as_str(), "--version" | "-V") {
-        println!("tinyscale {}", env!("CARGO_PKG_VERSION"));
+        outln!("tinyscale {}", env!("CARGO_PKG_VERSION"));
         return 0;
     }
     canonical_commands(&mut args);
@@ -456,7 +466,7 @@ pub fn run(mut args: Vec<String>) -> i32 {
         Err(e) => {
             // argh prints help on --help with status Ok.
             return if e.status.is_ok() {
-                println!("{}", e.output);
+                outln!("{}", e.output);
                 0
             } else {
                 eprintln!("{}", e.output);
@@ -465,7 +475,7 @@ pub fn run(mut args: Vec<String>) -> i32 {
         }
     };
     if top.version {
-        println!("tinyscale {}", env!("CARGO_PKG_VERSION"));
+        outln!("tinyscale {}", env!("CARGO_PKG_VERSION"));
         return 0;
     }
     let Some(cmd) = top.cmd else {
@@ -498,13 +508,17 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             let f = Format::parse(&v.output)?;
             let ver = env!("CARGO_PKG_VERSION");
             if !output::machine(f, &json!({ "version": ver })) {
-                println!("tinyscale {ver}");
+                outln!("tinyscale {ver}");
             }
             Ok(())
         }
         Cmd::Policy(p) => match crate::policy::cli::run(p) {
             0 => Ok(()),
             // The policy tools print their own error.
+            code => std::process::exit(code),
+        },
+        Cmd::Debug(d) => match crate::debug::run(d) {
+            0 => Ok(()),
             code => std::process::exit(code),
         },
         Cmd::Serve(_) => {
@@ -577,7 +591,7 @@ fn print_users(f: Format, list: &[ApiUser]) {
             ]
         })
         .collect();
-    print!(
+    out!(
         "{}",
         table(&["ID", "Name", "Display name", "Email", "Created"], &rows)
     );
@@ -599,7 +613,7 @@ fn users(api: &Api, cmd: UsersSub) -> Result<(), String> {
             )?;
             let u: ApiUser = field(&r, "user")?;
             if !output::machine(f, &u) {
-                println!("User created");
+                outln!("User created");
             }
         }
         UsersSub::List(l) => {
@@ -637,7 +651,7 @@ fn users(api: &Api, cmd: UsersSub) -> Result<(), String> {
             )?;
             let u: ApiUser = field(&res, "user")?;
             if !output::machine(f, &u) {
-                println!("User renamed");
+                outln!("User renamed");
             }
         }
         UsersSub::Destroy(d) => {
@@ -646,7 +660,7 @@ fn users(api: &Api, cmd: UsersSub) -> Result<(), String> {
             let who = user_ref(d.identifier, d.name)?;
             let r = api.call("DELETE", &format!("/api/v1/user/{}", enc(&who)), None)?;
             if !output::machine(f, &r) {
-                println!("User destroyed");
+                outln!("User destroyed");
             }
         }
     }
@@ -680,7 +694,7 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
             )?;
             let k: ApiPreAuthKey = field(&r, "preAuthKey")?;
             if !output::machine(f, &k) {
-                println!("{}", k.key);
+                outln!("{}", k.key);
             }
         }
         KeysSub::List(l) => {
@@ -714,7 +728,7 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     &[
@@ -743,7 +757,7 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
                 Some(json!({ "id": which, "user": e.user.unwrap_or_default() })),
             )?;
             if !output::machine(f, &r) {
-                println!("Key expired");
+                outln!("Key expired");
             }
         }
         KeysSub::Delete(d) => {
@@ -758,7 +772,7 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
                 None,
             )?;
             if !output::machine(f, &r) {
-                println!("Key deleted");
+                outln!("Key deleted");
             }
         }
     }
@@ -786,7 +800,7 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
             )?;
             let n: ApiNode = field(&res, "node")?;
             if !output::machine(f, &n) {
-                println!("Node updated");
+                outln!("Node updated");
             }
         }
         NodesSub::ApproveRoutes(r) => {
@@ -798,7 +812,7 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
             )?;
             let n: ApiNode = field(&res, "node")?;
             if !output::machine(f, &n) {
-                println!("Node updated");
+                outln!("Node updated");
             }
         }
         NodesSub::ListRoutes(l) => {
@@ -833,7 +847,7 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     &["ID", "Name", "Approved", "Available", "Serving (Primary)"],
@@ -878,7 +892,7 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
                     ]
                 })
                 .collect();
-            print!(
+            out!(
                 "{}",
                 table(
                     &[
@@ -900,7 +914,7 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
             let _ = d.force;
             let r = api.call("DELETE", &format!("/api/v1/node/{}", d.identifier), None)?;
             if !output::machine(f, &r) {
-                println!("Node deleted");
+                outln!("Node deleted");
             }
         }
         NodesSub::Rename(r) => {
@@ -912,7 +926,7 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
             )?;
             let n: ApiNode = field(&res, "node")?;
             if !output::machine(f, &n) {
-                println!("Node renamed");
+                outln!("Node renamed");
             }
         }
         NodesSub::Expire(e) => {
@@ -933,7 +947,7 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
             )?;
             let n: ApiNode = field(&res, "node")?;
             if !output::machine(f, &n) {
-                println!("Node expired");
+                outln!("Node expired");
             }
         }
     }

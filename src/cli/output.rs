@@ -27,10 +27,24 @@ impl Format {
 pub fn machine<T: Serialize + ?Sized>(f: Format, v: &T) -> bool {
     match f {
         Format::Table => return false,
-        Format::Json => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Format::JsonLine => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+        Format::Json => outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
+        Format::JsonLine => outln!("{}", serde_json::to_string(v).unwrap_or_default()),
     }
     true
+}
+
+/// Writes to stdout; a closed pipe ends the process with status 0 (the
+/// reader has what it wanted), other errors with status 1.
+pub fn write_stdout(s: &str) {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    if let Err(e) = o.write_all(s.as_bytes()).and_then(|_| o.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("Error: writing output: {e}");
+        std::process::exit(1);
+    }
 }
 
 /// Renders rows under a header, columns padded to their widest cell.
