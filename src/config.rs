@@ -65,6 +65,16 @@ pub struct Config {
     pub node_expiry: std::time::Duration,
     /// Where relative paths point and where state lives by default.
     pub data_dir: PathBuf,
+    /// TLS listener for DERP and the HTTPS control fallback (None = off).
+    pub tls_listen_addr: Option<SocketAddr>,
+    /// PEM certificate and key; both unset = self-signed, generated once.
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+    /// Extra DERP map sources: files (`derp.paths`) and URLs (`derp.urls`).
+    pub derp_paths: Vec<PathBuf>,
+    pub derp_urls: Vec<String>,
+    /// How often URL sources are fetched again.
+    pub derp_update_frequency: Duration,
 }
 
 impl Config {
@@ -81,6 +91,12 @@ impl Config {
             derp_region_code: "tinyscale".into(),
             derp_region_name: "tinyscale embedded DERP".into(),
             stun_listen_addr: Some("0.0.0.0:3478".parse().expect("literal")),
+            tls_listen_addr: Some("0.0.0.0:443".parse().expect("literal")),
+            tls_cert_path: None,
+            tls_key_path: None,
+            derp_paths: vec![],
+            derp_urls: vec![],
+            derp_update_frequency: Duration::from_secs(24 * 3600),
             derp_ipv4: None,
             derp_ipv6: None,
             magic_dns: true,
@@ -209,6 +225,18 @@ pub fn from_yaml_str(
             .parse()
             .map_err(|_| key_err("prefixes.v6", format!("invalid IPv6 prefix {s:?}")))?;
     }
+    match get_str(&doc, "prefixes.allocation")?.as_deref() {
+        None | Some("sequential") => {}
+        Some("random") => warnings.push(
+            "prefixes.allocation: \"random\" is not supported, allocating sequentially".into(),
+        ),
+        Some(other) => {
+            return Err(key_err(
+                "prefixes.allocation",
+                format!("expected \"sequential\" or \"random\", got {other:?}"),
+            ))
+        }
+    }
     if let Some(b) = get_bool(&doc, "derp.server.enabled")? {
         c.derp_server_enabled = b;
     }
@@ -244,6 +272,37 @@ pub fn from_yaml_str(
                 ))
             }
         };
+    }
+    if let Some(v) = get(&doc, "tls_listen_addr") {
+        c.tls_listen_addr = match v {
+            Value::Null => None,
+            Value::String(s) if s.is_empty() => None,
+            Value::String(s) => Some(parse_socket(s).map_err(|m| key_err("tls_listen_addr", m))?),
+            other => return Err(key_err("tls_listen_addr", format!("expected an address, got {other}"))),
+        };
+    }
+    c.tls_cert_path = path("tls_cert_path")?;
+    c.tls_key_path = path("tls_key_path")?;
+    if c.tls_cert_path.is_some() != c.tls_key_path.is_some() {
+        return Err(key_err("tls_key_path", "tls_cert_path and tls_key_path must be set together".to_string()));
+    }
+    if let Some(Value::Array(a)) = get(&doc, "derp.paths") {
+        for p in a {
+            let s = p.as_str().ok_or_else(|| key_err("derp.paths", format!("expected a path, got {p}")))?;
+            c.derp_paths.push(data_dir.join(s));
+        }
+    }
+    if let Some(Value::Array(a)) = get(&doc, "derp.urls") {
+        for u in a {
+            let s = u.as_str().ok_or_else(|| key_err("derp.urls", format!("expected a URL, got {u}")))?;
+            if !s.starts_with("http://") && !s.starts_with("https://") {
+                return Err(key_err("derp.urls", format!("not an http(s) URL: {s:?}")));
+            }
+            c.derp_urls.push(s.to_string());
+        }
+    }
+    if let Some(s) = get_str(&doc, "derp.update_frequency")? {
+        c.derp_update_frequency = parse_duration(&s).map_err(|m| key_err("derp.update_frequency", m))?;
     }
     if let Some(s) = get_str(&doc, "derp.server.ipv4")?.filter(|s| !s.is_empty()) {
         s.parse::<Ipv4Addr>()
@@ -387,6 +446,13 @@ const KNOWN: &[&str] = &[
     "derp.server.stun_listen_addr",
     "derp.server.ipv4",
     "derp.server.ipv6",
+    "derp.paths",
+    "derp.urls",
+    "derp.update_frequency",
+    "derp.auto_update_enabled",
+    "tls_listen_addr",
+    "tls_cert_path",
+    "tls_key_path",
     "dns.magic_dns",
     "dns.base_domain",
     "dns.nameservers.global",
@@ -1270,6 +1336,9 @@ oidc:
             cfg("server_url: https://hs.example.com\ndns:\n  base_domain: ts.example.com").is_ok()
         );
         assert!(e("a: [1,").starts_with("config: yaml: line 1"));
+        assert!(e("prefixes:\n  allocation: odd").starts_with("config: prefixes.allocation:"));
+        let (_, w) = cfg("prefixes:\n  allocation: random").unwrap();
+        assert!(w[0].contains("sequentially"));
     }
 
     #[test]

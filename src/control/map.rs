@@ -306,7 +306,7 @@ fn full_map(
     let peers_empty = peers.is_empty();
     Some(MapResponse {
         node: Some(self_node),
-        derp_map: Some(to_raw(&netmap::derp_map(&server.cfg))),
+        derp_map: Some(crate::control::derpmap::current(server)),
         // A non-empty Peers replaces the set; an empty one means "no
         // change" (trap 10), so vanished peers go in PeersRemoved.
         peers: (!peers_empty).then_some(peers),

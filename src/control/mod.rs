@@ -1,6 +1,7 @@
 //! The control plane: register, map sessions, lite updates and the hub that
 //! fans changes out to connected map sessions.
 
+pub mod derpmap;
 pub mod hub;
 pub mod map;
 pub mod netmap;
@@ -23,6 +24,12 @@ pub struct Server {
     pub noise_public: [u8; 32],
     /// The policy in force and its compiled form.
     pub policy: Mutex<policy::Live>,
+    /// The embedded DERP relay (when enabled).
+    pub derp: Option<Arc<crate::derp::server::DerpServer>>,
+    /// TLS for the second listener, and the self-signed pin if any.
+    pub tls: Option<crate::http::tls::Tls>,
+    /// The merged DERP map (None until the sources were read once).
+    pub derp_map: Mutex<Option<crate::tailcfg::SharedRaw>>,
 }
 
 impl Server {
@@ -55,16 +62,70 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
         )
     })?;
     let noise_public = crate::keys::x25519_public(&noise_private);
-    let server = Arc::new(Server {
-        cfg,
-        state: Mutex::new(state),
-        hub: Hub::default(),
-        noise_private,
-        noise_public,
-        policy: Mutex::new(policy::Live::default()),
+    let tls = match cfg.tls_listen_addr {
+        Some(_) => Some(crate::http::tls::load_or_generate(
+            cfg.tls_cert_path.as_deref(),
+            cfg.tls_key_path.as_deref(),
+            &cfg.data_dir,
+            tls_names(&cfg),
+        )?),
+        None => None,
+    };
+    let derp = if cfg.derp_server_enabled {
+        let key_path = cfg
+            .noise_private_key_path
+            .with_file_name("derp_server_private.key");
+        let key = load_or_create_key(&key_path)
+            .map_err(|e| Error::new(e.kind(), format!("DERP key {}: {e}", key_path.display())))?;
+        Some(Arc::new(crate::derp::server::DerpServer::new(key)))
+    } else {
+        None
+    };
+    let server = Arc::new_cyclic(|weak: &std::sync::Weak<Server>| {
+        // Only nodes registered here (with a current key) may use the relay.
+        let weak = weak.clone();
+        let derp = derp.map(|d| {
+            let verify: crate::derp::server::VerifyFn =
+                Arc::new(move |k: &crate::wire::derp::Key| {
+                    let Some(s) = weak.upgrade() else {
+                        return false;
+                    };
+                    let st = s.state();
+                    st.node_by_node_key(k)
+                        .is_some_and(|n| !n.is_expired(crate::state::now()))
+                });
+            let d = Arc::try_unwrap(d).map(|d| d.with_verify(verify));
+            Arc::new(d.unwrap_or_else(|_| unreachable!("fresh Arc")))
+        });
+        Server {
+            cfg,
+            state: Mutex::new(state),
+            hub: Hub::default(),
+            noise_private,
+            noise_public,
+            policy: Mutex::new(policy::Live::default()),
+            derp,
+            tls,
+            derp_map: Mutex::new(None),
+        }
     });
     policy::load_initial(&server).map_err(Error::other)?;
     Ok(server)
+}
+
+/// Names the generated certificate is valid for: the control host and the
+/// DERP addresses clients dial.
+fn tls_names(cfg: &Config) -> Vec<String> {
+    let mut v = vec![netmap::server_host(cfg)];
+    v.extend(cfg.derp_ipv4.iter().cloned());
+    v.extend(cfg.derp_ipv6.iter().cloned());
+    if let Some(a) = cfg.tls_listen_addr.filter(|a| !a.ip().is_unspecified()) {
+        v.push(a.ip().to_string());
+    }
+    v.sort();
+    v.dedup();
+    v.retain(|s| !s.is_empty() && s != "none");
+    v
 }
 
 /// Creates `dir` (and parents) readable by the owner only.
@@ -128,6 +189,8 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
     }
     start_admin(&server);
     policy::spawn_watcher(server.clone());
+    start_tls(&server);
+    derpmap::spawn_refresher(server.clone());
     println!(
         "tinyscale listening on {}; server_url {}",
         server.cfg.listen_addr, server.cfg.server_url
@@ -143,6 +206,24 @@ fn start_stun(addr: std::net::SocketAddr) {
             s.detach();
         }
         Err(e) => log::warn!("STUN on {addr}: {e} (clients will take longer to find direct paths)"),
+    }
+}
+
+fn start_tls(server: &SharedServer) {
+    let (Some(addr), Some(tls)) = (server.cfg.tls_listen_addr, server.tls.as_ref()) else {
+        return;
+    };
+    match async_io::Async::<std::net::TcpListener>::bind(addr) {
+        Ok(l) => {
+            log::info!("TLS (DERP, HTTPS control) on {addr}");
+            smol::spawn(crate::http::accept_loop_tls(
+                server.clone(),
+                l,
+                tls.acceptor.clone(),
+            ))
+            .detach();
+        }
+        Err(e) => log::warn!("tls_listen_addr {addr}: {e} (no DERP relay, no HTTPS fallback)"),
     }
 }
 

@@ -200,49 +200,6 @@ pub fn server_host(cfg: &Config) -> String {
         .to_string()
 }
 
-pub fn derp_map(cfg: &Config) -> tailcfg::DerpMap {
-    let host = server_host(cfg);
-    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
-    let ipv4 = cfg.derp_ipv4.clone().unwrap_or_else(|| {
-        if host.parse::<std::net::Ipv4Addr>().is_ok() {
-            host.clone()
-        } else {
-            String::new()
-        }
-    });
-    let node = tailcfg::DerpNode {
-        name: format!("{}a", cfg.derp_region_id),
-        region_id: cfg.derp_region_id,
-        host_name: host.clone(),
-        ipv4,
-        ipv6: cfg.derp_ipv6.clone().unwrap_or_else(|| {
-            if is_ip {
-                "none".into()
-            } else {
-                String::new()
-            }
-        }),
-        stun_port: cfg.stun_listen_addr.map(|a| a.port() as i32).unwrap_or(-1),
-        derp_port: 443,
-        ..Default::default()
-    };
-    let mut regions = BTreeMap::new();
-    regions.insert(
-        cfg.derp_region_id.to_string(),
-        tailcfg::DerpRegion {
-            region_id: cfg.derp_region_id,
-            region_code: cfg.derp_region_code.clone(),
-            region_name: cfg.derp_region_name.clone(),
-            avoid: false,
-            nodes: vec![node],
-        },
-    );
-    tailcfg::DerpMap {
-        regions,
-        omit_default_regions: true,
-    }
-}
-
 pub fn dns_config(cfg: &Config) -> Option<tailcfg::DnsConfig> {
     let suffix = dns_suffix(cfg);
     let mut d = tailcfg::DnsConfig {

@@ -117,7 +117,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             (h.path.as_str(), h.query_param("v"), n),
-            ("/key", Some("130"), 35)
+            ("/key", Some("130"), 36)
         );
         let (h, _) = parse(b"GET http://198.18.0.1:8080/key?v=130 HTTP/1.1\r\n\r\n")
             .unwrap()

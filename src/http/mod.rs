@@ -4,6 +4,8 @@
 
 pub mod h2srv;
 pub mod head;
+pub mod prefixed;
+pub mod tls;
 
 use crate::config::Config;
 use crate::control::{Server, SharedServer};
@@ -11,10 +13,10 @@ use crate::keys::MachineKey;
 use crate::noise;
 use crate::wire::{base64, noise as wn};
 use async_io::{Async, Timer};
-use futures_lite::{AsyncReadExt, AsyncWriteExt, FutureExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, FutureExt};
 use log::{debug, info, warn};
 use std::io;
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +43,7 @@ pub async fn accept_loop(server: SharedServer, listener: Async<TcpListener>) {
                 let _ = stream.get_ref().set_nodelay(true);
                 let server = server.clone();
                 smol::spawn(async move {
-                    if let Err(e) = handle_conn(server, stream).await {
+                    if let Err(e) = handle_conn(server, stream, false).await {
                         debug!("connection from {peer}: {e}");
                     }
                 })
@@ -68,8 +70,8 @@ async fn timeout<T>(
 }
 
 /// Reads one request head; returns the head and any bytes read past it.
-async fn read_head(
-    stream: &mut Async<TcpStream>,
+async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<head::Head>> {
     loop {
@@ -95,14 +97,24 @@ async fn read_head(
     }
 }
 
-async fn respond(
-    stream: &mut Async<TcpStream>,
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     status: &str,
     ctype: &str,
     body: &[u8],
 ) -> io::Result<()> {
+    respond_with(stream, status, ctype, "", body).await
+}
+
+async fn respond_with<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: &str,
+    ctype: &str,
+    extra: &str,
+    body: &[u8],
+) -> io::Result<()> {
     let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}\r\n",
         body.len()
     );
     let mut out = head.into_bytes();
@@ -111,7 +123,11 @@ async fn respond(
     stream.flush().await
 }
 
-async fn handle_conn(server: SharedServer, mut stream: Async<TcpStream>) -> io::Result<()> {
+/// One front-door connection, plain or TLS.
+pub async fn handle_conn<S>(server: SharedServer, mut stream: S, tls: bool) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut buf = Vec::new();
     for _ in 0..MAX_KEEPALIVE_REQUESTS {
         let Some(h) = timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await? else {
@@ -164,6 +180,32 @@ async fn handle_conn(server: SharedServer, mut stream: Async<TcpStream>) -> io::
                 .map_err(io::Error::other)?;
                 respond(&mut stream, "200 OK", "application/json", &body).await?;
             }
+            ("GET", "/derp") if tls || server.cfg.derp_server_enabled => {
+                return upgrade_derp(server, stream, h, std::mem::take(&mut buf)).await;
+            }
+            ("GET" | "HEAD", "/derp/probe") | ("GET" | "HEAD", "/derp/latency-check") => {
+                respond_with(
+                    &mut stream,
+                    "200 OK",
+                    "text/plain",
+                    "Access-Control-Allow-Origin: *\r\n",
+                    b"",
+                )
+                .await?;
+            }
+            ("GET", "/generate_204") => {
+                let mut extra = String::from("Cache-Control: no-cache, no-store, must-revalidate, no-transform, max-age=0\r\n");
+                if let Some(c) = h.header("x-tailscale-challenge").filter(|c| {
+                    c.len() <= 64
+                        && c.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+                }) {
+                    extra.push_str(&format!("X-Tailscale-Response: response {c}\r\n"));
+                }
+                let head = format!("HTTP/1.1 204 No Content\r\n{extra}\r\n");
+                stream.write_all(head.as_bytes()).await?;
+                stream.flush().await?;
+            }
             ("GET", "/health") | ("GET", "/healthz") => {
                 respond(
                     &mut stream,
@@ -195,12 +237,15 @@ async fn handle_conn(server: SharedServer, mut stream: Async<TcpStream>) -> io::
 
 /// `POST /ts2021`: the Noise handshake rides in the request header; the
 /// response follows the 101 headers immediately on the same stream.
-async fn upgrade_ts2021(
+async fn upgrade_ts2021<S>(
     server: SharedServer,
-    mut stream: Async<TcpStream>,
+    mut stream: S,
     h: head::Head,
     leftover: Vec<u8>,
-) -> io::Result<()> {
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     if !h
         .header("upgrade")
         .is_some_and(|u| u.eq_ignore_ascii_case("tailscale-control-protocol"))
@@ -272,6 +317,83 @@ async fn upgrade_ts2021(
         ctx.version
     );
     h2srv::serve(server, conn, ctx).await
+}
+
+/// `GET /derp` with `Upgrade: DERP`: hijack the HTTP/1.1 connection and
+/// run the relay protocol on it.
+async fn upgrade_derp<S>(
+    server: SharedServer,
+    mut stream: S,
+    h: head::Head,
+    leftover: Vec<u8>,
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(derp) = server.derp.clone() else {
+        return respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            b"DERP is not enabled on this server\n",
+        )
+        .await;
+    };
+    if !h
+        .header("upgrade")
+        .is_some_and(|u| u.eq_ignore_ascii_case("derp"))
+    {
+        return respond(
+            &mut stream,
+            "426 Upgrade Required",
+            "text/plain",
+            b"DERP requires connection upgrade\n",
+        )
+        .await;
+    }
+    let head = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: 2\r\nDerp-Public-Key: {}\r\n\r\n",
+        crate::keys::to_hex(&derp.public_key())
+    );
+    stream.write_all(head.as_bytes()).await?;
+    stream.flush().await?;
+    crate::derp::server::serve_derp_conn(prefixed::Prefixed::new(leftover, stream), derp).await
+}
+
+/// Accepts TLS connections forever: DERP and the HTTPS control fallback.
+pub async fn accept_loop_tls(
+    server: SharedServer,
+    listener: Async<TcpListener>,
+    acceptor: futures_rustls::TlsAcceptor,
+) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.get_ref().set_nodelay(true);
+                let server = server.clone();
+                let acceptor = acceptor.clone();
+                smol::spawn(async move {
+                    let tls = match timeout(HEAD_TIMEOUT, async { acceptor.accept(stream).await })
+                        .await
+                    {
+                        Ok(t) => t,
+                        Err(e) => {
+                            debug!("TLS handshake from {peer}: {e}");
+                            return;
+                        }
+                    };
+                    if let Err(e) = handle_conn(server, tls, true).await {
+                        debug!("TLS connection from {peer}: {e}");
+                    }
+                })
+                .detach();
+            }
+            Err(e) => {
+                warn!("accept (TLS): {e}");
+                Timer::after(Duration::from_millis(100)).await;
+            }
+        }
+    }
 }
 
 /// Binds the control listener.

@@ -36,6 +36,7 @@ pub fn config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::defaults(dir);
     cfg.listen_addr = "127.0.0.1:0".parse().unwrap();
     cfg.stun_listen_addr = None;
+    cfg.tls_listen_addr = None;
     cfg.base_domain = "tail.test".into();
     cfg.ephemeral_inactivity_timeout = Duration::from_secs(12);
     cfg

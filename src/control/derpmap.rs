@@ -1,0 +1,387 @@
+//! The DERP map sent to clients: the embedded region (unless the embedded
+//! server is disabled), plus regions from files (`derp.paths`, JSON or
+//! Headscale's YAML) and URLs (`derp.urls`, e.g. a derpmap JSON endpoint),
+//! refreshed every `derp.update_frequency`. Later sources replace regions
+//! with the same ID. A changed map is pushed to every connected client.
+
+use crate::config::Config;
+use crate::control::{Change, Server, SharedServer};
+use crate::tailcfg::{DerpMap, DerpNode, DerpRegion, SharedRaw};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use log::{info, warn};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+use std::io;
+use std::time::Duration;
+
+/// Largest DERP map document accepted from a file or URL.
+pub const MAX_DOC: usize = 1 << 20;
+
+/// The embedded region, as clients must dial it.
+pub fn embedded_region(cfg: &Config, pin: Option<&str>) -> DerpRegion {
+    let host = crate::control::netmap::server_host(cfg);
+    let is_ip = host.parse::<std::net::IpAddr>().is_ok();
+    let ipv4 = cfg.derp_ipv4.clone().unwrap_or_else(|| {
+        if host.parse::<std::net::Ipv4Addr>().is_ok() {
+            host.clone()
+        } else {
+            String::new()
+        }
+    });
+    let node = DerpNode {
+        name: format!("{}a", cfg.derp_region_id),
+        region_id: cfg.derp_region_id,
+        host_name: host,
+        ipv4,
+        ipv6: cfg.derp_ipv6.clone().unwrap_or_else(|| {
+            if is_ip {
+                "none".into()
+            } else {
+                String::new()
+            }
+        }),
+        stun_port: cfg.stun_listen_addr.map(|a| a.port() as i32).unwrap_or(-1),
+        derp_port: cfg.tls_listen_addr.map(|a| a.port() as i32).unwrap_or(443),
+        cert_name: pin.unwrap_or_default().to_string(),
+        ..Default::default()
+    };
+    DerpRegion {
+        region_id: cfg.derp_region_id,
+        region_code: cfg.derp_region_code.clone(),
+        region_name: cfg.derp_region_name.clone(),
+        avoid: false,
+        nodes: vec![node],
+    }
+}
+
+/// Canonical tailcfg spellings of DERP map keys, looked up case-insensitively
+/// (Headscale's YAML files use lower-case keys).
+const KEYS: &[&str] = &[
+    "Regions",
+    "RegionID",
+    "RegionCode",
+    "RegionName",
+    "Avoid",
+    "NoMeasureNoHome",
+    "Nodes",
+    "Name",
+    "HostName",
+    "IPv4",
+    "IPv6",
+    "STUNPort",
+    "STUNOnly",
+    "DERPPort",
+    "CertName",
+    "InsecureForTests",
+    "CanPort80",
+    "STUNTestIP",
+    "omitDefaultRegions",
+    "HomeParams",
+    "RegionScore",
+];
+
+fn canonical(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, v) in m {
+                let key = KEYS
+                    .iter()
+                    .find(|c| c.eq_ignore_ascii_case(&k))
+                    .map(|c| c.to_string())
+                    .unwrap_or(k);
+                out.insert(key, canonical(v));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
+/// Parses a DERP map document (JSON, or YAML with any key case).
+pub fn parse_doc(text: &str) -> Result<DerpMap, String> {
+    if text.len() > MAX_DOC {
+        return Err("DERP map larger than 1 MiB".into());
+    }
+    let v: Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(_) => crate::config::yaml::parse(text)?,
+    };
+    let v = canonical(v);
+    let mut m: DerpMap = serde_json::from_value(v).map_err(|e| format!("not a DERP map: {e}"))?;
+    // Never hand clients null or inconsistent regions.
+    m.regions
+        .retain(|k, r| k.parse::<u32>().ok() == Some(r.region_id) && r.region_id > 0);
+    for r in m.regions.values_mut() {
+        for n in &mut r.nodes {
+            if n.region_id == 0 {
+                n.region_id = r.region_id;
+            }
+        }
+    }
+    Ok(m)
+}
+
+/// Merges the sources in order; later regions replace earlier ones.
+pub fn merge(cfg: &Config, pin: Option<&str>, extra: &[DerpMap]) -> DerpMap {
+    let mut regions = BTreeMap::new();
+    if cfg.derp_server_enabled {
+        regions.insert(cfg.derp_region_id.to_string(), embedded_region(cfg, pin));
+    }
+    for m in extra {
+        for (k, r) in &m.regions {
+            regions.insert(k.clone(), r.clone());
+        }
+    }
+    DerpMap {
+        regions,
+        omit_default_regions: true,
+    }
+}
+
+/// Reads every configured file and URL; a broken source is logged and
+/// skipped (the others still count).
+pub async fn load_sources(cfg: &Config) -> Vec<DerpMap> {
+    let mut out = Vec::new();
+    for p in &cfg.derp_paths {
+        match std::fs::read_to_string(p)
+            .map_err(|e| e.to_string())
+            .and_then(|t| parse_doc(&t))
+        {
+            Ok(m) => out.push(m),
+            Err(e) => warn!("derp.paths {}: {e}", p.display()),
+        }
+    }
+    for u in &cfg.derp_urls {
+        match fetch(u)
+            .await
+            .and_then(|b| String::from_utf8(b).map_err(|_| io::Error::other("not UTF-8")))
+        {
+            Ok(t) => match parse_doc(&t) {
+                Ok(m) => out.push(m),
+                Err(e) => warn!("derp.urls {u}: {e}"),
+            },
+            Err(e) => warn!("derp.urls {u}: {e}"),
+        }
+    }
+    out
+}
+
+/// Rebuilds the map; if it changed, stores it and tells every client.
+pub async fn refresh(server: &Server) {
+    let extra = load_sources(&server.cfg).await;
+    let pin = server.tls.as_ref().and_then(|t| t.pin.as_deref());
+    let m = merge(&server.cfg, pin, &extra);
+    let raw = crate::control::netmap::to_raw(&m);
+    let changed = {
+        let mut cur = server.derp_map.lock().unwrap_or_else(|e| e.into_inner());
+        let changed = cur.as_ref().map(|c| c.get() != raw.get()).unwrap_or(true);
+        *cur = Some(raw);
+        changed
+    };
+    if changed {
+        info!("DERP map: {} region(s)", m.regions.len());
+        server.hub.notify(Change::Everything);
+    }
+}
+
+/// The current map (built from the embedded region alone until the
+/// sources have been read once).
+pub fn current(server: &Server) -> SharedRaw {
+    if let Some(m) = server
+        .derp_map
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone()
+    {
+        return m;
+    }
+    let pin = server.tls.as_ref().and_then(|t| t.pin.as_deref());
+    crate::control::netmap::to_raw(&merge(&server.cfg, pin, &[]))
+}
+
+/// Loads the sources now and then every `derp.update_frequency`.
+pub fn spawn_refresher(server: SharedServer) {
+    smol::spawn(async move {
+        loop {
+            refresh(&server).await;
+            if server.cfg.derp_paths.is_empty() && server.cfg.derp_urls.is_empty() {
+                return;
+            }
+            async_io::Timer::after(server.cfg.derp_update_frequency.max(Duration::from_secs(1)))
+                .await;
+        }
+    })
+    .detach();
+}
+
+/// GET over http:// or https:// (system roots), bounded in size and time.
+pub async fn fetch(url: &str) -> io::Result<Vec<u8>> {
+    use futures_lite::FutureExt;
+    fetch_inner(url)
+        .or(async {
+            async_io::Timer::after(Duration::from_secs(30)).await;
+            Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
+        })
+        .await
+}
+
+async fn fetch_inner(url: &str) -> io::Result<Vec<u8>> {
+    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+        (true, r)
+    } else if let Some(r) = url.strip_prefix("http://") {
+        (false, r)
+    } else {
+        return Err(io::Error::other("unsupported URL scheme"));
+    };
+    let (hostport, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
+            h.trim_matches(['[', ']']),
+            p.parse::<u16>().map_err(|_| io::Error::other("bad port"))?,
+        ),
+        _ => (
+            hostport.trim_matches(['[', ']']),
+            if tls { 443 } else { 80 },
+        ),
+    };
+    let addr = smol::net::resolve((host, port))
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::other("no address"))?;
+    let tcp = async_io::Async::<std::net::TcpStream>::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: tinyscale\r\n\r\n");
+    if tls {
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for path in [
+            "/etc/ssl/certs/ca-certificates.crt",
+            "/etc/pki/tls/certs/ca-bundle.crt",
+        ] {
+            if let Ok(it) = rustls::pki_types::CertificateDer::pem_file_iter(path) {
+                for c in it.flatten() {
+                    let _ = roots.add(c);
+                }
+            }
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(io::Error::other)?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name =
+            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(io::Error::other)?;
+        let mut s = futures_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+            .connect(name, tcp)
+            .await?;
+        s.write_all(req.as_bytes()).await?;
+        read_response(&mut s).await
+    } else {
+        let mut s = tcp;
+        s.write_all(req.as_bytes()).await?;
+        read_response(&mut s).await
+    }
+}
+
+async fn read_response<S: futures_lite::AsyncRead + Unpin>(s: &mut S) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    (&mut *s)
+        .take((MAX_DOC + 16 * 1024) as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    let mut hdrs = [httparse::EMPTY_HEADER; 64];
+    let mut r = httparse::Response::new(&mut hdrs);
+    let n = match r.parse(&buf).map_err(io::Error::other)? {
+        httparse::Status::Complete(n) => n,
+        httparse::Status::Partial => return Err(io::Error::other("truncated response")),
+    };
+    if r.code != Some(200) {
+        return Err(io::Error::other(format!("HTTP {}", r.code.unwrap_or(0))));
+    }
+    let chunked = r.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("transfer-encoding")
+            && String::from_utf8_lossy(h.value)
+                .to_ascii_lowercase()
+                .contains("chunked")
+    });
+    let body = buf.split_off(n);
+    if !chunked {
+        return Ok(body);
+    }
+    // De-chunk.
+    let mut out = Vec::new();
+    let mut rest = &body[..];
+    loop {
+        let line_end = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .ok_or_else(|| io::Error::other("bad chunk"))?;
+        let size_str = String::from_utf8_lossy(&rest[..line_end]);
+        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| io::Error::other("bad chunk size"))?;
+        rest = &rest[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        if rest.len() < size + 2 || out.len() + size > MAX_DOC {
+            return Err(io::Error::other("bad chunk"));
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headscale_yaml_and_json() {
+        let yaml = "regions:\n  900:\n    regionid: 900\n    regioncode: custom\n    regionname: My Region\n    nodes:\n      - name: 900a\n        regionid: 900\n        hostname: derp.example\n        ipv4: 192.0.2.7\n        stunport: 0\n        derpport: 0\n";
+        let m = parse_doc(yaml).unwrap();
+        let r = &m.regions["900"];
+        assert_eq!(
+            (
+                r.region_code.as_str(),
+                r.nodes[0].host_name.as_str(),
+                r.nodes[0].ipv4.as_str()
+            ),
+            ("custom", "derp.example", "192.0.2.7")
+        );
+        let json = r#"{"Regions":{"1":{"RegionID":1,"RegionCode":"nyc","RegionName":"New York","Nodes":[{"Name":"1a","RegionID":1,"HostName":"d.example"}]},"2":{"RegionID":3,"RegionCode":"bad","RegionName":"x","Nodes":[]}}}"#;
+        let m = parse_doc(json).unwrap();
+        assert_eq!(
+            m.regions.len(),
+            1,
+            "a region whose key and ID disagree is dropped"
+        );
+        assert!(parse_doc("[1,2").is_err());
+        assert!(parse_doc(&"x".repeat(MAX_DOC + 1)).is_err());
+    }
+
+    #[test]
+    fn later_sources_replace_regions() {
+        let d = std::env::temp_dir();
+        let mut cfg = Config::defaults(&d);
+        cfg.server_url = "http://198.18.0.1:8080".into();
+        cfg.tls_listen_addr = Some("198.18.0.1:8443".parse().unwrap());
+        let extra = parse_doc(r#"{"Regions":{"999":{"RegionID":999,"RegionCode":"over","RegionName":"o","Nodes":[]},"5":{"RegionID":5,"RegionCode":"five","RegionName":"f","Nodes":[]}}}"#).unwrap();
+        let m = merge(&cfg, Some("sha256-raw:ab"), &[]);
+        let n = &m.regions["999"].nodes[0];
+        assert_eq!(
+            (n.derp_port, n.cert_name.as_str(), n.ipv4.as_str()),
+            (8443, "sha256-raw:ab", "198.18.0.1")
+        );
+        let m = merge(&cfg, None, &[extra]);
+        assert_eq!(m.regions["999"].region_code, "over");
+        assert!(m.regions.contains_key("5"));
+        cfg.derp_server_enabled = false;
+        assert!(merge(&cfg, None, &[]).regions.is_empty());
+    }
+}
