@@ -86,7 +86,7 @@ impl TopoNode {
 pub struct Topology {
     pub users: Vec<TopoUser>,
     pub nodes: Vec<TopoNode>,
-    /// Tailnet settings that influence the self CapMap.
+    /// Tailnet-wide settings and roles.
     #[serde(default)]
     pub settings: TailnetSettings,
 }
@@ -97,6 +97,13 @@ pub struct TailnetSettings {
     pub file_sharing: bool,
     /// `default-auto-update` value.
     pub auto_update: bool,
+    /// The tailnet owner (`autogroup:owner`, also an admin).
+    pub owner_user_id: Option<u64>,
+    /// Users with the admin role (`autogroup:admin`).
+    pub admin_user_ids: Vec<u64>,
+    /// Email domains that belong to this tailnet and may be used in
+    /// `user:*@<domain>` / `localpart:*@<domain>`. Empty = no restriction.
+    pub domains: Vec<String>,
 }
 
 impl Default for TailnetSettings {
@@ -104,6 +111,9 @@ impl Default for TailnetSettings {
         TailnetSettings {
             file_sharing: true,
             auto_update: false,
+            owner_user_id: None,
+            admin_user_ids: vec![],
+            domains: vec![],
         }
     }
 }
@@ -285,6 +295,7 @@ pub(crate) struct Ctx<'a> {
     /// user id → indexes of that user's untagged nodes
     pub user_nodes: HashMap<u64, Vec<usize>>,
     cache: std::cell::RefCell<HashMap<Alias, IpSet>>,
+    atom_cache: std::cell::RefCell<HashMap<Alias, Vec<(String, IpSet)>>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -311,6 +322,7 @@ impl<'a> Ctx<'a> {
             internet: internet_set(),
             user_nodes,
             cache: Default::default(),
+            atom_cache: Default::default(),
         }
     }
 
@@ -396,6 +408,16 @@ impl<'a> Ctx<'a> {
             }
             Alias::Auto(AutoGroup::Internet) => s = self.internet.clone(),
             Alias::Auto(AutoGroup::DangerAll) => s = IpSet::all(),
+            Alias::Auto(AutoGroup::Admin) | Alias::Auto(AutoGroup::Owner) => {
+                let owner = *a == Alias::Auto(AutoGroup::Owner);
+                let st = &self.topo.settings;
+                for u in &self.topo.users {
+                    let is_owner = st.owner_user_id == Some(u.id);
+                    if is_owner || (!owner && st.admin_user_ids.contains(&u.id)) {
+                        s.union_with(&self.user_set(u.id));
+                    }
+                }
+            }
             Alias::Auto(_) | Alias::UnknownAuto(_) => {}
             Alias::UserDomain(d) => {
                 for u in &self.topo.users {
@@ -410,6 +432,20 @@ impl<'a> Ctx<'a> {
         s.normalize();
         self.cache.borrow_mut().insert(a.clone(), s.clone());
         s
+    }
+
+    /// Every node address inside `set`, one string each, sorted.
+    fn node_ip_strings(&self, set: &IpSet) -> Vec<String> {
+        let mut ips: Vec<IpAddr> = self
+            .node_ips
+            .iter()
+            .flatten()
+            .filter(|ip| set.contains(**ip))
+            .cloned()
+            .collect();
+        ips.sort_by_key(|ip| ip_sort_key(*ip));
+        ips.dedup();
+        ips.iter().map(|ip| ip.to_string()).collect()
     }
 
     pub fn node_in(&self, i: usize, s: &IpSet) -> bool {
@@ -429,6 +465,95 @@ impl<'a> Ctx<'a> {
         out
     }
 
+    /// The entries a selector contributes to a rule, spelled the way SaaS
+    /// writes them: every node address on its own (adjacent node addresses
+    /// are never merged into ranges), literal prefixes as written, and the
+    /// wildcard / internet sets as their canonical ranges.
+    pub fn atoms(&self, a: &Alias) -> Vec<(String, IpSet)> {
+        if let Some(v) = self.atom_cache.borrow().get(a) {
+            return v.clone();
+        }
+        let out: Vec<(String, IpSet)> = match a {
+            Alias::Wildcard => self
+                .wildcard
+                .strings()
+                .into_iter()
+                .map(|s| {
+                    let set = ipset::parse_rule_ip(&s).unwrap_or_default();
+                    (s, set)
+                })
+                .collect(),
+            // SaaS spells the internet as seven explicit ranges, even the
+            // IPv6 one that is really 2000::/3.
+            Alias::Auto(AutoGroup::Internet) => {
+                let mut v = Vec::new();
+                for &(a, b) in &self.internet.v4 {
+                    let mut set = IpSet::new();
+                    set.v4.push((a, b));
+                    v.push((format!("{}-{}", Ipv4Addr::from(a), Ipv4Addr::from(b)), set));
+                }
+                for &(a, b) in &self.internet.v6 {
+                    let mut set = IpSet::new();
+                    set.v6.push((a, b));
+                    v.push((format!("{}-{}", Ipv6Addr::from(a), Ipv6Addr::from(b)), set));
+                }
+                v
+            }
+            Alias::Auto(AutoGroup::DangerAll) => vec![("*".to_string(), IpSet::all())],
+            Alias::Prefix(p) => vec![(render_net(p), IpSet::from_net(p))],
+            Alias::Host(h) => match self.pol.hosts.get(h) {
+                Some(p) => vec![(render_net(p), IpSet::from_net(p))],
+                None => vec![],
+            },
+            _ => {
+                let set = self.resolve(a);
+                let mut ips: Vec<IpAddr> = self
+                    .node_ips
+                    .iter()
+                    .flatten()
+                    .filter(|ip| set.contains(**ip))
+                    .cloned()
+                    .collect();
+                ips.sort_by_key(|ip| ip_sort_key(*ip));
+                ips.dedup();
+                ips.into_iter()
+                    .map(|ip| {
+                        let mut s = IpSet::new();
+                        s.add_addr(ip);
+                        (ip.to_string(), s)
+                    })
+                    .collect()
+            }
+        };
+        self.atom_cache.borrow_mut().insert(a.clone(), out.clone());
+        out
+    }
+
+    /// SrcIPs for a list of source selectors.
+    fn src_strings(&self, srcs: &[Alias]) -> Vec<String> {
+        if srcs.contains(&Alias::Auto(AutoGroup::DangerAll)) {
+            return vec!["*".into()];
+        }
+        let mut out: Vec<String> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for a in srcs {
+            for (s, _) in self.atoms(a) {
+                if seen.insert(s.clone()) {
+                    out.push(s);
+                }
+            }
+        }
+        if srcs.contains(&Alias::Wildcard) {
+            for s in self.approved_subnet_strings() {
+                if seen.insert(s.clone()) {
+                    out.push(s);
+                }
+            }
+        }
+        sort_rule_strings(&mut out);
+        out
+    }
+
     fn dst_ports(&self, dsts: &[&Alias], ports: &[(u16, u16)]) -> Vec<Dst> {
         let mut out = Vec::new();
         for d in dsts {
@@ -442,10 +567,7 @@ impl<'a> Ctx<'a> {
                 }
                 continue;
             }
-            let s = self.resolve(d);
-            for pref in s.prefixes() {
-                let set = IpSet::from_net(&pref);
-                let ip = render_net(&pref);
+            for (ip, set) in self.atoms(d) {
                 for p in ports {
                     out.push(Dst {
                         ip: ip.clone(),
@@ -465,8 +587,6 @@ impl<'a> Ctx<'a> {
             .iter()
             .filter(|d| **d != Alias::Auto(AutoGroup::SelfDevices))
             .collect();
-        let has_wild = g.src.contains(&Alias::Wildcard);
-        let has_danger = g.src.contains(&Alias::Auto(AutoGroup::DangerAll));
         let resolved: Vec<IpSet> = g.src.iter().map(|a| self.resolve(a)).collect();
         let mut merged = IpSet::new();
         for r in &resolved {
@@ -483,16 +603,6 @@ impl<'a> Ctx<'a> {
                 _ => dst_prefixes.extend(self.resolve(d).prefixes()),
             }
         }
-        let src_with_routes = |set: &IpSet| -> Vec<String> {
-            if has_danger {
-                return vec!["*".into()];
-            }
-            let mut v = set.strings();
-            if has_wild {
-                v.extend(self.approved_subnet_strings());
-            }
-            v
-        };
         let mut cg = CGrant {
             rules: vec![],
             self_data: None,
@@ -507,7 +617,7 @@ impl<'a> Ctx<'a> {
             if g.ip.is_empty() || merged.is_empty() {
                 return Some(cg);
             }
-            let src = src_with_routes(&merged);
+            let src = self.src_strings(&g.src);
             cg.via = Some(ViaData {
                 tags: g.via.clone(),
                 dsts: cg.dst_prefixes.clone(),
@@ -524,21 +634,7 @@ impl<'a> Ctx<'a> {
         let src_strings: Vec<String> = if merged.is_empty() {
             vec![]
         } else {
-            let mut v = src_with_routes(&merged);
-            if has_wild {
-                let mut seen: std::collections::HashSet<String> = v.iter().cloned().collect();
-                for (a, r) in g.src.iter().zip(resolved.iter()) {
-                    if *a == Alias::Wildcard {
-                        continue;
-                    }
-                    for s in r.strings() {
-                        if seen.insert(s.clone()) {
-                            v.push(s);
-                        }
-                    }
-                }
-            }
-            v
+            self.src_strings(&g.src)
         };
         let src_set = set_from_strings(&src_strings);
         if !other.is_empty() {
@@ -563,7 +659,7 @@ impl<'a> Ctx<'a> {
                         dsts: s.prefixes(),
                         cap_map: app.clone(),
                     });
-                    dst_strings.extend(s.strings());
+                    dst_strings.extend(self.atoms(d).into_iter().map(|x| x.0));
                 }
                 if !caps.is_empty() {
                     let mut src_prefixes = Vec::new();
@@ -614,7 +710,7 @@ impl<'a> Ctx<'a> {
         if src.is_empty() {
             return vec![];
         }
-        let src_strings = src.strings();
+        let src_strings = self.node_ip_strings(&src);
         let mut out = Vec::new();
         for ipp in &sd.ip {
             let mut d = Vec::new();
@@ -711,6 +807,37 @@ impl<'a> Ctx<'a> {
     }
 }
 
+fn ip_sort_key(ip: IpAddr) -> (u8, u128) {
+    match ip {
+        IpAddr::V4(a) => (4, u32::from(a) as u128),
+        IpAddr::V6(a) => (6, u128::from(a)),
+    }
+}
+
+fn rule_string_key(s: &str) -> (u8, u128, u128) {
+    match ipset::parse_rule_ip(s) {
+        Some(set) => {
+            if let Some(&(a, b)) = set.v4.first() {
+                (4, a as u128, b as u128)
+            } else if let Some(&(a, b)) = set.v6.first() {
+                (6, a, b)
+            } else {
+                (9, 0, 0)
+            }
+        }
+        None => (9, 0, 0),
+    }
+}
+
+/// Canonical order for SrcIPs: IPv4 before IPv6, by address.
+fn sort_rule_strings(v: &mut [String]) {
+    v.sort_by(|a, b| {
+        rule_string_key(a)
+            .cmp(&rule_string_key(b))
+            .then_with(|| a.cmp(b))
+    });
+}
+
 pub(crate) fn nets_overlap(a: &IpNet, b: &IpNet) -> bool {
     a.contains(&b.network()) || b.contains(&a.network())
 }
@@ -780,8 +907,13 @@ fn dst_matches(m: &Matcher, n: &NodeView, internet: &IpSet) -> bool {
         || (n.is_exit && dests_is_internet(m, internet))
 }
 
-fn can_access_route(ms: &[Matcher], v: &NodeView, route: &IpNet) -> bool {
+fn can_access_route(ms: &[Matcher], v: &NodeView, route: &IpNet, internet: &IpSet) -> bool {
     for m in ms {
+        // An exit node forwarding a subnet's traffic to the internet needs
+        // the route back to that subnet.
+        if v.is_exit && m.src.overlaps_net(route) && dests_is_internet(m, internet) {
+            return true;
+        }
         let src_ip = v.ips.iter().any(|ip| m.src.contains(*ip));
         let dst_ip = v.ips.iter().any(|ip| m.dst.contains(*ip));
         if src_ip && m.dst.overlaps_net(route) {
@@ -1016,6 +1148,37 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
                 handle(ms, Some(i), &mut rows);
             }
         }
+        // via grants: sources see the via-tagged routers that serve the
+        // destination (also for app-only via grants, which emit no rules)
+        for c in cgs.iter().filter(|c| c.is_via) {
+            let routers: Vec<usize> = (0..n)
+                .filter(|&v| {
+                    let node = &topo.nodes[v];
+                    c.via_tags.iter().any(|t| node.tags.contains(t))
+                        && (c
+                            .dst_prefixes
+                            .iter()
+                            .any(|d| ctx.subnets[v].iter().any(|r| nets_overlap(r, d)))
+                            || (c.dst_internet && ctx.is_exit[v]))
+                })
+                .collect();
+            if routers.is_empty() {
+                continue;
+            }
+            let m = Matcher {
+                src: c.src_set.clone(),
+                dst: IpSet::new(),
+            };
+            for (a, row) in rows.iter_mut().enumerate() {
+                if src_matches(&m, &views[a]) {
+                    for &v in &routers {
+                        if v != a {
+                            bit_set(row, v);
+                        }
+                    }
+                }
+            }
+        }
     }
     let mut peers: Vec<Vec<usize>> = vec![vec![]; n];
     for (a, pa) in peers.iter_mut().enumerate() {
@@ -1059,7 +1222,7 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
             let candidates: Vec<IpNet> = primary[p].iter().cloned().chain(exit).collect();
             let mut routes: Vec<IpNet> = Vec::new();
             for r in &candidates {
-                if can_access_route(ms, &views[v], r) {
+                if can_access_route(ms, &views[v], r, &ctx.internet) {
                     routes.push(*r);
                 }
             }
@@ -1251,10 +1414,14 @@ impl Compiled {
     /// `PrimaryRoutes` of `peer_id` as seen by `viewer_id`: the peer's
     /// primary subnet routes that are in the viewer's `AllowedIPs` for it.
     pub fn peer_primary_routes(&self, viewer_id: u64, peer_id: u64) -> Vec<IpNet> {
-        let allowed = self.peer_allowed_ips(viewer_id, peer_id);
-        self.primary_routes(peer_id)
+        let Some(p) = self.idx(peer_id) else {
+            return vec![];
+        };
+        self.peer_allowed_ips(viewer_id, peer_id)
             .into_iter()
-            .filter(|r| allowed.contains(r))
+            .filter(|r| {
+                !is_exit_route(r) && !self.node_ips[p].iter().any(|ip| IpNet::from(*ip) == *r)
+            })
             .collect()
     }
 

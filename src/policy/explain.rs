@@ -26,6 +26,17 @@ pub fn topology_from_capture(capture: &Value, policy: Option<&Policy>) -> Result
                 .map(|s| s.to_string()),
         });
     }
+    // The tailnet owner is the first user (it also names the tailnet, see
+    // the `tailnet-display-name` cap); its email domain is the tailnet's.
+    // In the captured tailnets every user is an admin.
+    let owner = users.iter().min_by_key(|u| u.id);
+    let owner_user_id = owner.map(|u| u.id);
+    let domains: Vec<String> = owner
+        .and_then(|u| u.email.as_deref())
+        .and_then(|e| e.rsplit_once('@'))
+        .map(|(_, d)| vec![d.to_string()])
+        .unwrap_or_default();
+    let admin_user_ids: Vec<u64> = users.iter().map(|u| u.id).collect();
     let nodes_v = topo["nodes"].as_object().cloned().unwrap_or_default();
     let mut order: Vec<String> = capture
         .get("registration_order")
@@ -84,6 +95,9 @@ pub fn topology_from_capture(capture: &Value, policy: Option<&Policy>) -> Result
         auto_update: capture["tailnet_settings"]["settings"]["devices_auto_updates_on"]
             .as_bool()
             .unwrap_or(false),
+        owner_user_id,
+        admin_user_ids,
+        domains,
     };
     let mut t = Topology {
         users,

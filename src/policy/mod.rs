@@ -97,8 +97,13 @@ pub(crate) fn acl_to_grants(acl: &Acl) -> Vec<Grant> {
     }
 }
 
-/// Run the policy's `tests` and `sshTests` against `topo`.
+/// Validate the parts of a policy that depend on the tailnet (domains in
+/// `user:*@domain` / `localpart:*@domain`) and run its `tests` and
+/// `sshTests` against `topo`.
 pub fn check_tests(policy: &Policy, topo: &Topology) -> Result<(), PolicyError> {
+    if let Some(e) = policy.domain_error(&topo.settings.domains) {
+        return Err(PolicyError::Invalid(e));
+    }
     let ctx = compile::Ctx::new(policy, topo);
     let mut fails = testeval::run_tests(&ctx);
     fails.extend(testeval::run_ssh_tests(&ctx));

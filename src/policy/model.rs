@@ -68,6 +68,10 @@ pub enum AutoGroup {
     Internet,
     NonRoot,
     DangerAll,
+    /// Nodes of users with the admin role.
+    Admin,
+    /// Nodes of the tailnet owner.
+    Owner,
 }
 
 impl AutoGroup {
@@ -79,6 +83,8 @@ impl AutoGroup {
             "autogroup:internet" => AutoGroup::Internet,
             "autogroup:nonroot" => AutoGroup::NonRoot,
             "autogroup:danger-all" => AutoGroup::DangerAll,
+            "autogroup:admin" => AutoGroup::Admin,
+            "autogroup:owner" => AutoGroup::Owner,
             _ => return None,
         })
     }
@@ -90,6 +96,8 @@ impl AutoGroup {
             AutoGroup::Internet => "autogroup:internet",
             AutoGroup::NonRoot => "autogroup:nonroot",
             AutoGroup::DangerAll => "autogroup:danger-all",
+            AutoGroup::Admin => "autogroup:admin",
+            AutoGroup::Owner => "autogroup:owner",
         }
     }
 }
@@ -281,6 +289,17 @@ pub fn parse_proto(p: &str) -> Result<Vec<u8>, String> {
 
 fn proto_allows_ports(p: &[u8]) -> bool {
     p.is_empty() || matches!(p, [6] | [17] | [132])
+}
+
+/// `localpart:*@<domain>` → domain; anything else (including malformed
+/// localpart entries, which SaaS treats as literal user names) → None.
+pub fn localpart_domain(u: &str) -> Option<&str> {
+    let d = u.strip_prefix("localpart:*@")?;
+    if d.is_empty() {
+        None
+    } else {
+        Some(d)
+    }
 }
 
 /// One `ip` element of a grant (or the ports of an ACL destination).
@@ -591,14 +610,15 @@ impl Policy {
                         ))
                     }
                 };
-                for m in &members {
-                    if m.starts_with("group:") {
-                        return inv(format!(
-                            "groups[{k:?}]: {m:?}: group members cannot be recursive"
-                        ));
-                    }
-                }
                 p.groups.insert(k.clone(), members);
+            }
+            // SaaS reports the last group (by name) that has a group member.
+            for (k, members) in p.groups.iter().rev() {
+                if let Some(m) = members.iter().find(|m| m.starts_with("group:")) {
+                    return inv(format!(
+                        "groups[{k:?}]: {m:?}: group members cannot be recursive"
+                    ));
+                }
             }
         }
         // hosts
@@ -741,10 +761,54 @@ impl Policy {
         }
     }
 
-    fn check_user_domain(&self, d: &str) -> Result<(), String> {
-        Err(format!(
-            "{d} is not associated with this Tailnet and cannot be used in user:*@<domain> expressions"
-        ))
+    fn check_user_domain(&self, _d: &str) -> Result<(), String> {
+        // Domains are checked against the tailnet in `domain_errors`.
+        Ok(())
+    }
+
+    /// `user:*@<domain>` / `localpart:*@<domain>` references whose domain
+    /// is not one of `domains` (checked once the tailnet is known).
+    pub(crate) fn domain_error(&self, domains: &[String]) -> Option<String> {
+        if domains.is_empty() {
+            return None;
+        }
+        let bad = |d: &str| !domains.iter().any(|x| x == d);
+        let msg = |d: &str| {
+            format!("{d} is not associated with this Tailnet and cannot be used in user:*@<domain> expressions")
+        };
+        let check_list = |aliases: &[Alias], prefix: &str| -> Option<String> {
+            aliases.iter().find_map(|a| match a {
+                Alias::UserDomain(d) if bad(d) => Some(format!("{prefix}{}", msg(d))),
+                _ => None,
+            })
+        };
+        for a in self.acls.iter().flatten() {
+            if let Some(e) = check_list(&a.src, "") {
+                return Some(e);
+            }
+            let dsts: Vec<Alias> = a.dst.iter().map(|x| x.0.clone()).collect();
+            if let Some(e) = check_list(&dsts, "") {
+                return Some(e);
+            }
+        }
+        for g in self.grants.iter().flatten() {
+            if let Some(e) = check_list(&g.src, "").or_else(|| check_list(&g.dst, "")) {
+                return Some(e);
+            }
+        }
+        for r in self.ssh.iter().flatten() {
+            if let Some(e) = check_list(&r.src, "[ssh] ").or_else(|| check_list(&r.dst, "[ssh] ")) {
+                return Some(e);
+            }
+            for u in &r.users {
+                if let Some(d) = localpart_domain(u) {
+                    if bad(d) {
+                        return Some(msg(d));
+                    }
+                }
+            }
+        }
+        None
     }
 
     fn approver_alias(&self, s: &str) -> Result<Alias, PolicyError> {
@@ -1015,11 +1079,11 @@ impl Policy {
             true,
         )?;
         let action_s = f.get("action").and_then(|x| x.as_str()).unwrap_or("");
-        let action = match action_s {
+        let action = match action_s.trim() {
             "" => return inv("action must be specified"),
             "accept" => SshAction::Accept,
             "check" => SshAction::Check,
-            other => return inv(format!("{other:?} is not a valid action")),
+            _ => return inv(format!("{action_s:?} is not a valid action")),
         };
         let mut src = Vec::new();
         for s in as_str_list(f.get("src").unwrap_or(&Value::Null), "src")? {
@@ -1029,21 +1093,16 @@ impl Policy {
         for s in as_str_list(f.get("dst").unwrap_or(&Value::Null), "dst")? {
             dst.push(parse_alias(&s)?);
         }
-        let users = as_str_list(f.get("users").unwrap_or(&Value::Null), "users")?;
+        let users: Vec<String> = as_str_list(f.get("users").unwrap_or(&Value::Null), "users")?
+            .into_iter()
+            .map(|u| u.trim().to_string())
+            .collect();
         if users.is_empty() {
             return inv("users must be specified");
         }
         for u in &users {
             if u.is_empty() || u == "*" {
                 return inv(format!("user {u:?} is not valid"));
-            }
-            if let Some(rest) = u.strip_prefix("localpart:") {
-                let domain = rest.split_once('@').map(|x| x.1).unwrap_or("");
-                if !rest.starts_with("*@") || domain.is_empty() {
-                    return inv(format!(
-                        "invalid localpart format, must be localpart:*@<domain>: {u:?}"
-                    ));
-                }
             }
         }
         let accept_env = as_str_list(f.get("acceptenv").unwrap_or(&Value::Null), "acceptEnv")?;
@@ -1054,7 +1113,9 @@ impl Policy {
             match a {
                 Alias::Group(g) => self.check_group(g).or_else(inv)?,
                 Alias::Tag(t) => self.check_tag(t).or_else(inv)?,
-                Alias::Auto(AutoGroup::Member | AutoGroup::Tagged) => {}
+                Alias::Auto(
+                    AutoGroup::Member | AutoGroup::Tagged | AutoGroup::Admin | AutoGroup::Owner,
+                ) => {}
                 Alias::Auto(a) => {
                     return inv(format!(
                         "autogroup not supported for SSH sources: {:?}",
@@ -1128,7 +1189,7 @@ impl Policy {
                     Some(0)
                 } else {
                     let d = parse_go_duration(s).or_else(inv)?;
-                    if d <= 0 {
+                    if d < 0 {
                         return inv(format!(
                             "checkPeriod {} must be a positive duration",
                             go_duration_string(d)
@@ -1173,7 +1234,9 @@ impl Policy {
                 Alias::Host(h) => self.check_host(h).or_else(inv)?,
                 Alias::Group(g) => self.check_group(g).or_else(inv)?,
                 Alias::Tag(t) => self.check_tag(t).or_else(inv)?,
-                Alias::Auto(AutoGroup::Member | AutoGroup::Tagged) => {}
+                Alias::Auto(
+                    AutoGroup::Member | AutoGroup::Tagged | AutoGroup::Admin | AutoGroup::Owner,
+                ) => {}
                 Alias::Auto(a) => {
                     return inv(format!(
                         "nodeAttrs target does not support this autogroup: {:?}",
@@ -1201,12 +1264,7 @@ impl Policy {
                     ));
                 }
             }
-            return inv("nodeAttrs ipPool is not supported (no IP pool allocator)");
-        }
-        for a in &attr {
-            if a == "funnel" {
-                return inv("nodeAttrs attr \"funnel\" is not supported");
-            }
+            // Accepted but not acted upon: there is no IP pool allocator.
         }
         Ok(NodeAttr { target, attr, app })
     }
@@ -1232,8 +1290,7 @@ impl Policy {
                 "test {i}: test entry must have at least one of \"accept\" or \"deny\""
             ));
         }
-        let pl = proto.to_ascii_lowercase();
-        if !matches!(pl.as_str(), "" | "tcp" | "udp" | "sctp") {
+        if !matches!(parse_proto(&proto).as_deref(), Ok([] | [6] | [17] | [132])) {
             self.test_errors.push(format!(
                 "test {i}: test protocol must be tcp, udp, sctp, or empty: {proto:?}"
             ));

@@ -119,15 +119,13 @@ pub(crate) fn ssh_policy_for(ctx: &Ctx, i: usize, server: &str) -> Option<Value>
             if u == "root" || u == "autogroup:nonroot" {
                 continue;
             }
-            if let Some(rest) = u.strip_prefix("localpart:") {
-                if let Some(d) = rest.strip_prefix("*@") {
-                    localparts.push(d.to_string());
-                }
+            if let Some(d) = super::model::localpart_domain(u) {
+                localparts.push(d.to_string());
                 continue;
             }
             base_users.insert(u.clone(), Value::String(u.clone()));
         }
-        let has_localpart = rule.users.iter().any(|u| u.starts_with("localpart:"));
+        let has_localpart = !localparts.is_empty();
         let mut localpart_by_user = BTreeMap::new();
         for d in &localparts {
             for u in &ctx.topo.users {
