@@ -138,7 +138,7 @@ mod tests {
             Error::Malformed
         );
         let big = vec![b'a'; MAX_HEAD];
-        assert_eq!(parse(&big).unwrap_err(), Error::Malformed);
+        assert_eq!(parse(&big).unwrap_err(), Error::TooLarge);
         let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
         long.resize(MAX_HEAD + 10, b'a');
         assert_eq!(parse(&long).unwrap_err(), Error::TooLarge);
