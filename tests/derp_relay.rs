@@ -316,15 +316,6 @@ fn slow_reader_is_dropped_without_blocking_others() {
             break;
         }
     }
-    eprintln!(
-        "fwd={} full={} slow={}",
-        st.packets_forwarded
-            .load(std::sync::atomic::Ordering::Relaxed),
-        st.packets_dropped_queue_full
-            .load(std::sync::atomic::Ordering::Relaxed),
-        st.slow_clients_dropped
-            .load(std::sync::atomic::Ordering::Relaxed)
-    );
     assert!(
         wait_until(|| !server.is_connected(&slow_key)),
         "slow reader still connected after {:?}",
