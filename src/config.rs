@@ -201,8 +201,11 @@ pub fn from_yaml_str(
         None => default_data_dir.to_path_buf(),
     };
     let mut c = Config::defaults(&data_dir);
+    // An empty string means unset, as in Headscale's example config.
     let path = |k: &str| -> Result<Option<PathBuf>, ConfigError> {
-        Ok(get_str(&doc, k)?.map(|s| data_dir.join(s)))
+        Ok(get_str(&doc, k)?
+            .filter(|s| !s.is_empty())
+            .map(|s| data_dir.join(s)))
     };
 
     if let Some(s) = get_str(&doc, "listen_addr")? {
@@ -278,34 +281,39 @@ pub fn from_yaml_str(
             Value::Null => None,
             Value::String(s) if s.is_empty() => None,
             Value::String(s) => Some(parse_socket(s).map_err(|m| key_err("tls_listen_addr", m))?),
-            other => return Err(key_err("tls_listen_addr", format!("expected an address, got {other}"))),
+            other => {
+                return Err(key_err(
+                    "tls_listen_addr",
+                    format!("expected an address, got {other}"),
+                ))
+            }
         };
     }
-    let opt_path = |k: &str| -> Result<Option<PathBuf>, ConfigError> {
-        Ok(get_str(&doc, k)?.filter(|s| !s.is_empty()).map(|s| data_dir.join(s)))
-    };
-    c.tls_cert_path = opt_path("tls_cert_path")?;
-    c.tls_key_path = opt_path("tls_key_path")?;
+    c.tls_cert_path = path("tls_cert_path")?;
+    c.tls_key_path = path("tls_key_path")?;
     if c.tls_cert_path.is_some() != c.tls_key_path.is_some() {
-        return Err(key_err("tls_key_path", "tls_cert_path and tls_key_path must be set together".to_string()));
+        return Err(key_err(
+            "tls_key_path",
+            "tls_cert_path and tls_key_path must be set together".to_string(),
+        ));
     }
-    if let Some(Value::Array(a)) = get(&doc, "derp.paths") {
-        for p in a {
-            let s = p.as_str().ok_or_else(|| key_err("derp.paths", format!("expected a path, got {p}")))?;
-            c.derp_paths.push(data_dir.join(s));
-        }
+    if let Some(l) = get_list(&doc, "derp.paths")? {
+        c.derp_paths = l.iter().map(|p| data_dir.join(p)).collect();
     }
-    if let Some(Value::Array(a)) = get(&doc, "derp.urls") {
-        for u in a {
-            let s = u.as_str().ok_or_else(|| key_err("derp.urls", format!("expected a URL, got {u}")))?;
-            if !s.starts_with("http://") && !s.starts_with("https://") {
-                return Err(key_err("derp.urls", format!("not an http(s) URL: {s:?}")));
+    if let Some(l) = get_list(&doc, "derp.urls")? {
+        for (i, u) in l.iter().enumerate() {
+            if !u.starts_with("http://") && !u.starts_with("https://") {
+                return Err(key_err(
+                    &format!("derp.urls[{i}]"),
+                    format!("not an http(s) URL: {u:?}"),
+                ));
             }
-            c.derp_urls.push(s.to_string());
         }
+        c.derp_urls = l;
     }
     if let Some(s) = get_str(&doc, "derp.update_frequency")? {
-        c.derp_update_frequency = parse_duration(&s).map_err(|m| key_err("derp.update_frequency", m))?;
+        c.derp_update_frequency =
+            parse_duration(&s).map_err(|m| key_err("derp.update_frequency", m))?;
     }
     if let Some(s) = get_str(&doc, "derp.server.ipv4")?.filter(|s| !s.is_empty()) {
         s.parse::<Ipv4Addr>()
@@ -337,7 +345,7 @@ pub fn from_yaml_str(
     if let Some(l) = get_list(&doc, "dns.search_domains")? {
         c.search_domains = l;
     }
-    c.policy_path = path("policy.path")?.filter(|p| p != &data_dir);
+    c.policy_path = path("policy.path")?;
     if let Some(s) = get_str(&doc, "policy.mode")? {
         c.policy_mode = s;
     }
@@ -1340,6 +1348,11 @@ oidc:
             cfg("server_url: https://hs.example.com\ndns:\n  base_domain: ts.example.com").is_ok()
         );
         assert!(e("a: [1,").starts_with("config: yaml: line 1"));
+        assert!(
+            e("derp:\n  urls: https://x/derpmap").starts_with("config: derp.urls: expected a list")
+        );
+        assert!(e("derp:\n  urls: [ftp://x]").starts_with("config: derp.urls[0]:"));
+        assert!(e("tls_cert_path: a.pem").starts_with("config: tls_key_path:"));
         assert!(e("prefixes:\n  allocation: odd").starts_with("config: prefixes.allocation:"));
         let (_, w) = cfg("prefixes:\n  allocation: random").unwrap();
         assert!(w[0].contains("sequentially"));

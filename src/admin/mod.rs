@@ -1,8 +1,7 @@
 //! The admin plane: Headscale-shaped REST API served by tiny-http on the
 //! unix socket `cfg.unix_socket` (mode 0600 in an owner-only directory),
-//! which the CLI talks to. Requests are handled one at a time on a
-//! dedicated thread: every operation is a short critical section plus one
-//! durable redb commit.
+//! which the CLI talks to. Two worker threads handle requests: every
+//! operation is a short critical section plus one durable redb commit.
 
 pub mod api;
 pub mod types;
@@ -16,17 +15,26 @@ use std::sync::Arc;
 /// Largest request body accepted.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// Binds the admin socket and serves it on a new thread.
+/// Binds the admin socket and serves it on worker threads (two, so one
+/// slow client cannot stall the CLI); returns the first one's handle.
 ///
 /// Fails if another server is already answering on the socket; a stale
 /// socket file (nobody listening) is replaced.
 pub fn spawn(server: Arc<Server>) -> std::io::Result<std::thread::JoinHandle<()>> {
     let listener = bind_private(&server.cfg.unix_socket)?;
-    let http = tiny_http::Server::from_listener(listener, None)
-        .map_err(|e| std::io::Error::other(format!("admin socket: {e}")))?;
-    std::thread::Builder::new()
-        .name("admin".into())
-        .spawn(move || serve(&server, &http))
+    let http = Arc::new(
+        tiny_http::Server::from_listener(listener, None)
+            .map_err(|e| std::io::Error::other(format!("admin socket: {e}")))?,
+    );
+    let mut first = None;
+    for i in 0..2 {
+        let (server, http) = (server.clone(), http.clone());
+        let h = std::thread::Builder::new()
+            .name(format!("admin-{i}"))
+            .spawn(move || serve(&server, &http))?;
+        first.get_or_insert(h);
+    }
+    Ok(first.expect("two threads spawned"))
 }
 
 fn serve(server: &Server, http: &tiny_http::Server) {
