@@ -13,8 +13,9 @@
 //!  3. Node a restarts with the same state dir: same IPs, still one node a on the server, b reaches it.
 //!  4. `nodes delete --identifier <a> --force`: a leaves b's netmap (b logs `got updated network map;
 //!     0 peers`), `nodes list` no longer lists it, and b can no longer reach a.
-//!  5. Node c joins with an ephemeral key, is stopped; after `node.ephemeral.inactivity_timeout` (5 s)
-//!     the server deletes it (`nodes list` no longer lists it).
+//!  5. Node c joins with an ephemeral key and is stopped (tsnet logs it out): the server deletes it.
+//!     A fresh ephemeral c joins and is killed (SIGKILL, no logout): it is still listed 1 s later and
+//!     deleted once `node.ephemeral.inactivity_timeout` (5 s) has passed (`nodes list`).
 //!
 //! Needs root, `ip netns`, curl and python3 (for the one-time client install). Without them the test
 //! prints why and passes (skip) — except under CI (`CI=true`), where it fails instead.
@@ -873,69 +874,89 @@ fn real_clients_end_to_end() {
     say!("b -> a after delete: HTTP {code} (no route to a deleted peer)");
     h.node(&["stop", "a"], 30);
 
-    // 6. an ephemeral node is removed after it disconnects and the inactivity timeout passes
-    let ekey = h.cli_json(&[
-        "preauthkeys",
-        "create",
-        "--user",
-        "alice",
-        "--ephemeral",
-        "-o",
-        "json",
-    ]);
-    let ekey = ekey
-        .get("key")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("no `key` in {ekey}"))
-        .to_owned();
-    h.node(
-        &[
-            "start",
-            "c",
-            "--control",
-            &control,
-            "--authkey",
-            &ekey,
+    // 6. ephemeral nodes: c (namespace tse-c), each time a fresh state dir and a fresh single-use
+    //    ephemeral pre-auth key, so a new node
+    let start_c = |what: &str| -> String {
+        let ekey = h.cli_json(&[
+            "preauthkeys",
+            "create",
+            "--user",
+            "alice",
             "--ephemeral",
-            "--ts-port",
-            "41643",
-            "--max-seconds",
-            "900",
-        ],
-        60,
-    );
-    let ips_c = wait_for(
-        "ephemeral node c gets its tailnet IPs",
-        Duration::from_secs(60),
-        || self_ips(&h.node_log_path("c")),
-    );
-    let nodes = h.nodes();
-    let node_c = find_node(&nodes, "c", &ips_c[0])
-        .unwrap_or_else(|| panic!("node c ({ips_c:?}) missing from nodes list"));
-    say!("ephemeral node c joined: {}", describe(node_c));
+            "-o",
+            "json",
+        ]);
+        let ekey = ekey
+            .get("key")
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no `key` in {ekey}"))
+            .to_owned();
+        h.node(
+            &[
+                "start",
+                "c",
+                "--control",
+                &control,
+                "--authkey",
+                &ekey,
+                "--ephemeral",
+                "--ts-port",
+                "41643",
+                "--max-seconds",
+                "900",
+            ],
+            60,
+        );
+        let ips = wait_for(
+            &format!("{what} gets its tailnet IPs"),
+            Duration::from_secs(60),
+            || self_ips(&h.node_log_path("c")),
+        );
+        let nodes = h.nodes();
+        let node = find_node(&nodes, "c", &ips[0])
+            .unwrap_or_else(|| panic!("{what} ({ips:?}) missing from nodes list"));
+        say!("{what} joined: {}", describe(node));
+        ips[0].clone()
+    };
+    let gone = |ip4: &str| find_node(&h.nodes(), "c", ip4).is_none();
+    let limit = Duration::from_secs(EPHEMERAL_TIMEOUT_SECS + 60);
+
+    // 6a. graceful stop (tsnet logs an ephemeral node out when it shuts down)
+    let ip_c = start_c("ephemeral node c");
     let c_pid = h.node(&["pid", "c"], 10);
+    let t0 = Instant::now();
     h.node(&["stop", "c"], 30);
-    let t_gone = Instant::now();
-    say!("stopped c (pid {c_pid}); waiting for the server to delete it (inactivity_timeout {EPHEMERAL_TIMEOUT_SECS}s)");
-    wait_for(
-        "server deletes the disconnected ephemeral node c",
-        Duration::from_secs(EPHEMERAL_TIMEOUT_SECS + 60),
-        || {
-            find_node(&h.nodes(), "c", &ips_c[0])
-                .is_none()
-                .then_some(())
-        },
-    );
+    wait_for("server deletes the stopped ephemeral node c", limit, || {
+        gone(&ip_c).then_some(())
+    });
     say!(
-        "ephemeral node c deleted {:.1}s after it disconnected",
-        t_gone.elapsed().as_secs_f64()
+        "ephemeral node c stopped gracefully (pid {c_pid}, SIGTERM): deleted {:.1}s later",
+        t0.elapsed().as_secs_f64()
     );
+
+    // 6b. crash (SIGKILL, no logout): deleted only after node.ephemeral.inactivity_timeout
+    let ip_c2 = start_c("ephemeral node c (second, fresh state)");
+    let c_pid = h.node(&["pid", "c"], 10);
+    h.node(&["kill", "c"], 30);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(!gone(&ip_c2), "crashed ephemeral node was deleted at once, before inactivity_timeout ({EPHEMERAL_TIMEOUT_SECS}s)");
+    say!("killed c (pid {c_pid}, SIGKILL): still listed 1s later; waiting for inactivity_timeout {EPHEMERAL_TIMEOUT_SECS}s");
+    wait_for("server deletes the crashed ephemeral node c", limit, || {
+        gone(&ip_c2).then_some(())
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    say!("crashed ephemeral node c deleted {secs:.1}s after it went away (inactivity_timeout {EPHEMERAL_TIMEOUT_SECS}s)");
+    assert!(
+        secs >= (EPHEMERAL_TIMEOUT_SECS - 1) as f64,
+        "deleted before inactivity_timeout"
+    );
+
     let nodes = h.nodes();
     say!(
         "nodes list at the end: {}",
         nodes.iter().map(describe).collect::<Vec<_>>().join("; ")
     );
-
     say!(
         "PASS real-client e2e in {:.1}s",
         t_start.elapsed().as_secs_f64()

@@ -11,6 +11,7 @@
 #                                     state dir (same node key, so the same node on the server).
 #                                     The previous log is kept as caddy.log.N.
 #   node.sh stop NAME | stop-all      stop by the PID recorded at start (TERM, then KILL its process group)
+#   node.sh kill NAME                 simulate a crash: SIGKILL NAME's process group (no graceful logout)
 #   node.sh pid NAME                  print NAME's PID if it is running
 #   node.sh ips NAME                  print the node's tailnet addresses seen so far (from its current log)
 #   node.sh wait-ip NAME [SECONDS]    wait (default 60 s) until the node has a tailnet IPv4, print it
@@ -32,7 +33,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$HERE/lib.sh"
 
-usage() { sed -n '2,32p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
 
 node_dir() { printf '%s/%s' "$RC_RUN" "$1"; }
 
@@ -56,6 +57,16 @@ stop_node() {
     kill -KILL -- "-$pid" 2>/dev/null || true
     for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     log "stopped $name (pid $pid)"
+  fi
+  rm -f "$d/pid"
+}
+
+kill_node() {  # simulated crash: SIGKILL the whole process group at once, no graceful logout
+  local name="$1" pid d; d="$(node_dir "$name")"
+  if pid="$(node_pid "$name")"; then
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    log "killed $name (pid $pid, SIGKILL)"
   fi
   rm -f "$d/pid"
 }
@@ -210,6 +221,7 @@ case "$cmd" in
   start) start_node "$@" ;;
   restart) rc_check_name "${1:-}"; restart_node "$1" ;;
   stop) rc_check_name "${1:-}"; stop_node "$1" ;;
+  kill) rc_check_name "${1:-}"; kill_node "$1" ;;
   stop-all) [ -d "$RC_RUN" ] && for d in "$RC_RUN"/*/; do [ -f "$d/Caddyfile" ] && stop_node "$(basename "$d")"; done; true ;;
   pid) rc_check_name "${1:-}"; node_pid "$1" ;;
   log) echo "$(node_dir "${1:?name}")/caddy.log" ;;
