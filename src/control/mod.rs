@@ -3,6 +3,7 @@
 
 pub mod derpmap;
 pub mod hub;
+pub mod interactive;
 pub mod map;
 pub mod netmap;
 pub mod policy;
@@ -30,6 +31,8 @@ pub struct Server {
     pub tls: Option<crate::http::tls::Tls>,
     /// The merged DERP map (None until the sources were read once).
     pub derp_map: Mutex<Option<crate::tailcfg::SharedRaw>>,
+    /// Interactive registrations waiting for approval.
+    pub pending: interactive::Registry,
 }
 
 impl Server {
@@ -107,6 +110,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             derp,
             tls,
             derp_map: Mutex::new(None),
+            pending: interactive::Registry::default(),
         }
     });
     policy::load_initial(&server).map_err(Error::other)?;

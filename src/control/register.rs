@@ -33,10 +33,85 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode,
     if req.node_key.is_zero() {
         return (StatusCode::BAD_REQUEST, b"missing NodeKey\n".to_vec());
     }
-    let resp = register(server, ctx, &req);
+    let resp = match register(server, ctx, &req) {
+        Outcome::Done(r) => r,
+        Outcome::Wait(id) => wait_followup(server, ctx, &req, &id).await,
+    };
     match serde_json::to_vec(&resp) {
         Ok(v) => (StatusCode::OK, v),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()),
+    }
+}
+
+enum Outcome {
+    Done(RegisterResponse),
+    /// Hold the request until pending registration `id` is approved.
+    Wait(String),
+}
+
+impl From<RegisterResponse> for Outcome {
+    fn from(r: RegisterResponse) -> Self {
+        Outcome::Done(r)
+    }
+}
+
+fn auth_url(server: &Server, id: &str) -> String {
+    format!(
+        "{}/register/{id}",
+        server.cfg.server_url.trim_end_matches('/')
+    )
+}
+
+/// Starts an interactive registration and answers with its AuthURL.
+fn start_interactive(
+    server: &Server,
+    ctx: &ConnCtx,
+    req: &RegisterRequest,
+    hostinfo: &serde_json::Value,
+) -> Outcome {
+    let r = crate::control::interactive::Request {
+        machine_key: ctx.machine_key,
+        node_key: req.node_key.0,
+        old_node_key: req.old_node_key.0,
+        hostinfo: hostinfo.clone(),
+        ephemeral: req.ephemeral,
+        version: req.version,
+    };
+    match server.pending.start(r) {
+        Ok(id) => {
+            info!("register: interactive login pending as {id}");
+            Outcome::Done(RegisterResponse {
+                auth_url: auth_url(server, &id),
+                ..Default::default()
+            })
+        }
+        Err(e) => Outcome::Done(error_response(e)),
+    }
+}
+
+/// A follow-up: wait for approval, then answer success; an unknown or
+/// expired registration gets a fresh AuthURL.
+async fn wait_followup(
+    server: &Server,
+    ctx: &ConnCtx,
+    req: &RegisterRequest,
+    id: &str,
+) -> RegisterResponse {
+    if let Some(node_id) = server.pending.wait(id, &ctx.machine_key).await {
+        let st = server.state();
+        if let Some(n) = st.nodes.get(&node_id) {
+            if n.node_key == req.node_key.0 {
+                return success(server, &st, n);
+            }
+        }
+    }
+    let hostinfo = req
+        .hostinfo
+        .clone()
+        .unwrap_or_else(|| serde_json::json!({}));
+    match start_interactive(server, ctx, req, &hostinfo) {
+        Outcome::Done(r) => r,
+        Outcome::Wait(_) => error_response("registration failed"),
     }
 }
 
@@ -76,7 +151,7 @@ fn success(server: &Server, st: &State, n: &Node) -> RegisterResponse {
     }
 }
 
-fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterResponse {
+fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
     let t = now();
     let mut st = server.state();
     let hostinfo = req
@@ -85,24 +160,31 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
         .unwrap_or_else(|| serde_json::json!({}));
     let expiry_req = req.expiry.as_deref().and_then(parse_rfc3339).unwrap_or(0);
     let by_key = st.node_by_node_key(&req.node_key.0).map(|n| n.id);
+    if !req.followup.is_empty() && by_key.is_none() {
+        drop(st);
+        return match crate::control::interactive::id_from_url(&req.followup) {
+            Some(id) => Outcome::Wait(id.to_string()),
+            None => start_interactive(server, ctx, req, &hostinfo),
+        };
+    }
 
     if let Some(id) = by_key {
         let n = st.nodes[&id].clone();
         if n.machine_key != ctx.machine_key {
-            return error_response("node key belongs to a different machine");
+            return error_response("node key belongs to a different machine").into();
         }
         // Logout is checked before any auth key handling (trap 14).
         if expiry_req != 0 && expiry_req < t {
-            return logout(server, &mut st, n, t);
+            return logout(server, &mut st, n, t).into();
         }
         if expiry_req > t {
             // SetExpirySooner: shortening only.
             if n.expiry != 0 && expiry_req > n.expiry {
-                return error_response("extending key is not allowed");
+                return error_response("extending key is not allowed").into();
             }
             let mut n2 = n.clone();
             n2.expiry = expiry_req;
-            return commit_node(server, &mut st, n2, None, Change::NodeUpsert(id));
+            return commit_node(server, &mut st, n2, None, Change::NodeUpsert(id)).into();
         }
         if !n.is_expired(t) {
             // Known node restarting: success even if its auth key is spent.
@@ -110,7 +192,7 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
             apply_hostinfo(&mut n2, &hostinfo);
             if n2 != n {
                 if let Err(e) = st.store.apply(&[Op::PutNode(&n2)]) {
-                    return error_response(format!("storage error: {e}"));
+                    return error_response(format!("storage error: {e}")).into();
                 }
                 st.nodes.insert(id, n2.clone());
                 drop(st);
@@ -118,7 +200,7 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
                 st = server.state();
             }
             let n2 = st.nodes.get(&id).cloned().unwrap_or(n2);
-            return success(server, &st, &n2);
+            return success(server, &st, &n2).into();
         }
         // Expired: re-authenticate with a key, else tell it to rotate.
         match req
@@ -127,13 +209,14 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
             .map(|a| a.auth_key.as_str())
             .filter(|k| !k.is_empty())
         {
-            Some(secret) => return reauth(server, &mut st, n, secret, req, &hostinfo, t),
+            Some(secret) => return reauth(server, &mut st, n, secret, req, &hostinfo, t).into(),
             None => {
                 return RegisterResponse {
                     node_key_expired: true,
                     machine_authorized: false,
                     ..Default::default()
                 }
+                .into()
             }
         }
     }
@@ -148,7 +231,7 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
                     .map(|a| a.auth_key.as_str())
                     .filter(|k| !k.is_empty())
                 {
-                    Some(secret) => reauth(server, &mut st, n, secret, req, &hostinfo, t),
+                    Some(secret) => reauth(server, &mut st, n, secret, req, &hostinfo, t).into(),
                     None if !n.is_expired(t) => {
                         // Seamless renewal of a valid node: the old key proves it.
                         let mut n2 = n;
@@ -156,9 +239,12 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
                         n2.node_key = req.node_key.0;
                         apply_hostinfo(&mut n2, &hostinfo);
                         let id = n2.id;
-                        commit_node(server, &mut st, n2, None, Change::NodeUpsert(id))
+                        commit_node(server, &mut st, n2, None, Change::NodeUpsert(id)).into()
                     }
-                    None => error_response("node key expired: log in again with an auth key"),
+                    None => {
+                        drop(st);
+                        start_interactive(server, ctx, req, &hostinfo)
+                    }
                 };
             }
         }
@@ -170,31 +256,30 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
         .map(|a| a.auth_key.as_str())
         .filter(|k| !k.is_empty())
     else {
-        return error_response(
-            "interactive login is not available on this server yet: use an auth key (--authkey)",
-        );
+        drop(st);
+        return start_interactive(server, ctx, req, &hostinfo);
     };
     let key = match st.validate_preauth_key(secret) {
         Ok(k) => k.clone(),
         Err(e) => {
             info!("register: rejected auth key: {e}");
-            return error_response(e.to_string());
+            return error_response(e.to_string()).into();
         }
     };
     if let Err(e) = check_request_tags(&key.tags, &hostinfo) {
-        return error_response(e);
+        return error_response(e).into();
     }
     // The same machine logging in again (state kept, new node key) keeps
     // its node, IPs and name if the owner is unchanged.
     if let Some(n) = st.node_by_machine_key(&ctx.machine_key).cloned() {
         if n.user == key.user && n.tags == key.tags {
-            return reauth(server, &mut st, n, secret, req, &hostinfo, t);
+            return reauth(server, &mut st, n, secret, req, &hostinfo, t).into();
         }
     }
     let (v4, v6) =
         match crate::state::ipalloc::allocate(&st, server.cfg.prefix_v4, server.cfg.prefix_v6) {
             Ok(a) => a,
-            Err(e) => return error_response(e.to_string()),
+            Err(e) => return error_response(e.to_string()).into(),
         };
     let id = st.alloc_node_id();
     let hostname = tailcfg::hostinfo_str(&hostinfo, "Hostname").to_string();
@@ -231,7 +316,7 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> RegisterRe
         v4,
         NodeKey(n.node_key)
     );
-    commit_node(server, &mut st, n, Some(key), Change::NodeUpsert(id))
+    commit_node(server, &mut st, n, Some(key), Change::NodeUpsert(id)).into()
 }
 
 fn default_expiry(server: &Server, tagged: bool, t: i64) -> i64 {

@@ -206,6 +206,22 @@ where
                 stream.write_all(head.as_bytes()).await?;
                 stream.flush().await?;
             }
+            ("GET", p) if p.starts_with("/register/") => {
+                let id = &p["/register/".len()..];
+                let (code, html) = crate::control::interactive::page(&server, id);
+                let status = if code == 200 {
+                    "200 OK"
+                } else {
+                    "404 Not Found"
+                };
+                respond(
+                    &mut stream,
+                    status,
+                    "text/html; charset=utf-8",
+                    html.as_bytes(),
+                )
+                .await?;
+            }
             ("GET", "/health") | ("GET", "/healthz") => {
                 respond(
                     &mut stream,

@@ -1,0 +1,269 @@
+//! Interactive registration (protocol/register.md §3.2): a client without
+//! an auth key gets an AuthURL on our server_url; its follow-up request is
+//! held until an administrator approves it (`tinyscale auth register
+//! --auth-id ID --user U`) or the pending registration expires.
+
+use crate::control::{Change, Server};
+use crate::state::{now, Node, Op};
+use log::info;
+use smol::channel::{self, Receiver, Sender};
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// How long a pending registration waits for approval.
+pub const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
+/// Upper bound on simultaneously pending registrations (each costs memory
+/// and anybody who can reach the server can create one).
+pub const MAX_PENDING: usize = 1024;
+
+#[derive(Clone, Debug)]
+pub struct Request {
+    pub machine_key: [u8; 32],
+    pub node_key: [u8; 32],
+    pub old_node_key: [u8; 32],
+    pub hostinfo: serde_json::Value,
+    pub ephemeral: bool,
+    pub version: u32,
+}
+
+struct Pending {
+    req: Request,
+    expires: i64,
+    /// Some(node id) once approved.
+    done: Option<u64>,
+    /// Closed on approval: wakes every held follow-up.
+    tx: Sender<()>,
+    rx: Receiver<()>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    pending: Mutex<HashMap<String, Pending>>,
+}
+
+impl Registry {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Pending>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts (or reuses, for the same machine and node key) a pending
+    /// registration; returns its ID.
+    pub fn start(&self, req: Request) -> Result<String, String> {
+        let t = now();
+        let mut g = self.lock();
+        g.retain(|_, p| p.expires > t || p.done.is_some() && p.expires + 60 > t);
+        if let Some((id, _)) = g.iter().find(|(_, p)| {
+            p.done.is_none()
+                && p.req.machine_key == req.machine_key
+                && p.req.node_key == req.node_key
+        }) {
+            return Ok(id.clone());
+        }
+        if g.len() >= MAX_PENDING {
+            return Err("too many pending registrations; try again later".into());
+        }
+        let id = crate::keys::to_hex(&crate::keys::random32()[..12]);
+        let (tx, rx) = channel::bounded(1);
+        g.insert(
+            id.clone(),
+            Pending {
+                req,
+                expires: t + PENDING_TTL.as_secs() as i64,
+                done: None,
+                tx,
+                rx,
+            },
+        );
+        Ok(id)
+    }
+
+    /// What the registration page shows: Some(expired?) if it exists.
+    pub fn status(&self, id: &str) -> Option<(bool, Option<u64>)> {
+        let g = self.lock();
+        g.get(id)
+            .map(|p| (p.done.is_none() && p.expires <= now(), p.done))
+    }
+
+    /// Holds a follow-up until approval or expiry. None = unknown or
+    /// expired (the client then gets a fresh AuthURL).
+    pub async fn wait(&self, id: &str, machine_key: &[u8; 32]) -> Option<u64> {
+        let (rx, expires) = {
+            let g = self.lock();
+            let p = g.get(id)?;
+            if &p.req.machine_key != machine_key {
+                return None;
+            }
+            if let Some(n) = p.done {
+                return Some(n);
+            }
+            (p.rx.clone(), p.expires)
+        };
+        let left = (expires - now()).max(0) as u64;
+        use futures_lite::FutureExt;
+        let _ = async { rx.recv().await.ok() }
+            .or(async {
+                async_io::Timer::after(Duration::from_secs(left)).await;
+                None
+            })
+            .await;
+        self.lock().get(id).and_then(|p| p.done)
+    }
+
+    fn take_for_approval(&self, id: &str) -> Result<Request, String> {
+        let g = self.lock();
+        match g.get(id) {
+            None => Err(format!("registration {id} not found")),
+            Some(p) if p.done.is_some() => Err(format!("registration {id} is already approved")),
+            Some(p) if p.expires <= now() => {
+                Err(format!("registration {id} has expired; log in again"))
+            }
+            Some(p) => Ok(p.req.clone()),
+        }
+    }
+
+    fn complete(&self, id: &str, node: u64) {
+        if let Some(p) = self.lock().get_mut(id) {
+            p.done = Some(node);
+            p.tx.close();
+        }
+    }
+}
+
+/// Approves pending registration `id` for user `user` (name or ID):
+/// creates the node, or re-authenticates this machine's existing node
+/// (same ID, IPs and name). Returns the node.
+pub fn approve(server: &Server, id: &str, user: &str) -> Result<Node, String> {
+    let req = server.pending.take_for_approval(id)?;
+    let t = now();
+    let mut st = server.state();
+    let uid = st
+        .find_user(user)
+        .map(|u| u.id)
+        .ok_or_else(|| format!("user {user:?} not found"))?;
+    let existing = st
+        .nodes
+        .values()
+        .find(|n| {
+            n.machine_key == req.machine_key
+                && (n.node_key == req.old_node_key || n.node_key == req.node_key || n.user == uid)
+        })
+        .cloned();
+    let expiry = if server.cfg.node_expiry.is_zero() {
+        0
+    } else {
+        t + server.cfg.node_expiry.as_secs() as i64
+    };
+    let node = match existing {
+        Some(mut n) => {
+            if n.node_key != req.node_key {
+                n.old_node_key = n.node_key;
+                n.node_key = req.node_key;
+            }
+            n.user = uid;
+            n.tags.clear();
+            n.expiry = expiry;
+            n.ephemeral = req.ephemeral;
+            crate::control::register::apply_hostinfo(&mut n, &req.hostinfo);
+            n
+        }
+        None => {
+            let (v4, v6) =
+                crate::state::ipalloc::allocate(&st, server.cfg.prefix_v4, server.cfg.prefix_v6)
+                    .map_err(|e| e.to_string())?;
+            let hostname = crate::tailcfg::hostinfo_str(&req.hostinfo, "Hostname").to_string();
+            let mut n = Node {
+                id: st.alloc_node_id(),
+                machine_key: req.machine_key,
+                node_key: req.node_key,
+                old_node_key: [0; 32],
+                disco_key: [0; 32],
+                user: uid,
+                tags: vec![],
+                ipv4: Some(v4),
+                ipv6: Some(v6),
+                given_name: st.unique_given_name(&hostname, 0),
+                hostname,
+                hostinfo: String::new(),
+                endpoints: vec![],
+                home_derp: 0,
+                cap: req.version,
+                created: t,
+                expiry,
+                last_seen: t,
+                ephemeral: req.ephemeral,
+                auth_key: 0,
+                advertised_routes: vec![],
+                approved_routes: vec![],
+            };
+            crate::control::register::apply_hostinfo(&mut n, &req.hostinfo);
+            n
+        }
+    };
+    st.store
+        .apply(&[Op::PutNode(&node)])
+        .map_err(|e| format!("storage error: {e}"))?;
+    st.next_node_id = st.next_node_id.max(node.id + 1);
+    st.nodes.insert(node.id, node.clone());
+    drop(st);
+    server.pending.complete(id, node.id);
+    server.hub.notify(Change::NodeUpsert(node.id));
+    info!(
+        "registration {id} approved: node {} {} for user {user}",
+        node.id, node.given_name
+    );
+    Ok(node)
+}
+
+/// The registration ID in an AuthURL (`…/register/<id>`).
+pub fn id_from_url(url: &str) -> Option<&str> {
+    let id = url.rsplit_once("/register/")?.1;
+    let id = id.split(['?', '#', '/']).next()?;
+    (!id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .then_some(id)
+}
+
+/// The small page an AuthURL shows.
+pub fn page(server: &Server, id: &str) -> (u16, String) {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+    };
+    let body = match server.pending.status(id) {
+        None => "<p>This registration is unknown or has expired. Run <code>tailscale up</code> again.</p>".to_string(),
+        Some((true, _)) => "<p>This registration has expired. Run <code>tailscale up</code> again.</p>".to_string(),
+        Some((false, Some(_))) => "<p>This machine is registered. You can close this page.</p>".to_string(),
+        Some((false, None)) => format!(
+            "<p>An administrator approves this machine on the server with:</p>\n<pre>tinyscale auth register --auth-id {} --user USERNAME</pre>",
+            esc(id)
+        ),
+    };
+    let status = if server.pending.status(id).is_some() {
+        200
+    } else {
+        404
+    };
+    (
+        status,
+        format!("<!doctype html><html><head><meta charset=\"utf-8\"><title>tinyscale: register a machine</title></head><body><h1>tinyscale</h1>\n{body}\n</body></html>\n"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ids_from_urls() {
+        assert_eq!(
+            super::id_from_url("http://10.0.0.1:8080/register/abc123"),
+            Some("abc123")
+        );
+        assert_eq!(
+            super::id_from_url("https://x/register/abc?x=1"),
+            Some("abc")
+        );
+        assert_eq!(super::id_from_url("https://x/register/"), None);
+        assert_eq!(super::id_from_url("https://x/register/<script>"), None);
+        assert_eq!(super::id_from_url("nonsense"), None);
+    }
+}
