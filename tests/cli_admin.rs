@@ -526,3 +526,61 @@ fn oversized_body_is_refused() {
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
     let _ = std::fs::remove_dir_all(&env.dir);
 }
+
+#[test]
+fn approve_interactive_login() {
+    use tinyscale::control::interactive::Request;
+    let env = setup("auth");
+    env.cli(&["users", "create", "dave"]);
+    let start = |mk: u8| {
+        env.server
+            .pending
+            .start(Request {
+                machine_key: [mk; 32],
+                node_key: [mk + 1; 32],
+                old_node_key: [0; 32],
+                hostinfo: serde_json::json!({ "Hostname": "Desk Top" }),
+                ephemeral: false,
+                version: 100,
+            })
+            .unwrap()
+    };
+    let id = start(1);
+    env.fails(
+        &["auth", "register", "--auth-id", &id, "--user", "nobody"],
+        "not found",
+    );
+    // The typo did not use up the registration.
+    let url = format!("{}/register/{id}", env.server.cfg.server_url);
+    let n = env.ok_json(&[
+        "auth",
+        "register",
+        "--auth-id",
+        &url,
+        "--user",
+        "dave",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(n["givenName"], "desk-top");
+    assert_eq!(n["user"]["name"], "dave");
+    assert_eq!(n["registerMethod"], "REGISTER_METHOD_CLI");
+    env.fails(
+        &[
+            "auth",
+            "register",
+            "--auth-id",
+            "ffffffffffffffffffffffff",
+            "--user",
+            "dave",
+        ],
+        "",
+    );
+    // Older spelling.
+    let id2 = start(9);
+    let (code, out, err) = env.cli(&["nodes", "register", "--user", "dave", "--key", &id2]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("Node desk-top-1 registered"), "{out}");
+    assert_eq!(env.server.state().nodes.len(), 2);
+    let _ = std::fs::remove_dir_all(&env.dir);
+}

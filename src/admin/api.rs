@@ -19,6 +19,8 @@
 //! | POST | /api/v1/node/{id}/rename/{newName} | | `{node}` |
 //! | POST | /api/v1/node/{id}/tags | `{tags}` | `{node}` |
 //! | POST | /api/v1/node/{id}/approve_routes | `{routes}` | `{node}` |
+//! | POST | /api/v1/auth/register | `{authId, user}` | `{node}` (approves an interactive login) |
+//! | POST | /api/v1/node/register | ?user= &key= (older Headscale shape) | `{node}` |
 //! | GET | /api/v1/policy | | `{policy, updatedAt}` |
 //! | PUT | /api/v1/policy | `{policy}` (only with `policy.mode: database`) | `{policy, updatedAt}` |
 //!
@@ -315,6 +317,22 @@ fn route(
             Ok(ok(json!({ "node": node_json(server, &st, &n) })))
         }
 
+        // ----- interactive registrations
+        ("POST", ["api", "v1", "auth", "register"]) => {
+            let r: AuthRegisterRequest = body(b)?;
+            let id = if r.auth_id.is_empty() {
+                r.key
+            } else {
+                r.auth_id
+            };
+            approve(server, &id, &r.user)
+        }
+        ("POST", ["api", "v1", "node", "register"]) => {
+            let user = query(q, "user").unwrap_or_default();
+            let key = query(q, "key").unwrap_or_default();
+            approve(server, &key, &user)
+        }
+
         // ----- policy
         ("GET", ["api", "v1", "policy"]) => {
             let text = server.policy_text().unwrap_or_default();
@@ -366,10 +384,41 @@ fn route(
     }
 }
 
+/// Approves a pending interactive registration (the control plane creates
+/// or re-authenticates the node and notifies peers).
+fn approve(server: &Server, id: &str, user: &str) -> Result<Reply, Reply> {
+    if id.is_empty() || user.is_empty() {
+        return Err(error(
+            400,
+            "both the registration ID and the user are required",
+        ));
+    }
+    // Check the user first so a typo does not use up the registration.
+    if server.state().find_user(user).is_none() {
+        return Err(error(404, format!("user {user:?} not found")));
+    }
+    let n = crate::control::interactive::approve(server, id, user).map_err(|e| {
+        let status = if e.contains("not found") || e.contains("unknown") || e.contains("expired") {
+            404
+        } else {
+            400
+        };
+        error(status, e)
+    })?;
+    let st = server.state();
+    Ok(ok(json!({ "node": node_json(server, &st, &n) })))
+}
+
 fn known_path(segs: &[&str]) -> bool {
     matches!(
         segs,
-        ["health"] | ["api", "v1", "user" | "preauthkey" | "node" | "policy", ..]
+        ["health"]
+            | [
+                "api",
+                "v1",
+                "user" | "preauthkey" | "node" | "policy" | "auth",
+                ..
+            ]
     )
 }
 

@@ -203,3 +203,14 @@ pub struct SetTagsRequest {
 pub struct SetApprovedRoutesRequest {
     pub routes: Vec<String>,
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AuthRegisterRequest {
+    /// The registration ID from the client's AuthURL (`…/register/<id>`).
+    pub auth_id: String,
+    /// Alternative spelling of `authId`.
+    pub key: String,
+    /// User ID or name.
+    pub user: String,
+}

@@ -47,6 +47,7 @@ enum Cmd {
     Users(UsersCmd),
     PreAuthKeys(PreAuthKeysCmd),
     Nodes(NodesCmd),
+    Auth(AuthCmd),
     Version(VersionCmd),
     Policy(crate::policy::cli::PolicyCmd),
     Debug(crate::debug::DebugCmd),
@@ -251,6 +252,54 @@ struct KeyDelete {
     output: String,
 }
 
+// ----- interactive logins ---------------------------------------------
+
+/// Approve interactive logins (`tailscale up` without an auth key).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "auth")]
+struct AuthCmd {
+    #[argh(subcommand)]
+    cmd: AuthSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum AuthSub {
+    Register(AuthRegister),
+}
+
+/// Approve a pending login for a user: `auth register --auth-id ID --user U`
+/// (the ID is the last part of the URL the client printed).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "register")]
+struct AuthRegister {
+    /// registration ID (or the whole URL)
+    #[argh(option)]
+    auth_id: String,
+    /// owning user (ID or name)
+    #[argh(option, short = 'u')]
+    user: String,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Approve a pending login (older Headscale spelling of `auth register`):
+/// `nodes register --user U --key ID`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "register")]
+struct NodeRegister {
+    /// owning user (ID or name)
+    #[argh(option, short = 'u')]
+    user: String,
+    /// registration ID (or the whole URL)
+    #[argh(option, short = 'k')]
+    key: String,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
 // ----- nodes ----------------------------------------------------------
 
 /// Manage nodes.
@@ -271,6 +320,7 @@ enum NodesSub {
     Tag(NodeTag),
     ApproveRoutes(NodeApproveRoutes),
     ListRoutes(NodeListRoutes),
+    Register(NodeRegister),
 }
 
 /// Set a node's tags (replaces them): `nodes tag -i ID -t tag:a,tag:b`.
@@ -537,6 +587,11 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             let cfg = load_config(explicit)?;
             nodes(&Api(&cfg), n.cmd)
         }
+        Cmd::Auth(a) => {
+            let cfg = load_config(explicit)?;
+            let AuthSub::Register(r) = a.cmd;
+            register(&Api(&cfg), &r.auth_id, &r.user, &r.output)
+        }
     }
 }
 
@@ -779,6 +834,23 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
     Ok(())
 }
 
+/// Approves a pending interactive login.
+fn register(api: &Api, id: &str, user: &str, output: &str) -> Result<(), String> {
+    let f = Format::parse(output)?;
+    // Accept the whole AuthURL as printed by the client.
+    let id = id.rsplit('/').next().unwrap_or(id);
+    let r = api.call(
+        "POST",
+        "/api/v1/auth/register",
+        Some(json!({ "authId": id, "user": user })),
+    )?;
+    let n: ApiNode = field(&r, "node")?;
+    if !output::machine(f, &n) {
+        outln!("Node {} registered", n.given_name);
+    }
+    Ok(())
+}
+
 /// Comma-separated, repeatable list flag values.
 fn split_list(v: &[String]) -> Vec<String> {
     v.iter()
@@ -791,6 +863,7 @@ fn split_list(v: &[String]) -> Vec<String> {
 
 fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
     match cmd {
+        NodesSub::Register(r) => register(api, &r.key, &r.user, &r.output)?,
         NodesSub::Tag(t) => {
             let f = Format::parse(&t.output)?;
             let res = api.call(
