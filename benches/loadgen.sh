@@ -12,7 +12,11 @@
 # Environment: C (concurrency, 64), K (changes, 20), M (handshakes, 2000),
 # TAGGED (large shape, 4), MAX_SECONDS (loadgen time limit, 540),
 # CARGO_TARGET_DIR, NO_BUILD=1 (use the existing release binary),
-# SERVER_CORE (0) / LOADGEN_CORE (1), PERF=1 (record the server with perf).
+# SERVER_CORE (0) / LOADGEN_CORE (1), PERF=1 (record the server with perf),
+# PRIO=-10 (run server and load generator under `nice -n PRIO`: on a shared
+# machine wall-clock figures suffer from other processes; CPU-second
+# figures do not), TMPDIR (where the data directory goes; /dev/shm takes
+# fsync out of the picture).
 set -euo pipefail
 
 N=${1:-1000}
@@ -23,6 +27,8 @@ M=${M:-2000}
 TAGGED=${TAGGED:-4}
 MAX_SECONDS=${MAX_SECONDS:-540}
 SERVER_CORE=${SERVER_CORE:-0}
+NICE=()
+if [ -n "${PRIO:-}" ]; then NICE=(nice -n "$PRIO"); fi
 LOADGEN_CORE=${LOADGEN_CORE:-1}
 
 case "$SHAPE" in
@@ -108,8 +114,8 @@ CONF
 # Both processes may hold N+ sockets.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "== tinyscale loadgen: N=$N shape=$SHAPE C=$C K=$K M=$M port=$PORT (RLIMIT_NOFILE $(ulimit -n)) =="
-echo "binary: $BIN ($(stat -c %s "$BIN") bytes)"
-taskset -c "$SERVER_CORE" "$BIN" serve --config "$CFG" >"$TMP/server.log" 2>&1 &
+echo "binary: $BIN ($(stat -c %s "$BIN") bytes), data in $TMP"
+${NICE[@]+"${NICE[@]}"} taskset -c "$SERVER_CORE" "$BIN" serve --config "$CFG" >"$TMP/server.log" 2>&1 &
 SPID=$!
 echo "server PID $SPID on core $SERVER_CORE"
 for _ in $(seq 1 100); do
@@ -154,10 +160,12 @@ if [ "${PERF:-}" = 1 ] && command -v perf >/dev/null; then
     PERF_PID=$!
 fi
 set +e
-taskset -c "$LOADGEN_CORE" "$BIN" debug loadgen --server "http://127.0.0.1:$PORT" --server-pid "$SPID" \
+echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores; other processes skew wall-clock figures)"
+${NICE[@]+"${NICE[@]}"} taskset -c "$LOADGEN_CORE" "$BIN" debug loadgen --server "http://127.0.0.1:$PORT" --server-pid "$SPID" \
     --nodes "$N" --concurrency "$C" --changes "$K" --handshakes "$M" --max-seconds "$MAX_SECONDS" "${ARGS[@]}"
 RC=$?
 set -e
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "$PERF_PID" ]; then
     kill -INT "$PERF_PID" 2>/dev/null || true
     wait "$PERF_PID" 2>/dev/null || true

@@ -196,6 +196,11 @@ fn marker_endpoint(k: usize) -> String {
 struct Shared {
     /// Wire bytes received by all map streams.
     bytes: AtomicU64,
+    /// Messages (keep-alives excluded) and what they carried, all streams.
+    msgs: AtomicU64,
+    changed: AtomicU64,
+    patched: AtomicU64,
+    full: AtomicU64,
     /// Peer IDs each stream currently knows.
     peers: Vec<Mutex<HashSet<u64>>>,
     events: Sender<Ev>,
@@ -245,6 +250,15 @@ async fn reader(i: usize, mut rx: h2::RecvStream, sh: Arc<Shared>) {
             let at = Instant::now();
             if msg.keep_alive {
                 continue;
+            }
+            sh.msgs.fetch_add(1, Ordering::Relaxed);
+            let changed = msg.peers_changed.as_ref().map_or(0, |v| v.len() as u64);
+            sh.changed.fetch_add(changed, Ordering::Relaxed);
+            if msg.peers.as_ref().is_some_and(|p| !p.is_empty()) {
+                sh.full.fetch_add(1, Ordering::Relaxed);
+            }
+            if let Some(p) = &msg.patches {
+                sh.patched.fetch_add(p.len() as u64, Ordering::Relaxed);
             }
             let mut got = Vec::new();
             {
@@ -390,7 +404,12 @@ impl Loadgen {
     fn rss(&self) -> Option<u64> {
         let pid = self.cmd.server_pid?;
         match procfs::rss_bytes(pid) {
-            Ok(r) => Some(r),
+            Ok(r) => {
+                if let Some(d) = procfs::rss_detail(pid) {
+                    self.say(&format!("  server VmRSS {} ({d})", mib(r)));
+                }
+                Some(r)
+            }
             Err(e) => {
                 self.say(&format!("cannot read RSS of server PID {pid}: {e}"));
                 None
@@ -455,6 +474,10 @@ impl Loadgen {
         let (tx, rx) = channel::unbounded();
         let sh = Arc::new(Shared {
             bytes: AtomicU64::new(0),
+            msgs: AtomicU64::new(0),
+            changed: AtomicU64::new(0),
+            patched: AtomicU64::new(0),
+            full: AtomicU64::new(0),
             peers: (0..self.total)
                 .map(|_| Mutex::new(HashSet::new()))
                 .collect(),
@@ -480,13 +503,16 @@ impl Loadgen {
     }
 
     /// One core's X25519 rate, timed like the server's handshakes use it.
+    /// Counted per CPU-second of this thread, so other processes sharing
+    /// the core do not lower it.
     fn x25519_rate(&mut self) {
         let a = x25519_dalek::StaticSecret::from(crate::keys::random32());
         let b = x25519_dalek::PublicKey::from(crate::keys::x25519_public(&crate::keys::random32()));
         let t = Instant::now();
+        let cpu0 = procfs::cpu_seconds("thread-self").ok();
         let mut n = 0u64;
         let mut acc = 0u8;
-        while t.elapsed() < Duration::from_millis(1500) {
+        while t.elapsed() < Duration::from_millis(2000) {
             for _ in 0..50 {
                 acc ^=
                     std::hint::black_box(a.diffie_hellman(std::hint::black_box(&b))).as_bytes()[0];
@@ -494,12 +520,59 @@ impl Loadgen {
             n += 50;
         }
         std::hint::black_box(acc);
-        let rate = n as f64 / t.elapsed().as_secs_f64();
+        let wall = t.elapsed().as_secs_f64();
+        let cpu = cpu0.and_then(|c| Some(procfs::cpu_seconds("thread-self").ok()? - c));
+        let secs = cpu.filter(|c| *c > 0.5).unwrap_or(wall);
+        let rate = n as f64 / secs;
         self.f.x25519_per_s = Some(rate);
         self.say(&format!(
-            "X25519 on this core: {rate:.0} DH/s ({:.1} µs each); handshake limit = rate / 5 = {:.0}/s",
+            "X25519 (x25519-dalek diffie_hellman, this build): {rate:.0} DH per CPU-second ({:.1} µs each; {:.0}/s by the wall clock, {:.0}% of the core was ours); handshake limit = rate / 5 = {:.0}/s",
             1e6 / rate,
+            n as f64 / wall,
+            100.0 * secs / wall,
             rate / 5.0
+        ));
+    }
+
+    /// Prints what the map streams received since `since` and returns the
+    /// new snapshot.
+    fn traffic(&self, sh: &Shared, what: &str, since: [u64; 5]) -> [u64; 5] {
+        let now = [
+            sh.bytes.load(Ordering::Relaxed),
+            sh.msgs.load(Ordering::Relaxed),
+            sh.full.load(Ordering::Relaxed),
+            sh.changed.load(Ordering::Relaxed),
+            sh.patched.load(Ordering::Relaxed),
+        ];
+        let d: Vec<u64> = now.iter().zip(since).map(|(a, b)| a - b).collect();
+        self.say(&format!(
+            "  streams received {what}: {:.1} MiB in {} messages ({} full peer lists, {} PeersChanged nodes, {} PeersChangedPatch entries)",
+            d[0] as f64 / MIB,
+            d[1],
+            d[2],
+            d[3],
+            d[4]
+        ));
+        now
+    }
+
+    /// Server and load generator CPU seconds now.
+    fn cpus(&self) -> (Option<f64>, Option<f64>) {
+        (self.server_cpu(), procfs::cpu_seconds("self").ok())
+    }
+
+    fn cpu_line(&self, what: &str, wall: f64, before: (Option<f64>, Option<f64>)) {
+        let after = self.cpus();
+        let fmt = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => {
+                format!("{:.2} s ({:.0}% of a core)", b - a, 100.0 * (b - a) / wall)
+            }
+            _ => "n/a".into(),
+        };
+        self.say(&format!(
+            "  CPU during {what}: server {}, load generator {}",
+            fmt(before.0, after.0),
+            fmt(before.1, after.1)
         ));
     }
 
@@ -555,6 +628,7 @@ impl Loadgen {
             Arc::new((0..n).map(|i| self.key_for(i).to_string()).collect());
         let (addr, server_pub) = (self.addr, self.server_pub);
         let (tx, rx) = channel::unbounded::<(usize, Slot)>();
+        let cpu0 = self.cpus();
         let t = Instant::now();
         let done = self
             .workers(n, move |i| {
@@ -592,6 +666,7 @@ impl Loadgen {
             "registered {ok}/{n} in {elapsed:.2} s: {:.0} registrations/s (each a new TCP + Noise IK + HTTP/2 connection and /machine/register)",
             ok as f64 / elapsed
         ));
+        self.cpu_line("registration", elapsed, cpu0);
         for e in &errors {
             self.say(&format!("  registration failed: {e}"));
         }
@@ -623,6 +698,7 @@ impl Loadgen {
             "opening {want} streaming maps with concurrency {}",
             self.cmd.concurrency
         ));
+        let cpu0 = self.cpus();
         let t = Instant::now();
         let opener = {
             let (slots, sh) = (slots.clone(), sh.clone());
@@ -694,6 +770,7 @@ impl Loadgen {
             "all {firsts}/{want} streams had their first map {secs:.2} s after the first map request (first maps averaged {:.1} KiB on the wire)",
             first_bytes as f64 / KIB / firsts.max(1) as f64
         ));
+        self.cpu_line("map opening", secs, cpu0);
         // Let the fan-out of "X came online" settle before measuring.
         let q = Instant::now();
         let mut prev = sh.bytes.load(Ordering::Relaxed);
@@ -715,10 +792,15 @@ impl Loadgen {
         }
         self.drain_ends(rx);
         self.say(&format!(
-            "quiet after {:.1} s more; {:.1} MiB received on map streams so far",
-            q.elapsed().as_secs_f64(),
-            sh.bytes.load(Ordering::Relaxed) as f64 / MIB
+            "quiet after {:.1} s more",
+            q.elapsed().as_secs_f64()
         ));
+        self.cpu_line("map opening until quiet", t.elapsed().as_secs_f64(), cpu0);
+        self.traffic(
+            sh,
+            "while opening maps (first maps and the \"came online\" fan-out)",
+            [0; 5],
+        );
         self.f.connected = self.alive.iter().filter(|a| **a).count();
         self.f.rss_connected = self.rss();
         if let (Some(r), Some(i)) = (self.f.rss_connected, self.f.idle_rss) {
@@ -758,6 +840,7 @@ impl Loadgen {
         let cpu0 = self.server_cpu();
         let own0 = procfs::cpu_seconds("self").ok();
         let bytes0 = sh.bytes.load(Ordering::Relaxed);
+        let snap = self.traffic(sh, "before the changes", [0; 5]);
         let t_phase = Instant::now();
         let mut done = 0;
         for k in 0..kmax {
@@ -869,6 +952,7 @@ impl Loadgen {
         }
         let wall = t_phase.elapsed().as_secs_f64();
         let bytes = sh.bytes.load(Ordering::Relaxed) - bytes0;
+        self.traffic(sh, "during the changes", snap);
         let done_f = done.max(1) as f64;
         self.f.bytes_per_change = Some(bytes as f64 / done_f);
         let own = own0.and_then(|o| Some(procfs::cpu_seconds("self").ok()? - o));
