@@ -20,6 +20,9 @@ pub enum Change {
     NodeRemoved(u64),
     /// Only patchable fields changed (endpoints, DERP, disco key, online).
     NodePatch(u64),
+    /// Peers need the full node again, but nothing the policy or routing
+    /// depends on changed (Hostinfo churn).
+    NodeInfo(u64),
     /// A user's profile changed.
     UserChanged(u64),
     /// Policy, DNS or DERP configuration changed: resend everything.
@@ -135,12 +138,15 @@ impl Hub {
 
     /// Offers `c` to every connected session.
     pub fn notify(&self, c: Change) {
-        if !matches!(c, Change::NodePatch(_)) {
+        if !matches!(c, Change::NodePatch(_) | Change::NodeInfo(_)) {
             self.topology_dirty.store(true, Ordering::Release);
         }
         let mut g = self.lock();
         match &c {
-            Change::NodeUpsert(id) | Change::NodeRemoved(id) | Change::NodePatch(id) => {
+            Change::NodeUpsert(id)
+            | Change::NodeRemoved(id)
+            | Change::NodePatch(id)
+            | Change::NodeInfo(id) => {
                 g.peer_cache.remove(id);
             }
             Change::UserChanged(_) | Change::Everything => g.peer_cache.clear(),

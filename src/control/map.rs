@@ -85,6 +85,7 @@ pub async fn handle(
     let (sub, was_online) = server.hub.subscribe(node_id);
     if !was_online {
         server.hub.notify(Change::NodePatch(node_id));
+        server.reelect_and_notify();
     }
     info!("map: node {node_id} streaming (capver {})", req.version);
     let result = stream(&server, &sub, &mut respond, zstd, req.keep_alive).await;
@@ -134,13 +135,21 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) {
         log::warn!("map: storing update of node {id}: {e}");
         return;
     }
+    let routes_changed = n.advertised_routes != old.advertised_routes;
     st.nodes.insert(id, n);
     drop(st);
     server.hub.notify(if patch_only {
         Change::NodePatch(id)
-    } else {
+    } else if routes_changed {
         Change::NodeUpsert(id)
+    } else {
+        // Hostinfo churn (NetInfo, versions): peers need the node again,
+        // the policy does not need recompiling.
+        Change::NodeInfo(id)
     });
+    if routes_changed {
+        server.auto_approve(id);
+    }
 }
 
 /// After a stream ends: peers learn the node is offline after a grace
@@ -158,6 +167,7 @@ fn went_offline(server: SharedServer, id: u64, _seq: u64) {
             return;
         }
         server.hub.notify(Change::NodePatch(id));
+        server.reelect_and_notify();
         let ephemeral = server.state().nodes.get(&id).is_some_and(|n| n.ephemeral);
         if !ephemeral {
             return;
@@ -370,28 +380,31 @@ fn delta(
     for c in changes {
         match c {
             Change::NodeUpsert(x) if *x == id => m.node = Some(self_for(server, &view, me, t)),
-            Change::NodeUpsert(x) | Change::NodePatch(x) => match st.nodes.get(x) {
-                Some(n) if vis.sees(n.id) => {
-                    let full = matches!(c, Change::NodeUpsert(_)) || !known.contains(x);
-                    if full {
+            Change::NodeInfo(x) if *x == id => m.node = Some(self_for(server, &view, me, t)),
+            Change::NodeUpsert(x) | Change::NodePatch(x) | Change::NodeInfo(x) => {
+                match st.nodes.get(x) {
+                    Some(n) if vis.sees(n.id) => {
+                        let full = !matches!(c, Change::NodePatch(_)) || !known.contains(x);
+                        if full {
+                            patches.remove(x);
+                            changed.insert(*x, peer_for(server, &view, id, n, t));
+                            let p = netmap::profile_for(&server.cfg, &st, n, false);
+                            profiles.insert(p.id, p);
+                        } else if !changed.contains_key(x) {
+                            patches.insert(*x, patch_for(server, n, t));
+                        }
+                        removed.remove(x);
+                        known.insert(*x);
+                    }
+                    _ => {
+                        if known.remove(x) {
+                            removed.insert(*x);
+                        }
+                        changed.remove(x);
                         patches.remove(x);
-                        changed.insert(*x, peer_for(server, &view, id, n, t));
-                        let p = netmap::profile_for(&server.cfg, &st, n, false);
-                        profiles.insert(p.id, p);
-                    } else if !changed.contains_key(x) {
-                        patches.insert(*x, patch_for(server, n, t));
                     }
-                    removed.remove(x);
-                    known.insert(*x);
                 }
-                _ => {
-                    if known.remove(x) {
-                        removed.insert(*x);
-                    }
-                    changed.remove(x);
-                    patches.remove(x);
-                }
-            },
+            }
             Change::NodeRemoved(x) => {
                 if known.remove(x) {
                     removed.insert(*x);

@@ -8,6 +8,7 @@ pub mod map;
 pub mod netmap;
 pub mod policy;
 pub mod register;
+pub mod routes;
 
 use crate::config::Config;
 use crate::state::State;
@@ -33,6 +34,8 @@ pub struct Server {
     pub derp_map: Mutex<Option<crate::tailcfg::SharedRaw>>,
     /// Interactive registrations waiting for approval.
     pub pending: interactive::Registry,
+    /// Elected primary router per subnet prefix.
+    pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Server {
@@ -111,6 +114,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             tls,
             derp_map: Mutex::new(None),
             pending: interactive::Registry::default(),
+            primaries: Mutex::new(Default::default()),
         }
     });
     policy::load_initial(&server).map_err(Error::other)?;

@@ -99,16 +99,11 @@ pub fn render_node(server: &Server, n: &Node, self_view: bool, now: i64) -> tail
     let cfg = &server.cfg;
     let addrs = addresses(n);
     let mut allowed = addrs.clone();
-    let approved: Vec<String> = n
-        .approved_routes
-        .iter()
-        .filter(|r| n.advertised_routes.contains(r))
-        .cloned()
-        .collect();
+    let approved = server.routes_in_effect(n);
     allowed.extend(approved.iter().cloned());
     let primary: Vec<String> = approved
         .iter()
-        .filter(|r| r.as_str() != "0.0.0.0/0" && r.as_str() != "::/0")
+        .filter(|r| !crate::control::routes::is_exit(r))
         .cloned()
         .collect();
     let hostinfo = serde_json::from_str::<serde_json::Value>(&n.hostinfo)

@@ -35,6 +35,19 @@ impl Live {
     }
 }
 
+/// The server's state as the policy engine sees it (HA standbys' subnet
+/// routes left out: only the elected primary carries a prefix).
+pub fn topology_for(server: &Server, st: &State) -> Topology {
+    let mut t = topology(st);
+    for n in &mut t.nodes {
+        if let Some(node) = st.nodes.get(&n.id) {
+            let keep = server.routes_in_effect(node);
+            n.approved_routes.retain(|r| keep.contains(&r.to_string()));
+        }
+    }
+    t
+}
+
 /// The server's state as the policy engine sees it.
 pub fn topology(st: &State) -> Topology {
     let users = st
@@ -78,21 +91,33 @@ pub fn topology(st: &State) -> Topology {
 impl Server {
     /// The policy view to use now, recompiling if the topology changed.
     pub fn policy_view(&self) -> (View, u64) {
-        let mut live = Live::lock(&self.policy);
-        let Some(pol) = live.policy.clone() else {
-            return (View::AllowAll, live.generation);
+        // Topology changed: re-run the HA election first (it decides which
+        // routes the compiler sees), then recompile if there is a policy.
+        let dirty = self.hub.take_topology_dirty();
+        let moved = if dirty { self.reelect() } else { Vec::new() };
+        let result = {
+            let mut live = Live::lock(&self.policy);
+            match live.policy.clone() {
+                None => (View::AllowAll, live.generation),
+                Some(pol) => {
+                    if dirty || live.compiled.is_none() {
+                        let topo = topology_for(self, &self.state());
+                        live.compiled = Some(Arc::new(policy::compile(&pol, &topo)));
+                        live.generation += 1;
+                    }
+                    let c = live
+                        .compiled
+                        .clone()
+                        .map(View::Compiled)
+                        .unwrap_or(View::AllowAll);
+                    (c, live.generation)
+                }
+            }
         };
-        if self.hub.take_topology_dirty() || live.compiled.is_none() {
-            let topo = topology(&self.state());
-            live.compiled = Some(Arc::new(policy::compile(&pol, &topo)));
-            live.generation += 1;
+        for id in moved {
+            self.hub.notify(Change::NodeUpsert(id));
         }
-        let c = live
-            .compiled
-            .clone()
-            .map(View::Compiled)
-            .unwrap_or(View::AllowAll);
-        (c, live.generation)
+        result
     }
 
     /// Validates and activates a policy text; on error the previous policy
@@ -125,6 +150,11 @@ impl Server {
         }
         self.hub.notify(Change::Everything);
         Ok(())
+    }
+
+    /// The parsed policy in force, if any.
+    pub fn current_policy(&self) -> Option<Arc<Policy>> {
+        Live::lock(&self.policy).policy.clone()
     }
 
     pub fn policy_text(&self) -> Option<String> {

@@ -37,6 +37,15 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode,
         Outcome::Done(r) => r,
         Outcome::Wait(id) => wait_followup(server, ctx, &req, &id).await,
     };
+    if resp.error.is_empty() && resp.machine_authorized {
+        let id = server
+            .state()
+            .node_by_node_key(&req.node_key.0)
+            .map(|n| n.id);
+        if let Some(id) = id {
+            server.auto_approve(id);
+        }
+    }
     match serde_json::to_vec(&resp) {
         Ok(v) => (StatusCode::OK, v),
         Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()),

@@ -1,0 +1,153 @@
+//! Subnet routes with protocol-level clients: served only after approval,
+//! autoApprovers, and HA failover without flapping back.
+
+mod common;
+
+use common::*;
+use std::time::Instant;
+use tinyscale::client::{self, netmap::NetMap, Node};
+
+const NET: &str = "10.9.0.0/24";
+
+async fn join_router(
+    ts: &TestServer,
+    node: &Node,
+    key: &str,
+    routes: &[&str],
+) -> (client::Conn, client::MapStream, NetMap) {
+    let server_pub = client::fetch_key(ts.addr).await.unwrap();
+    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
+        .await
+        .unwrap();
+    let mut rr = node.register_request(Some(key));
+    rr.hostinfo = Some(node.hostinfo(routes));
+    let r = conn.register(&rr).await.unwrap();
+    assert_eq!(r.error, "");
+    let mut mr = node.map_request(true, &[]);
+    mr.hostinfo = Some(node.hostinfo(routes));
+    let mut stream = conn.map(&mr).await.unwrap();
+    let mut nm = NetMap::default();
+    nm.apply(&stream.next().await.unwrap().unwrap());
+    (conn, stream, nm)
+}
+
+async fn until(stream: &mut client::MapStream, nm: &mut NetMap, pred: impl Fn(&NetMap) -> bool) {
+    while !pred(nm) {
+        let m = stream.next().await.unwrap().expect("stream ended");
+        nm.apply(&m);
+    }
+}
+
+fn carries(nm: &NetMap, name: &str) -> bool {
+    nm.peer_by_name(name).is_some_and(|p| {
+        p["AllowedIPs"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == NET))
+            && p["PrimaryRoutes"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x == NET))
+    })
+}
+
+#[test]
+fn approval_and_ha_failover() {
+    let ts = start("routes");
+    let key = ts.key("erin", true, false, &[]);
+    block_on_timeout(90, async {
+        let (r1, r2, v) = (
+            Node::new("router1"),
+            Node::new("router2"),
+            Node::new("viewer"),
+        );
+        let (_c1, s1, _) = join_router(&ts, &r1, &key, &[NET]).await;
+        let (_c2, _s2, _) = join_router(&ts, &r2, &key, &[NET]).await;
+        let (_cv, mut sv, mut nmv) = join_router(&ts, &v, &key, &[]).await;
+        // Advertised but not approved: not served.
+        assert!(
+            nmv.peer_by_name("router1").is_some()
+                && !carries(&nmv, "router1")
+                && !carries(&nmv, "router2")
+        );
+        let id = |name: &str, st: &tinyscale::state::State| {
+            st.nodes.values().find(|n| n.hostname == name).unwrap().id
+        };
+        let (id1, id2) = {
+            let st = ts.server.state();
+            (
+                id(&"router1".to_string(), &st),
+                id(&"router2".to_string(), &st),
+            )
+        };
+        for i in [id1, id2] {
+            ts.server
+                .state()
+                .set_approved_routes(i, vec![NET.into()])
+                .unwrap();
+            ts.server
+                .hub
+                .notify(tinyscale::control::Change::NodeUpsert(i));
+        }
+        until(&mut sv, &mut nmv, |n| carries(n, "router1")).await;
+        assert!(
+            !carries(&nmv, "router2"),
+            "a prefix must be in one peer's AllowedIPs only"
+        );
+
+        // The primary goes away: the standby takes over.
+        let t0 = Instant::now();
+        drop((_c1, s1));
+        until(&mut sv, &mut nmv, |n| {
+            carries(n, "router2") && !carries(n, "router1")
+        })
+        .await;
+        eprintln!(
+            "[routes] failover to router2 took {:.1} s (offline grace included)",
+            t0.elapsed().as_secs_f64()
+        );
+
+        // router1 returns: no flapping back.
+        let (_c1b, _s1b, _) = join_router(&ts, &r1, &key, &[NET]).await;
+        async_io::Timer::after(std::time::Duration::from_millis(500)).await;
+        assert!(ts.server.is_primary(id2, NET) && !ts.server.is_primary(id1, NET));
+    });
+}
+
+#[test]
+fn auto_approvers_approve_advertised_routes() {
+    let dir = tempdir("autoapprove");
+    let mut cfg = config(&dir);
+    let pfile = dir.join("policy.hujson");
+    std::fs::write(
+        &pfile,
+        r#"{
+          "acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}],
+          "autoApprovers": {"routes": {"10.9.0.0/16": ["frank@"]}},
+        }"#,
+    )
+    .unwrap();
+    cfg.policy_path = Some(pfile);
+    let ts = start_with(cfg, dir);
+    let kf = ts.key("frank", true, false, &[]);
+    let kg = ts.key("gina", true, false, &[]);
+    block_on_timeout(30, async {
+        let (f, g, v) = (
+            Node::new("frankrouter"),
+            Node::new("ginarouter"),
+            Node::new("viewer"),
+        );
+        let (_cf, _sf, _) = join_router(&ts, &f, &kf, &[NET]).await;
+        let (_cg, _sg, _) = join_router(&ts, &g, &kg, &["10.9.1.0/24"]).await;
+        let (_cv, mut sv, mut nmv) = join_router(&ts, &v, &kf, &[]).await;
+        until(&mut sv, &mut nmv, |n| carries(n, "frankrouter")).await;
+        let st = ts.server.state();
+        let gina = st
+            .nodes
+            .values()
+            .find(|n| n.hostname == "ginarouter")
+            .unwrap();
+        assert!(
+            gina.approved_routes.is_empty(),
+            "gina is not an auto-approver"
+        );
+    });
+}
