@@ -416,3 +416,115 @@ fn mesh_watcher_sees_presence_and_can_close_peers() {
     let mut rest = Vec::new();
     assert_eq!(c.s.read_to_end(&mut rest).unwrap_or(0), 0);
 }
+
+#[test]
+fn silent_client_hits_handshake_deadline() {
+    let cfg = DerpConfig {
+        handshake_timeout: Duration::from_millis(200),
+        ..DerpConfig::default()
+    };
+    let (addr, _server) = start(DerpServer::new([9; 32]).with_config(cfg));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let f = read_frame(&mut s).unwrap();
+    assert_eq!(f[0], u8::from(FrameType::ServerKey));
+    // Say nothing; the server must hang up on its own.
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
+
+#[test]
+fn oversized_frame_closes_connection() {
+    let (addr, server) = start(DerpServer::new([10; 32]));
+    let mut a = connect(addr, 100);
+    assert!(wait_until(|| server.is_connected(&a.key)));
+    // A SendPacket header announcing more than key + 64 KiB.
+    let len = (32 + MAX_PACKET_SIZE + 1) as u32;
+    let mut h = vec![u8::from(FrameType::SendPacket)];
+    h.extend_from_slice(&len.to_be_bytes());
+    a.s.write_all(&h).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(a.s.read_to_end(&mut rest).unwrap_or(0), 0);
+    assert!(wait_until(|| !server.is_connected(&a.key)));
+}
+
+#[test]
+fn duplicate_connections_last_writer_wins_and_no_peer_gone() {
+    let (addr, server) = start(DerpServer::new([11; 32]));
+    let mut b1 = connect(addr, 110);
+    let mut b2 = connect(addr, 110); // same node key, reconnect race
+    let mut a = connect(addr, 111);
+    assert!(wait_until(|| server.connected_keys().len() == 2));
+
+    // The most recent connection is active.
+    a.send(Repr::SendPacket {
+        dst: b1.key,
+        packet: b"to newest",
+    });
+    let f = b2.recv().unwrap();
+    assert!(
+        matches!(Repr::parse_bytes(&f).unwrap().0, Repr::RecvPacket { packet, .. } if packet == b"to newest")
+    );
+
+    // b1 speaks, so it becomes the active one.
+    b1.send(Repr::SendPacket {
+        dst: a.key,
+        packet: b"hi",
+    });
+    a.recv().unwrap();
+    a.send(Repr::SendPacket {
+        dst: b1.key,
+        packet: b"to writer",
+    });
+    let f = b1.recv().unwrap();
+    assert!(
+        matches!(Repr::parse_bytes(&f).unwrap().0, Repr::RecvPacket { packet, .. } if packet == b"to writer")
+    );
+
+    // Closing one of the two says nothing to a; the key stays connected.
+    drop(b2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.is_connected(&b1.key));
+    a.send(Repr::Ping { data: [3; 8] });
+    let f = a.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::Pong { data: [3; 8] }
+    );
+}
+
+#[test]
+fn mesh_forward_packet_is_delivered_with_original_source() {
+    let mesh = [0x24u8; 32];
+    let mesh_hex: String = mesh.iter().map(|b| format!("{b:02x}")).collect();
+    let (addr, server) = start(DerpServer::new([12; 32]).with_mesh_key(mesh));
+    let (mut m, first) = connect_raw(addr, 120, Some(&mesh_hex));
+    assert!(first.is_ok());
+    let mut b = connect(addr, 121);
+    assert!(wait_until(|| server.is_connected(&b.key)));
+    let far_src = [0x77; 32];
+    m.send(Repr::ForwardPacket {
+        src: far_src,
+        dst: b.key,
+        packet: b"via mesh",
+    });
+    let f = b.recv().unwrap();
+    assert_eq!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::RecvPacket {
+            src: far_src,
+            packet: b"via mesh"
+        }
+    );
+    // A plain client may not forward.
+    let far = b.key;
+    b.send(Repr::ForwardPacket {
+        src: far_src,
+        dst: far,
+        packet: b"spoof",
+    });
+    let mut rest = Vec::new();
+    assert_eq!(b.s.read_to_end(&mut rest).unwrap_or(0), 0);
+}

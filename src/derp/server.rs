@@ -410,7 +410,10 @@ pub async fn serve_derp_conn_from<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut r, mut w) = futures_lite::io::split(stream);
+    let (r, mut w) = futures_lite::io::split(stream);
+    // Two small reads per frame (header, payload) would be two syscalls;
+    // a small buffer makes them one for the usual sub-1.5 KB WireGuard packet.
+    let mut r = futures_lite::io::BufReader::with_capacity(READ_BUFFER, r);
     let cfg = server.config.clone();
 
     // 1. ServerKey.
@@ -538,6 +541,21 @@ async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::R
     Ok(h.frame_type)
 }
 
+/// Read buffer per connection (Go's derphttp client uses 4 KiB too).
+const READ_BUFFER: usize = 4 << 10;
+
+/// One 64 KiB packet must not pin 64 KiB per connection for ever: once a
+/// buffer has grown past this and is empty again, give the memory back.
+/// Typical frames are ~1.5 KB, so this rarely reallocates.
+const KEEP_BUFFER: usize = 16 << 10;
+
+fn shrink_if_idle_large(b: &mut Vec<u8>) {
+    if b.capacity() > KEEP_BUFFER {
+        b.clear();
+        b.shrink_to(READ_BUFFER);
+    }
+}
+
 /// Disco NotHere replies allowed per second per connection; a peer spraying
 /// disco at absent nodes must not turn us into an amplifier.
 const NOT_HERE_PER_SEC: u32 = 5;
@@ -552,6 +570,7 @@ async fn reader<R: AsyncRead + Unpin>(
     let mut not_here_window = Instant::now();
     let mut not_here_count = 0u32;
     loop {
+        shrink_if_idle_large(&mut buf);
         let ft = read_frame(r, &mut buf).await?;
         if matches!(ft, FrameType::Unknown(_)) {
             continue;
@@ -629,6 +648,7 @@ async fn writer<W: AsyncWrite + Unpin>(
     let mut keepalive_at = Instant::now() + server.keepalive_delay();
     loop {
         out.clear();
+        shrink_if_idle_large(&mut out);
         let next = future::or(async { conn.rx.recv().await.map(Some) }, async {
             Timer::at(keepalive_at).await;
             Ok(None)
