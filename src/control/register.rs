@@ -34,7 +34,7 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode,
         return (StatusCode::BAD_REQUEST, b"missing NodeKey\n".to_vec());
     }
     let resp = match register(server, ctx, &req) {
-        Outcome::Done(r) => r,
+        Outcome::Done(r) => *r,
         Outcome::Wait(id) => wait_followup(server, ctx, &req, &id).await,
     };
     if resp.error.is_empty() && resp.machine_authorized {
@@ -53,14 +53,14 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode,
 }
 
 enum Outcome {
-    Done(RegisterResponse),
+    Done(Box<RegisterResponse>),
     /// Hold the request until pending registration `id` is approved.
     Wait(String),
 }
 
 impl From<RegisterResponse> for Outcome {
     fn from(r: RegisterResponse) -> Self {
-        Outcome::Done(r)
+        Outcome::Done(Box::new(r))
     }
 }
 
@@ -89,12 +89,13 @@ fn start_interactive(
     match server.pending.start(r) {
         Ok(id) => {
             info!("register: interactive login pending as {id}");
-            Outcome::Done(RegisterResponse {
+            RegisterResponse {
                 auth_url: auth_url(server, &id),
                 ..Default::default()
-            })
+            }
+            .into()
         }
-        Err(e) => Outcome::Done(error_response(e)),
+        Err(e) => error_response(e).into(),
     }
 }
 
@@ -119,7 +120,7 @@ async fn wait_followup(
         .clone()
         .unwrap_or_else(|| serde_json::json!({}));
     match start_interactive(server, ctx, req, &hostinfo) {
-        Outcome::Done(r) => r,
+        Outcome::Done(r) => *r,
         Outcome::Wait(_) => error_response("registration failed"),
     }
 }
