@@ -528,3 +528,94 @@ fn mesh_forward_packet_is_delivered_with_original_source() {
     let mut rest = Vec::new();
     assert_eq!(b.s.read_to_end(&mut rest).unwrap_or(0), 0);
 }
+
+/// Connect the library's async client over a Unix socket pair.
+async fn async_client(
+    server: &Arc<DerpServer>,
+    seed: u8,
+) -> io::Result<tinyscale::derp::DerpClient<async_io::Async<UnixStream>>> {
+    let (ours, theirs) = UnixStream::pair()?;
+    let s = server.clone();
+    smol::spawn(async move {
+        let theirs = async_io::Async::new(theirs).unwrap();
+        let _ = serve_derp_conn(theirs, s).await;
+    })
+    .detach();
+    tinyscale::derp::DerpClient::connect(
+        async_io::Async::new(ours)?,
+        [seed; 32],
+        tinyscale::derp::ClientOptions::default(),
+    )
+    .await
+}
+
+#[test]
+fn library_client_round_trip_and_refusal() {
+    let allowed = SecretKey::from_bytes([130; 32]).public_key().to_bytes();
+    let allowed2 = SecretKey::from_bytes([131; 32]).public_key().to_bytes();
+    let server = Arc::new(
+        DerpServer::new([13; 32])
+            .with_verify(Arc::new(move |k: &Key| *k == allowed || *k == allowed2)),
+    );
+    smol::block_on(async {
+        let mut a = async_client(&server, 130).await.unwrap();
+        let mut b = async_client(&server, 131).await.unwrap();
+        assert_eq!(a.server_key(), server.public_key());
+        a.send_packet(&b.public_key(), b"over the library client")
+            .await
+            .unwrap();
+        let (src, pkt) = b.recv_packet().await.unwrap();
+        assert_eq!(src, a.public_key());
+        assert_eq!(pkt, b"over the library client");
+        let err = async_client(&server, 132).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+    });
+}
+
+/// Relay throughput with the library client on both ends: N packets of
+/// 1,280 bytes from A to B through the server. Run with
+/// `cargo test --release --test derp_relay -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn relay_throughput() {
+    const N: usize = 200_000;
+    const SIZE: usize = 1280;
+    let server = Arc::new(DerpServer::new([14; 32]));
+    smol::block_on(async {
+        let mut a = async_client(&server, 140).await.unwrap();
+        let mut b = async_client(&server, 141).await.unwrap();
+        let dst = b.public_key();
+        let pkt = vec![0x5A; SIZE];
+        let started = Instant::now();
+        let sender = async {
+            for _ in 0..N {
+                a.send_packet(&dst, &pkt).await.unwrap();
+            }
+        };
+        let receiver = async {
+            let mut got = 0usize;
+            // Drops are allowed (the queue sheds load); stop when the
+            // sender is done and the pipe has gone quiet.
+            loop {
+                let r = futures_lite::future::or(async { Some(b.recv_packet().await) }, async {
+                    async_io::Timer::after(Duration::from_millis(500)).await;
+                    None
+                })
+                .await;
+                match r {
+                    Some(Ok(_)) => got += 1,
+                    _ => break,
+                }
+            }
+            got
+        };
+        let ((), got) = futures_lite::future::zip(sender, receiver).await;
+        let secs = (started.elapsed() - Duration::from_millis(500)).as_secs_f64();
+        eprintln!(
+            "relay_throughput: sent {N}, delivered {got} ({:.1}%), {:.0} pkt/s, {:.1} MB/s delivered",
+            100.0 * got as f64 / N as f64,
+            got as f64 / secs,
+            (got * SIZE) as f64 / secs / 1e6
+        );
+    });
+}
