@@ -73,10 +73,7 @@ fn approval_and_ha_failover() {
         };
         let (id1, id2) = {
             let st = ts.server.state();
-            (
-                id(&"router1".to_string(), &st),
-                id(&"router2".to_string(), &st),
-            )
+            (id("router1", &st), id("router2", &st))
         };
         for i in [id1, id2] {
             ts.server

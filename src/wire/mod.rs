@@ -2,7 +2,7 @@
 //! buffer plus `parse`/`emit`, unit-tested and fuzzed on its own.
 
 pub mod base64;
+pub mod derp;
 pub mod mapframe;
 pub mod noise;
 pub mod stun;
-pub mod derp;
