@@ -619,3 +619,29 @@ fn relay_throughput() {
         );
     });
 }
+
+#[test]
+fn shutdown_sends_restarting_and_refuses_newcomers() {
+    let (addr, server) = start(DerpServer::new([15; 32]));
+    let mut a = connect(addr, 150);
+    let mut b = connect(addr, 151);
+    assert!(wait_until(|| server.connected_keys().len() == 2));
+    server.shutdown(Duration::from_millis(1500), Duration::from_secs(30));
+    for c in [&mut a, &mut b] {
+        let f = c.recv().unwrap();
+        assert_eq!(
+            Repr::parse_bytes(&f).unwrap().0,
+            Repr::Restarting {
+                reconnect_in_ms: 1500,
+                try_for_ms: 30_000
+            }
+        );
+        let mut rest = Vec::new();
+        assert_eq!(c.s.read_to_end(&mut rest).unwrap_or(0), 0);
+    }
+    assert!(wait_until(|| server.connected_keys().is_empty()));
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+}

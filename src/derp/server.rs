@@ -16,7 +16,7 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -142,6 +142,7 @@ pub struct DerpServer {
     config: DerpConfig,
     registry: Mutex<Registry>,
     next_id: AtomicU64,
+    shutting_down: AtomicBool,
     stats: DerpStats,
 }
 
@@ -236,6 +237,7 @@ impl DerpServer {
             config: DerpConfig::default(),
             registry: Mutex::new(Registry::default()),
             next_id: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
             stats: DerpStats::default(),
         }
     }
@@ -283,6 +285,25 @@ impl DerpServer {
     /// Node keys currently connected.
     pub fn connected_keys(&self) -> Vec<Key> {
         self.registry().clients.keys().copied().collect()
+    }
+
+    /// Tell every client the server is restarting (they reconnect after
+    /// `reconnect_in`, trying for `try_for`), flush that to them, close all
+    /// connections and refuse new ones.
+    pub fn shutdown(&self, reconnect_in: Duration, try_for: Duration) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let frame = Repr::Restarting {
+            reconnect_in_ms: u32::try_from(reconnect_in.as_millis()).unwrap_or(u32::MAX),
+            try_for_ms: u32::try_from(try_for.as_millis()).unwrap_or(u32::MAX),
+        }
+        .to_vec();
+        let reg = self.registry();
+        for conn in reg.clients.values().flatten() {
+            conn.enqueue(frame.clone(), &self.stats);
+            // Closing the queue lets the writer drain it (the Restarting
+            // frame included) and then end the connection.
+            conn.close();
+        }
     }
 
     /// Disconnect every connection of `key` (e.g. the node was deleted or
@@ -416,6 +437,13 @@ where
     let mut r = futures_lite::io::BufReader::with_capacity(READ_BUFFER, r);
     let cfg = server.config.clone();
 
+    if server.shutting_down.load(Ordering::SeqCst) {
+        return Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            "DERP server shutting down",
+        ));
+    }
+
     // 1. ServerKey.
     let hello = Repr::ServerKey { key: server.public }.to_vec();
     with_timeout(cfg.write_timeout, write_flush(&mut w, &hello)).await?;
@@ -471,6 +499,10 @@ where
         rx,
     });
     server.register(&conn);
+    if server.shutting_down.load(Ordering::SeqCst) {
+        // Raced with shutdown(): it may have missed us.
+        conn.close();
+    }
     let result = async {
         let server_info = format!("{{\"version\":{PROTOCOL_VERSION}}}");
         let nonce: [u8; NONCE_LEN] = random_bytes()?;
@@ -645,12 +677,14 @@ async fn writer<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let timeout = server.config.write_timeout;
     let mut out: Vec<u8> = Vec::new();
-    let mut keepalive_at = Instant::now() + server.keepalive_delay();
+    // One timer for the connection's life, re-armed after each keepalive;
+    // creating one per dequeued packet would cost a reactor round trip each.
+    let mut keepalive = Timer::after(server.keepalive_delay());
     loop {
         out.clear();
         shrink_if_idle_large(&mut out);
         let next = future::or(async { conn.rx.recv().await.map(Some) }, async {
-            Timer::at(keepalive_at).await;
+            (&mut keepalive).await;
             Ok(None)
         })
         .await;
@@ -660,7 +694,7 @@ async fn writer<W: AsyncWrite + Unpin>(
             Err(_) => return Ok(()),
             Ok(None) => {
                 Repr::KeepAlive.emit_to_vec(&mut out);
-                keepalive_at = Instant::now() + server.keepalive_delay();
+                keepalive.set_after(server.keepalive_delay());
             }
             Ok(Some(frame)) => {
                 out.extend_from_slice(&frame);
