@@ -24,12 +24,14 @@
 #   TINYSCALE_NIGHTLY          nightly toolchain name (default: nightly)
 #   TINYSCALE_CARGO_ARGS       extra cargo args, e.g. "--features zstd" or "--no-default-features"
 #   TINYSCALE_PROFILE          cargo profile (default: release)
+#   TINYSCALE_CROSS_CRATE_DIR  build another crate with the same route (cross/panic-probe); default repo
+#   TINYSCALE_CROSS_BIN        its binary name (default: tinyscale)
 #   CARGO_PROFILE_RELEASE_*    cargo's own overrides, used by the size comparisons in size-budget.md
 set -euo pipefail
 
 TARGET=${1:-}
 if [ -z "$TARGET" ] || [ "$TARGET" = "-h" ] || [ "$TARGET" = "--help" ]; then
-    sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2
     [ -n "$TARGET" ] && exit 0 || exit 2
 fi
 
@@ -37,11 +39,13 @@ log() { printf '[cross %s] %s\n' "$TARGET" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$REPO"
+CRATE_DIR=$(cd "${TINYSCALE_CROSS_CRATE_DIR:-$REPO}" && pwd)
+BIN_NAME=${TINYSCALE_CROSS_BIN:-tinyscale}
+cd "$CRATE_DIR"
 TOOLS=${TINYSCALE_CROSS_HOME:-/opt/tinyscale-cross}
 PROFILE=${TINYSCALE_PROFILE:-release}
 NIGHTLY=${TINYSCALE_NIGHTLY:-nightly}
-export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$CRATE_DIR/target}
 # shellcheck disable=SC2206
 EXTRA_ARGS=(${TINYSCALE_CARGO_ARGS:-})
 
@@ -171,7 +175,7 @@ case "$ROUTE" in
         cmd=(cargo "+$NIGHTLY" zigbuild "${prof_args[@]}" --target "$TARGET" "-Zbuild-std=std,panic_$PANIC") ;;
     *) die "unknown TINYSCALE_CROSS_ROUTE '$ROUTE' (stable | nightly-build-std)" ;;
 esac
-cmd+=(--bin tinyscale ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
+cmd+=(--bin "$BIN_NAME" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
 
 log "${triple_var}=${!triple_var:-}"
 log "CARGO_TARGET_DIR=$CARGO_TARGET_DIR"
@@ -183,9 +187,9 @@ log "cargo took $(( $(date +%s) - start )) s"
 # --------------------------------------------------------------------------------------------- strip
 out_dir=$CARGO_TARGET_DIR/$TARGET/$PROFILE
 [ "$PROFILE" = dev ] && out_dir=$CARGO_TARGET_DIR/$TARGET/debug
-bin=$out_dir/tinyscale
+bin=$out_dir/$BIN_NAME
 [ -x "$bin" ] || die "no binary at $bin"
-stripped=$out_dir/tinyscale.stripped
+stripped=$out_dir/$BIN_NAME.stripped
 # Only redo when the build produced a new binary (keeps re-runs fast and the output's mtime stable).
 if [ ! -e "$stripped" ] || [ "$bin" -nt "$stripped" ]; then
     strip --strip-all -o "$stripped.tmp" "$bin"
