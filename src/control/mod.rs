@@ -199,6 +199,7 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
     policy::spawn_watcher(server.clone());
     start_tls(&server);
     derpmap::spawn_refresher(server.clone());
+    routes::spawn_expiry_watcher(server.clone());
     println!(
         "tinyscale listening on {}; server_url {}",
         server.cfg.listen_addr, server.cfg.server_url

@@ -141,3 +141,29 @@ impl Server {
         true
     }
 }
+
+/// Announces key expiry as it happens: a node whose key just expired gets
+/// its self node with the past `KeyExpiry` (the client goes to NeedsLogin)
+/// and its peers see it `Expired` (no endpoints, no DERP).
+pub fn spawn_expiry_watcher(server: crate::control::SharedServer) {
+    smol::spawn(async move {
+        let mut announced: BTreeSet<u64> = BTreeSet::new();
+        loop {
+            async_io::Timer::after(std::time::Duration::from_secs(5)).await;
+            let t = crate::state::now();
+            let expired: BTreeSet<u64> = server
+                .state()
+                .nodes
+                .values()
+                .filter(|n| n.is_expired(t))
+                .map(|n| n.id)
+                .collect();
+            for id in expired.difference(&announced) {
+                info!("node {id}: key expired");
+                server.hub.notify(Change::NodeUpsert(*id));
+            }
+            announced = expired;
+        }
+    })
+    .detach();
+}
