@@ -4,6 +4,7 @@
 //! this module owns sockets, tasks, crypto and the relay's state.
 
 pub mod client;
+pub mod http;
 pub mod server;
 pub mod stun;
 
