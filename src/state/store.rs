@@ -80,7 +80,15 @@ pub struct Snapshot {
 
 pub struct Store {
     db: Database,
+    /// Relaxed commits since the last durable one, and when that was.
+    relaxed_pending: std::sync::atomic::AtomicU32,
+    last_durable: std::sync::Mutex<std::time::Instant>,
 }
+
+/// A relaxed commit becomes durable after this many relaxed commits …
+const RELAXED_MAX_COMMITS: u32 = 256;
+/// … or this long after the last durable commit.
+const RELAXED_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Store {
     /// Opens (creating if needed) the database at `path`. A directory that
@@ -99,7 +107,11 @@ impl Store {
             .map_err(|e| StoreError(format!("creating database {}: {e}", path.display())))?;
         let db = Database::create(path)
             .map_err(|e| StoreError(format!("opening database {}: {e}", path.display())))?;
-        let store = Store { db };
+        let store = Store {
+            db,
+            relaxed_pending: Default::default(),
+            last_durable: std::sync::Mutex::new(std::time::Instant::now()),
+        };
         store.init_schema()?;
         Ok(store)
     }
@@ -171,10 +183,46 @@ impl Store {
         Ok(snap)
     }
 
-    /// Commits `ops` in one write transaction, durably, or not at all.
+    /// Commits `ops` in one write transaction, durably (fsync before it
+    /// returns, ~4 ms on a VM disk), or not at all.
     pub fn apply(&self, ops: &[Op<'_>]) -> Result<(), StoreError> {
+        self.commit(ops, true)
+    }
+
+    /// Like [`Store::apply`] (atomic, immediately visible to `load`) but
+    /// without waiting for the disk: for changes that may be lost in a crash
+    /// without harm, such as endpoints, DERP home and last-seen times. Such
+    /// commits reach the disk with the next durable commit, which happens at
+    /// the latest every 256 relaxed commits or 5 s (checked on each call),
+    /// or with [`Store::flush`].
+    pub fn apply_relaxed(&self, ops: &[Op<'_>]) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        let n = self.relaxed_pending.load(Ordering::Relaxed);
+        let old = self
+            .last_durable
+            .lock()
+            .map(|t| t.elapsed() >= RELAXED_MAX_AGE)
+            .unwrap_or(true);
+        self.commit(ops, n + 1 >= RELAXED_MAX_COMMITS || old)
+    }
+
+    /// Makes every earlier relaxed commit durable.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
+        if self.relaxed_pending.load(Ordering::Relaxed) == 0 {
+            return Ok(());
+        }
+        self.commit(&[], true)
+    }
+
+    fn commit(&self, ops: &[Op<'_>], durable: bool) -> Result<(), StoreError> {
+        use std::sync::atomic::Ordering;
         let mut txn = self.db.begin_write().map_err(err("begin write"))?;
-        txn.set_durability(Durability::Immediate);
+        txn.set_durability(if durable {
+            Durability::Immediate
+        } else {
+            Durability::None
+        });
         {
             let mut users = txn.open_table(USERS).map_err(err("open users"))?;
             let mut keys = txn.open_table(KEYS).map_err(err("open keys"))?;
@@ -244,6 +292,14 @@ impl Store {
         // Dropping an uncommitted transaction (the early returns above)
         // aborts it: nothing of the batch is written.
         txn.commit().map_err(err("commit"))?;
+        if durable {
+            self.relaxed_pending.store(0, Ordering::Relaxed);
+            if let Ok(mut t) = self.last_durable.lock() {
+                *t = std::time::Instant::now();
+            }
+        } else {
+            self.relaxed_pending.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -265,6 +321,15 @@ impl Store {
             .get_meta(META_SCHEMA_VERSION)?
             .and_then(|b| b.as_slice().try_into().ok().map(u32::from_le_bytes))
             .unwrap_or(0))
+    }
+}
+
+impl Drop for Store {
+    /// Relaxed commits are made durable when the store goes away.
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            log::warn!("database: final flush failed: {e}");
+        }
     }
 }
 
@@ -479,6 +544,35 @@ mod tests {
         assert_eq!(snap.users, vec![u]);
         assert_eq!(snap.next_user_id, 2);
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        drop(s);
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn relaxed_commits() {
+        let p = tmp("relaxed");
+        {
+            let s = Store::open(&p).unwrap();
+            for i in 1..=300u64 {
+                s.apply_relaxed(&[Op::PutUser(&user(i, &format!("u{i}")))])
+                    .unwrap();
+            }
+            // Visible at once; the 256th became durable on its own.
+            assert_eq!(s.load().unwrap().users.len(), 300);
+            assert_eq!(
+                s.relaxed_pending.load(std::sync::atomic::Ordering::Relaxed),
+                300 - 256
+            );
+            s.flush().unwrap();
+            assert_eq!(
+                s.relaxed_pending.load(std::sync::atomic::Ordering::Relaxed),
+                0
+            );
+        }
+        let s = Store::open(&p).unwrap();
+        let snap = s.load().unwrap();
+        assert_eq!(snap.users.len(), 300);
+        assert_eq!(snap.next_user_id, 301);
         drop(s);
         let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
     }
