@@ -21,7 +21,8 @@
 //! prints why and passes (skip) — except under CI (`CI=true`), where it fails instead.
 //!
 //! Knobs: `TINYSCALE_E2E_BIN` (server binary, default: this crate's), `REALCLIENT_HOME` (client install
-//! dir), `REALCLIENT_SUBNET` (default 198.18.0), `TINYSCALE_E2E_KEEP=1` (keep the temp dir).
+//! dir), `REALCLIENT_SUBNET` (default: the first free of 198.18.0 … 198.18.15, normally 198.18.0),
+//! `TINYSCALE_E2E_KEEP=1` (keep the temp dir).
 
 use std::fs;
 use std::io::Write as _;
@@ -159,7 +160,7 @@ impl Harness {
         let bin = std::env::var_os("TINYSCALE_E2E_BIN")
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tinyscale")));
-        let subnet = std::env::var("REALCLIENT_SUBNET").unwrap_or_else(|_| "198.18.0".into());
+        let subnet = pick_subnet();
         Harness {
             config: dir.join("config.yaml"),
             dir,
@@ -170,41 +171,6 @@ impl Harness {
             netns_up: false,
             _lock: lock,
         }
-    }
-
-    /// Another harness (e.g. one started by hand with tests/realclient/netns.sh) may hold the
-    /// subnet: wait for it, bounded, rather than fight over the address.
-    fn wait_subnet_free(&self) {
-        let needle = format!(" inet {}/", self.host_ip());
-        let mut said = false;
-        wait_for(
-            "the test subnet to be free",
-            Duration::from_secs(600),
-            || {
-                let out = Command::new("ip")
-                    .args(["-o", "-4", "addr", "show"])
-                    .output()
-                    .ok()?;
-                let text = String::from_utf8_lossy(&out.stdout).into_owned();
-                let holder = text
-                    .lines()
-                    .find(|l| {
-                        l.contains(&needle)
-                            && l.split_whitespace().nth(1) != Some(&format!("{PREFIX}br0"))
-                    })
-                    .map(|l| l.split_whitespace().nth(1).unwrap_or("?").to_owned());
-                match holder {
-                    None => Some(()),
-                    Some(ifname) => {
-                        if !said {
-                            say!("{} is held by interface {ifname} (another test network); waiting up to 10 min", self.host_ip());
-                            said = true;
-                        }
-                        None
-                    }
-                }
-            },
-        );
     }
 
     fn host_ip(&self) -> String {
@@ -442,6 +408,53 @@ impl Drop for Harness {
     }
 }
 
+/// The interface (other than our bridge) holding an address or route in `subnet`.0/24, if any.
+fn subnet_holder(subnet: &str) -> Option<String> {
+    let ours = format!("{PREFIX}br0");
+    let run = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let addr = format!(" {subnet}.");
+    let addrs = run(&["-o", "-4", "addr", "show"]);
+    let by_addr = addrs
+        .lines()
+        .filter(|l| l.contains(&addr))
+        .filter_map(|l| l.split_whitespace().nth(1));
+    let routes = run(&["-o", "-4", "route", "show", "to", &format!("{subnet}.0/24")]);
+    let by_route = routes
+        .lines()
+        .filter_map(|l| l.split_whitespace().skip_while(|w| *w != "dev").nth(1));
+    by_addr
+        .chain(by_route)
+        .find(|d| *d != ours)
+        .map(str::to_owned)
+}
+
+/// The test /24: `REALCLIENT_SUBNET` if set, else the first of 198.18.0 … 198.18.15 (RFC 2544
+/// benchmark range) that no other interface uses — e.g. a network left up by hand with
+/// tests/realclient/netns.sh. Waits (bounded) when none is free.
+fn pick_subnet() -> String {
+    let candidates: Vec<String> = match std::env::var("REALCLIENT_SUBNET") {
+        Ok(s) if !s.is_empty() => vec![s],
+        _ => (0..16).map(|i| format!("198.18.{i}")).collect(),
+    };
+    let mut said = false;
+    wait_for("a free test subnet", Duration::from_secs(600), || {
+        if let Some(free) = candidates.iter().find(|s| subnet_holder(s).is_none()) {
+            return Some(free.clone());
+        }
+        if !said {
+            say!("test subnet(s) {candidates:?} in use by other interfaces; waiting up to 10 min");
+            said = true;
+        }
+        None
+    })
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read(path)
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -642,7 +655,6 @@ fn real_clients_end_to_end() {
     );
 
     // 1. network: bridge with .1 in the root namespace, one namespace per node, no default routes
-    h.wait_subnet_free();
     h.netns_up = true;
     let topo = h.script_ok("netns.sh", &["up", "a", "b", "c"], 120);
     say!("topology: {}", topo.replace('\n', " "));
