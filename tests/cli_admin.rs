@@ -584,3 +584,24 @@ fn approve_interactive_login() {
     assert_eq!(env.server.state().nodes.len(), 2);
     let _ = std::fs::remove_dir_all(&env.dir);
 }
+
+#[test]
+fn socket_path_safety() {
+    let env = setup("sock");
+    // A second server on the same socket is refused.
+    let e = tinyscale::admin::spawn(env.server.clone()).unwrap_err();
+    assert!(e.to_string().contains("in use"), "{e}");
+    // A regular file at the socket path is never replaced.
+    let mut cfg = env.server.cfg.clone();
+    cfg.unix_socket = env.dir.join("not-a-socket");
+    std::fs::write(&cfg.unix_socket, b"precious").unwrap();
+    cfg.database_path = env.dir.join("db2/db.redb");
+    let other = tinyscale::control::build_server(cfg).unwrap();
+    let e = tinyscale::admin::spawn(other.clone()).unwrap_err();
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(
+        std::fs::read(env.dir.join("not-a-socket")).unwrap(),
+        b"precious"
+    );
+    let _ = std::fs::remove_dir_all(&env.dir);
+}

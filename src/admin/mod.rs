@@ -96,7 +96,17 @@ fn bind_private(path: &Path) -> std::io::Result<UnixListener> {
                 .create(dir)?;
         }
     }
-    if path.exists() {
+    if let Ok(md) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !md.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!(
+                    "unix_socket {} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
         if UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::AddrInUse,
