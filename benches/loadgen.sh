@@ -16,7 +16,8 @@
 # PRIO=-10 (run server and load generator under `nice -n PRIO`: on a shared
 # machine wall-clock figures suffer from other processes; CPU-second
 # figures do not), TMPDIR (where the data directory goes; /dev/shm takes
-# fsync out of the picture).
+# fsync out of the picture), SERVER_BIN (another build of the server, e.g.
+# one with symbols for perf).
 set -euo pipefail
 
 N=${1:-1000}
@@ -115,7 +116,7 @@ CONF
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 echo "== tinyscale loadgen: N=$N shape=$SHAPE C=$C K=$K M=$M port=$PORT (RLIMIT_NOFILE $(ulimit -n)) =="
 echo "binary: $BIN ($(stat -c %s "$BIN") bytes), data in $TMP"
-${NICE[@]+"${NICE[@]}"} taskset -c "$SERVER_CORE" "$BIN" serve --config "$CFG" >"$TMP/server.log" 2>&1 &
+${NICE[@]+"${NICE[@]}"} taskset -c "$SERVER_CORE" "${SERVER_BIN:-$BIN}" serve --config "$CFG" >"$TMP/server.log" 2>&1 &
 SPID=$!
 echo "server PID $SPID on core $SERVER_CORE"
 for _ in $(seq 1 100); do
