@@ -709,7 +709,12 @@ pub mod yaml {
         raw: &'a str,
     }
 
+    /// Deepest nesting accepted (block and flow levels each): deeper
+    /// input is refused instead of exhausting the stack.
+    const MAX_DEPTH: usize = 64;
+
     struct Parser<'a> {
+        depth: usize,
         lines: Vec<Line<'a>>,
         pos: usize,
     }
@@ -735,7 +740,11 @@ pub mod yaml {
                 raw,
             });
         }
-        let mut p = Parser { lines, pos: 0 };
+        let mut p = Parser {
+            depth: 0,
+            lines,
+            pos: 0,
+        };
         p.skip_blank();
         if p.peek().is_some_and(|l| l.indent == 0 && l.text == "---") {
             p.pos += 1;
@@ -802,11 +811,21 @@ pub mod yaml {
 
         fn block(&mut self, indent: usize) -> Result<Value, String> {
             let l = self.peek().expect("caller checked");
-            if is_seq_item(&l.text) {
+            if self.depth >= MAX_DEPTH {
+                return Err(format!(
+                    "line {}: nested more than {MAX_DEPTH} levels",
+                    l.no
+                ));
+            }
+            let seq = is_seq_item(&l.text);
+            self.depth += 1;
+            let r = if seq {
                 self.seq(indent)
             } else {
                 self.map(indent)
-            }
+            };
+            self.depth -= 1;
+            r
         }
 
         fn map(&mut self, indent: usize) -> Result<Value, String> {
@@ -1036,7 +1055,12 @@ pub mod yaml {
     /// A value written on the same line as its key or dash.
     fn inline(s: &str, no: usize) -> Result<Value, String> {
         let s = s.trim();
-        let mut f = Flow { s, i: 0, no };
+        let mut f = Flow {
+            s,
+            i: 0,
+            no,
+            depth: 0,
+        };
         let v = f.value(false)?;
         f.ws();
         if f.i != s.len() {
@@ -1049,9 +1073,10 @@ pub mod yaml {
         s: &'s str,
         i: usize,
         no: usize,
+        depth: usize,
     }
 
-    impl Flow<'_> {
+    impl<'s> Flow<'s> {
         fn ws(&mut self) {
             while self.s[self.i..].starts_with(' ') {
                 self.i += 1;
@@ -1063,8 +1088,22 @@ pub mod yaml {
         fn value(&mut self, in_flow: bool) -> Result<Value, String> {
             self.ws();
             let r = &self.s[self.i..];
+            if r.starts_with(['[', '{']) {
+                if self.depth >= MAX_DEPTH {
+                    return Err(self.err(&format!("nested more than {MAX_DEPTH} levels")));
+                }
+                self.depth += 1;
+                let v = self.collection();
+                self.depth -= 1;
+                return v;
+            }
+            self.scalar_value(r, in_flow)
+        }
+
+        /// A flow list or mapping starting at `self.i`.
+        fn collection(&mut self) -> Result<Value, String> {
+            let r = &self.s[self.i..];
             match r.chars().next() {
-                None => Ok(Value::Null),
                 Some('[') => {
                     self.i += 1;
                     let mut out = Vec::new();
@@ -1111,6 +1150,14 @@ pub mod yaml {
                         }
                     }
                 }
+                _ => unreachable!("caller checked for [ or {{"),
+            }
+        }
+
+        /// A scalar (quoted or plain) starting at `r` (= `self.s[self.i..]`).
+        fn scalar_value(&mut self, r: &'s str, in_flow: bool) -> Result<Value, String> {
+            match r.chars().next() {
+                None => Ok(Value::Null),
                 Some('"' | '\'') => {
                     let (v, n) = quoted(r).map_err(|e| self.err(&e))?;
                     self.i += n;
@@ -1224,6 +1271,38 @@ empty:
         assert!(yaml::parse("a:\n\tb: 1").is_err());
         assert!(yaml::parse("a: 1\n   b: 2").unwrap_err().contains("line 2"));
         assert_eq!(yaml::parse("").unwrap(), Value::Null);
+        let deep = "[".repeat(100_000);
+        assert!(yaml::parse(&format!("a: {deep}"))
+            .unwrap_err()
+            .contains("nested"));
+        let dashes = "- ".repeat(100_000);
+        assert!(yaml::parse(&format!("{dashes}x"))
+            .unwrap_err()
+            .contains("nested"));
+        let mut blocks = String::new();
+        for i in 0..200 {
+            blocks.push_str(&format!("{}k{i}:\n", " ".repeat(i)));
+        }
+        assert!(yaml::parse(&blocks).unwrap_err().contains("nested"));
+        assert!(yaml::parse(&format!("a: {}1{}", "[".repeat(60), "]".repeat(60))).is_ok());
+    }
+
+    /// Arbitrary input never panics or hangs.
+    #[test]
+    fn yaml_garbage() {
+        let alphabet: &[u8] = b" -:#'\"[]{},|>&*!\n\ta0.~\\";
+        let mut buf = [0u8; 64];
+        for _ in 0..3000 {
+            getrandom::fill(&mut buf).unwrap();
+            let s: String = buf
+                .iter()
+                .map(|b| alphabet[*b as usize % alphabet.len()] as char)
+                .collect();
+            let _ = yaml::parse(&s);
+            let _ = parse_duration(&s);
+        }
+        let _ = yaml::parse("a: \"\\u12");
+        let _ = yaml::parse("µ: ü\n- é");
     }
 
     #[test]
