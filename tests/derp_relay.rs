@@ -645,3 +645,45 @@ fn shutdown_sends_restarting_and_refuses_newcomers() {
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
 }
+
+#[test]
+fn pong_overtakes_queued_data() {
+    let server = Arc::new(DerpServer::new([16; 32]));
+    let mut a = connect_unix(&server, 160);
+    let mut b = connect_unix(&server, 161);
+    // Fill B's data queue (and the socket) while B is not reading.
+    let pkt = vec![0x11; 60_000];
+    for _ in 0..100 {
+        a.send(Repr::SendPacket {
+            dst: b.key,
+            packet: &pkt,
+        });
+    }
+    // Make sure the relay has taken all of A's frames before B pings.
+    a.send(Repr::Ping { data: [0xA; 8] });
+    loop {
+        let f = a.recv().unwrap();
+        if Repr::parse_bytes(&f).unwrap().0 == (Repr::Pong { data: [0xA; 8] }) {
+            break;
+        }
+    }
+    b.send(Repr::Ping { data: [0xB; 8] });
+    std::thread::sleep(Duration::from_millis(100));
+    let mut data_before_pong = 0;
+    loop {
+        let f = b.recv().unwrap();
+        match Repr::parse_bytes(&f).unwrap().0 {
+            Repr::RecvPacket { .. } => data_before_pong += 1,
+            Repr::Pong { data } => {
+                assert_eq!(data, [0xB; 8]);
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Only what was already in the socket or mid-write, not the 32 queued.
+    assert!(
+        data_before_pong < 16,
+        "{data_before_pong} data frames came first"
+    );
+}

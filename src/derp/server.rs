@@ -76,21 +76,24 @@ pub struct DerpStats {
     pub clients_refused: AtomicU64,
 }
 
-/// One live connection as seen by others: its identity and its queue.
-struct Conn {
-    id: u64,
-    key: Key,
-    remote: Option<SocketAddr>,
+/// A bounded frame queue that never makes the producer wait.
+struct Queue {
     tx: Sender<Vec<u8>>,
-    /// A second handle on the queue so a sender can pop the oldest frame
+    /// A second handle on the queue so a producer can pop the oldest frame
     /// when the queue is full.
     rx: Receiver<Vec<u8>>,
 }
 
-impl Conn {
+impl Queue {
+    fn new(cap: usize) -> Queue {
+        let (tx, rx) = channel::bounded(cap.max(1));
+        Queue { tx, rx }
+    }
+
     /// Queue an encoded frame; never waits. Returns false if the connection
-    /// is closing. A full queue loses its oldest frame.
-    fn enqueue(&self, frame: Vec<u8>, stats: &DerpStats) -> bool {
+    /// is closing. A full queue loses its oldest frame (stale WireGuard
+    /// packets are worthless; fresh ones carry the retransmissions).
+    fn push(&self, frame: Vec<u8>, stats: &DerpStats) -> bool {
         let mut frame = frame;
         for _ in 0..4 {
             match self.tx.try_send(frame) {
@@ -113,10 +116,46 @@ impl Conn {
             .fetch_add(1, Ordering::Relaxed);
         true
     }
+}
 
-    /// Make the writer stop, which ends the connection.
+/// Control queue length: server-made frames (Pong, PeerGone, PeerPresent,
+/// Restarting) and small disco packets. They are few and tiny but must not
+/// be lost behind a flood of data packets: a client whose Pong is dropped
+/// reconnects, one that misses PeerGone keeps a dead path.
+const CTL_QUEUE_LEN: usize = 256;
+
+/// Disco packets up to this size ride the control queue (real ones are a
+/// few hundred bytes); bigger "disco-looking" packets are treated as data so
+/// a peer cannot park 64 KiB frames in someone's priority queue.
+const DISCO_PRIORITY_MAX: usize = 2048;
+
+/// One live connection as seen by others: its identity and its queues.
+struct Conn {
+    id: u64,
+    key: Key,
+    remote: Option<SocketAddr>,
+    /// Relayed data packets, drained after `ctl`.
+    data: Queue,
+    /// Control frames and disco, drained first.
+    ctl: Queue,
+}
+
+impl Conn {
+    /// Queue a relayed data frame.
+    fn enqueue(&self, frame: Vec<u8>, stats: &DerpStats) -> bool {
+        self.data.push(frame, stats)
+    }
+
+    /// Queue a control frame (or a small disco packet) ahead of data.
+    fn enqueue_ctl(&self, frame: Vec<u8>, stats: &DerpStats) -> bool {
+        self.ctl.push(frame, stats)
+    }
+
+    /// Make the writer stop, which ends the connection. Frames already in
+    /// the control queue are still written first.
     fn close(&self) {
-        self.tx.close();
+        self.ctl.tx.close();
+        self.data.tx.close();
     }
 }
 
@@ -299,7 +338,7 @@ impl DerpServer {
         .to_vec();
         let reg = self.registry();
         for conn in reg.clients.values().flatten() {
-            conn.enqueue(frame.clone(), &self.stats);
+            conn.enqueue_ctl(frame.clone(), &self.stats);
             // Closing the queue lets the writer drain it (the Restarting
             // frame included) and then end the connection.
             conn.close();
@@ -334,7 +373,7 @@ impl DerpServer {
         }
         .to_vec();
         for w in reg.watchers.values() {
-            w.enqueue(present.clone(), &self.stats);
+            w.enqueue_ctl(present.clone(), &self.stats);
         }
         reg.clients.entry(conn.key).or_default().push(conn.clone());
     }
@@ -363,7 +402,7 @@ impl DerpServer {
                     r.remove(&conn.key);
                 }
                 if let Some(c) = reg.clients.get(&dst).and_then(|s| s.last()) {
-                    c.enqueue(gone.clone(), &self.stats);
+                    c.enqueue_ctl(gone.clone(), &self.stats);
                 }
             }
         }
@@ -375,7 +414,7 @@ impl DerpServer {
             }
         }
         for w in reg.watchers.values() {
-            w.enqueue(gone.clone(), &self.stats);
+            w.enqueue_ctl(gone.clone(), &self.stats);
         }
     }
 
@@ -405,7 +444,11 @@ impl DerpServer {
             reg.received_from.entry(dst).or_default().insert(src);
         }
         drop(guard);
-        target.enqueue(frame, &self.stats);
+        if packet.len() <= DISCO_PRIORITY_MAX && looks_like_disco(packet) {
+            target.enqueue_ctl(frame, &self.stats);
+        } else {
+            target.enqueue(frame, &self.stats);
+        }
         self.stats.packets_forwarded.fetch_add(1, Ordering::Relaxed);
         true
     }
@@ -490,13 +533,12 @@ where
 
     // 4. Register, then ServerInfo. Frames other clients queue for us in
     // between wait in the queue until the writer starts after ServerInfo.
-    let (tx, rx) = channel::bounded(cfg.queue_len.max(1));
     let conn = Arc::new(Conn {
         id: server.next_id.fetch_add(1, Ordering::Relaxed),
         key,
         remote,
-        tx,
-        rx,
+        data: Queue::new(cfg.queue_len),
+        ctl: Queue::new(CTL_QUEUE_LEN.max(cfg.queue_len)),
     });
     server.register(&conn);
     if server.shutting_down.load(Ordering::SeqCst) {
@@ -623,7 +665,7 @@ async fn reader<R: AsyncRead + Unpin>(
                             key: dst,
                             reason: PeerGoneReason::NotHere,
                         };
-                        conn.enqueue(gone.to_vec(), &server.stats);
+                        conn.enqueue_ctl(gone.to_vec(), &server.stats);
                     }
                 }
             }
@@ -634,7 +676,7 @@ async fn reader<R: AsyncRead + Unpin>(
                 server.forward(conn, src, dst, packet);
             }
             Repr::Ping { data } => {
-                conn.enqueue(Repr::Pong { data }.to_vec(), &server.stats);
+                conn.enqueue_ctl(Repr::Pong { data }.to_vec(), &server.stats);
             }
             Repr::WatchConns => {
                 if !is_mesh {
@@ -648,7 +690,7 @@ async fn reader<R: AsyncRead + Unpin>(
                             endpoint: c.remote,
                             flags: 0,
                         };
-                        conn.enqueue(present.to_vec(), &server.stats);
+                        conn.enqueue_ctl(present.to_vec(), &server.stats);
                     }
                 }
                 reg.watchers.insert(conn.id, conn.clone());
@@ -683,10 +725,15 @@ async fn writer<W: AsyncWrite + Unpin>(
     loop {
         out.clear();
         shrink_if_idle_large(&mut out);
-        let next = future::or(async { conn.rx.recv().await.map(Some) }, async {
-            (&mut keepalive).await;
-            Ok(None)
-        })
+        // Control first (`or` polls its first future first), then data,
+        // then the keepalive timer.
+        let next = future::or(
+            async { conn.ctl.rx.recv().await.map(Some) },
+            future::or(async { conn.data.rx.recv().await.map(Some) }, async {
+                (&mut keepalive).await;
+                Ok(None)
+            }),
+        )
         .await;
         match next {
             // Queue closed: ClosePeer, close_client, or the reader side
@@ -699,7 +746,7 @@ async fn writer<W: AsyncWrite + Unpin>(
             Ok(Some(frame)) => {
                 out.extend_from_slice(&frame);
                 while out.len() < WRITE_BATCH {
-                    match conn.rx.try_recv() {
+                    match conn.ctl.rx.try_recv().or_else(|_| conn.data.rx.try_recv()) {
                         Ok(f) => out.extend_from_slice(&f),
                         Err(_) => break,
                     }
