@@ -459,6 +459,22 @@ fn server_not_running() {
         Path::new(&dir).join("none.sock").display()
     );
     assert!(err.contains(&want), "{err}");
+    // configtest needs no server; a bad value names its key.
+    let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
+        .args(["configtest", "--config", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("config OK: "));
+    let bad = dir.join("bad.yaml");
+    std::fs::write(&bad, "listen_addr: x\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
+        .args(["configtest", "-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("config: listen_addr: invalid socket address \"x\""));
     // Version needs no server.
     let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
         .arg("--version")

@@ -44,6 +44,7 @@ struct Top {
 #[argh(subcommand)]
 enum Cmd {
     Serve(ServeCmd),
+    ConfigTest(ConfigTestCmd),
     Users(UsersCmd),
     PreAuthKeys(PreAuthKeysCmd),
     Nodes(NodesCmd),
@@ -57,6 +58,11 @@ enum Cmd {
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "serve")]
 struct ServeCmd {}
+
+/// Check the configuration and exit (0 = fine); prints which file was used.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "configtest")]
+struct ConfigTestCmd {}
 
 /// Print the version.
 #[derive(FromArgs, Debug)]
@@ -571,6 +577,18 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             0 => Ok(()),
             code => std::process::exit(code),
         },
+        Cmd::ConfigTest(_) => {
+            let (cfg, file) = config::load(explicit).map_err(|e| e.to_string())?;
+            match file {
+                Some(f) => outln!("config OK: {}", f.display()),
+                None => outln!("config OK: no file found, using the embedded defaults"),
+            }
+            outln!("server_url: {}", cfg.server_url);
+            outln!("data_dir: {}", cfg.data_dir.display());
+            outln!("database: {}", cfg.database_path.display());
+            outln!("unix_socket: {}", cfg.unix_socket.display());
+            Ok(())
+        }
         Cmd::Serve(_) => {
             let cfg = load_config(explicit)?;
             serve(cfg).map_err(|e| e.to_string())
