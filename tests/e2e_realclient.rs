@@ -242,14 +242,41 @@ impl Harness {
         match self.cli_json(&["nodes", "list", "-o", "json"]) {
             Value::Array(v) => v,
             Value::Null => vec![],
-            Value::Object(mut o) if o.get("nodes").is_some_and(Value::is_array) => {
-                match o.remove("nodes") {
-                    Some(Value::Array(v)) => v,
-                    _ => unreachable!(),
-                }
-            }
             other => panic!("nodes list -o json: expected an array, got {other}"),
         }
+    }
+
+    /// `preauthkeys create --user alice FLAGS -o json` → the key.
+    fn preauth_key(&self, flags: &[&str]) -> String {
+        let mut args = vec!["preauthkeys", "create", "--user", "alice"];
+        args.extend_from_slice(flags);
+        args.extend_from_slice(&["-o", "json"]);
+        let key = self.cli_json(&args);
+        match key.get("key").and_then(Value::as_str) {
+            Some(k) => k.to_owned(),
+            None => panic!("no `key` in {key}"),
+        }
+    }
+
+    /// Waits (bounded) until b's local proxy answers 200 from a over the tailnet; prints and
+    /// returns the body.
+    fn fetch_a_via_b(&self, what: &str) -> String {
+        let t0 = Instant::now();
+        let body = wait_for(what, Duration::from_secs(90), || {
+            let (code, body) = curl_in("b", "http://127.0.0.1:8080/", 10);
+            (code == 200).then(|| String::from_utf8_lossy(&body).trim().to_owned())
+        });
+        say!("{what}: {body:?} ({:.1}s)", t0.elapsed().as_secs_f64());
+        body
+    }
+
+    /// `node.sh start NAME` against our server (nodes live at most 900 s).
+    fn start_node(&self, name: &str, control: &str, key: &str, ts_port: u16, extra: &[&str]) {
+        let port = ts_port.to_string();
+        let mut args = vec!["start", name, "--control", control, "--authkey", key];
+        args.extend_from_slice(&["--ts-port", &port, "--max-seconds", "900"]);
+        args.extend_from_slice(extra);
+        self.node(&args, 60);
     }
 
     fn node_log_path(&self, name: &str) -> PathBuf {
@@ -589,9 +616,8 @@ fn node_id(n: &Value) -> String {
 }
 
 fn node_ips(n: &Value) -> Vec<String> {
-    ["ipAddresses", "ip_addresses"]
-        .iter()
-        .find_map(|k| n.get(*k).and_then(Value::as_array))
+    n.get("ipAddresses")
+        .and_then(Value::as_array)
         .map(|a| {
             a.iter()
                 .filter_map(Value::as_str)
@@ -608,8 +634,12 @@ fn find_node<'a>(nodes: &'a [Value], name: &str, ip4: &str) -> Option<&'a Value>
         .or_else(|| {
             nodes
                 .iter()
-                .find(|n| str_field(n, &["givenName", "given_name", "name"]) == Some(name))
+                .find(|n| str_field(n, &["givenName", "name"]) == Some(name))
         })
+}
+
+fn describe_all(nodes: &[Value]) -> String {
+    nodes.iter().map(describe).collect::<Vec<_>>().join("; ")
 }
 
 fn describe(n: &Value) -> String {
@@ -617,7 +647,7 @@ fn describe(n: &Value) -> String {
         "id={} name={} givenName={} ips={:?}",
         node_id(n),
         str_field(n, &["name"]).unwrap_or("?"),
-        str_field(n, &["givenName", "given_name"]).unwrap_or("?"),
+        str_field(n, &["givenName"]).unwrap_or("?"),
         node_ips(n)
     )
 }
@@ -676,20 +706,7 @@ fn real_clients_end_to_end() {
     let control = format!("http://{}:{port}", h.host_ip());
 
     h.cli(&["users", "create", "alice"]);
-    let key = h.cli_json(&[
-        "preauthkeys",
-        "create",
-        "--user",
-        "alice",
-        "--reusable",
-        "-o",
-        "json",
-    ]);
-    let authkey = key
-        .get("key")
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("no `key` in {key}"))
-        .to_owned();
+    let authkey = h.preauth_key(&["--reusable"]);
     say!(
         "user alice, reusable pre-auth key {}…",
         authkey.get(..12).unwrap_or(&authkey)
@@ -697,43 +714,20 @@ fn real_clients_end_to_end() {
 
     // 3. two real clients
     let t_join = Instant::now();
-    h.node(
+    h.start_node("a", &control, &authkey, 41641, &["--role", "serve"]);
+    h.start_node(
+        "b",
+        &control,
+        &authkey,
+        41642,
         &[
-            "start",
-            "a",
-            "--control",
-            &control,
-            "--authkey",
-            &authkey,
-            "--role",
-            "serve",
-            "--ts-port",
-            "41641",
-            "--max-seconds",
-            "900",
-        ],
-        60,
-    );
-    h.node(
-        &[
-            "start",
-            "b",
-            "--control",
-            &control,
-            "--authkey",
-            &authkey,
             "--role",
             "proxy",
             "--upstream",
             "a",
-            "--ts-port",
-            "41642",
-            "--max-seconds",
-            "900",
             "--env",
             "TS_DEBUG_MAP=1",
         ],
-        60,
     );
     let ips_a = wait_for(
         "node a gets its tailnet IPs",
@@ -760,7 +754,7 @@ fn real_clients_end_to_end() {
     say!(
         "nodes list: {} nodes: {}",
         nodes.len(),
-        nodes.iter().map(describe).collect::<Vec<_>>().join("; ")
+        describe_all(&nodes)
     );
     let node_a = find_node(&nodes, "a", &ip4_a)
         .unwrap_or_else(|| panic!("node a ({ip4_a}) missing from nodes list"));
@@ -771,19 +765,7 @@ fn real_clients_end_to_end() {
     );
 
     // b -> a over the tailnet, by MagicDNS name, through b's local proxy
-    let t_http = Instant::now();
-    let body = wait_for(
-        "b reaches http://a/ over the tailnet",
-        Duration::from_secs(90),
-        || {
-            let (code, body) = curl_in("b", "http://127.0.0.1:8080/", 10);
-            (code == 200).then(|| String::from_utf8_lossy(&body).trim().to_owned())
-        },
-    );
-    say!(
-        "b -> http://a/ : {body:?} ({:.1}s)",
-        t_http.elapsed().as_secs_f64()
-    );
+    let body = h.fetch_a_via_b("b -> http://a/ over the tailnet");
     assert_eq!(
         body,
         format!("hello from a over the tailnet; you are {ip4_b}")
@@ -833,21 +815,17 @@ fn real_clients_end_to_end() {
     say!(
         "nodes list after restart: {} nodes: {}",
         nodes.len(),
-        nodes.iter().map(describe).collect::<Vec<_>>().join("; ")
+        describe_all(&nodes)
     );
     assert_eq!(nodes.len(), 2, "restart registered a second node");
     assert_eq!(
         node_id(find_node(&nodes, "a", &ip4_a).expect("node a after restart")),
         id_a
     );
-    let t_http = Instant::now();
-    let body = wait_for("b reaches the restarted a", Duration::from_secs(90), || {
-        let (code, body) = curl_in("b", "http://127.0.0.1:8080/", 10);
-        (code == 200).then(|| String::from_utf8_lossy(&body).trim().to_owned())
-    });
-    say!(
-        "b -> restarted a: {body:?} ({:.1}s)",
-        t_http.elapsed().as_secs_f64()
+    let body = h.fetch_a_via_b("b -> restarted a");
+    assert_eq!(
+        body,
+        format!("hello from a over the tailnet; you are {ip4_b}")
     );
 
     // 5. delete a on the server: it leaves b's netmap
@@ -877,10 +855,7 @@ fn real_clients_end_to_end() {
         say!("b's MapResponse after the delete: PeersRemoved {removed}");
     }
     let nodes = h.nodes();
-    say!(
-        "nodes list after delete: {}",
-        nodes.iter().map(describe).collect::<Vec<_>>().join("; ")
-    );
+    say!("nodes list after delete: {}", describe_all(&nodes));
     assert!(
         find_node(&nodes, "a", &ip4_a).is_none(),
         "node a still listed after delete"
@@ -895,36 +870,8 @@ fn real_clients_end_to_end() {
     // 6. ephemeral nodes: c (namespace tse-c), each time a fresh state dir and a fresh single-use
     //    ephemeral pre-auth key, so a new node
     let start_c = |what: &str| -> String {
-        let ekey = h.cli_json(&[
-            "preauthkeys",
-            "create",
-            "--user",
-            "alice",
-            "--ephemeral",
-            "-o",
-            "json",
-        ]);
-        let ekey = ekey
-            .get("key")
-            .and_then(Value::as_str)
-            .unwrap_or_else(|| panic!("no `key` in {ekey}"))
-            .to_owned();
-        h.node(
-            &[
-                "start",
-                "c",
-                "--control",
-                &control,
-                "--authkey",
-                &ekey,
-                "--ephemeral",
-                "--ts-port",
-                "41643",
-                "--max-seconds",
-                "900",
-            ],
-            60,
-        );
+        let ekey = h.preauth_key(&["--ephemeral"]);
+        h.start_node("c", &control, &ekey, 41643, &["--ephemeral"]);
         let ips = wait_for(
             &format!("{what} gets its tailnet IPs"),
             Duration::from_secs(60),
@@ -971,10 +918,7 @@ fn real_clients_end_to_end() {
     );
 
     let nodes = h.nodes();
-    say!(
-        "nodes list at the end: {}",
-        nodes.iter().map(describe).collect::<Vec<_>>().join("; ")
-    );
+    say!("nodes list at the end: {}", describe_all(&nodes));
     say!(
         "PASS real-client e2e in {:.1}s",
         t_start.elapsed().as_secs_f64()
