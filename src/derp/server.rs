@@ -623,8 +623,11 @@ const READ_BUFFER: usize = 4 << 10;
 /// Typical frames are ~1.5 KB, so this rarely reallocates.
 const KEEP_BUFFER: usize = 16 << 10;
 
+/// Called with the buffer still holding what was just handled: only a
+/// *small* use of a *large* buffer shrinks it, so a steady flow of big
+/// frames or batches keeps its allocation and an idle connection does not.
 fn shrink_if_idle_large(b: &mut Vec<u8>) {
-    if b.capacity() > KEEP_BUFFER {
+    if b.capacity() > KEEP_BUFFER && b.len() <= READ_BUFFER {
         b.clear();
         b.shrink_to(READ_BUFFER);
     }
@@ -723,8 +726,8 @@ async fn writer<W: AsyncWrite + Unpin>(
     // creating one per dequeued packet would cost a reactor round trip each.
     let mut keepalive = Timer::after(server.keepalive_delay());
     loop {
-        out.clear();
         shrink_if_idle_large(&mut out);
+        out.clear();
         // Control first (`or` polls its first future first), then data,
         // then the keepalive timer.
         let next = future::or(
