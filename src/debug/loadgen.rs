@@ -556,23 +556,32 @@ impl Loadgen {
         now
     }
 
-    /// Server and load generator CPU seconds now.
-    fn cpus(&self) -> (Option<f64>, Option<f64>) {
-        (self.server_cpu(), procfs::cpu_seconds("self").ok())
+    /// Server and load generator CPU seconds and run-queue waits now.
+    fn cpus(&self) -> [Option<f64>; 4] {
+        let pid = self.cmd.server_pid.map(|p| p.to_string());
+        [
+            self.server_cpu(),
+            procfs::cpu_seconds("self").ok(),
+            pid.as_deref().and_then(procfs::run_queue_wait_seconds),
+            procfs::run_queue_wait_seconds("self"),
+        ]
     }
 
-    fn cpu_line(&self, what: &str, wall: f64, before: (Option<f64>, Option<f64>)) {
+    fn cpu_line(&self, what: &str, wall: f64, before: [Option<f64>; 4]) {
         let after = self.cpus();
-        let fmt = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) => {
-                format!("{:.2} s ({:.0}% of a core)", b - a, 100.0 * (b - a) / wall)
-            }
+        let d = |i: usize| Some(after[i]? - before[i]?);
+        let fmt = |cpu: Option<f64>, wait: Option<f64>| match (cpu, wait) {
+            (Some(c), Some(w)) => format!(
+                "{c:.2} s ({:.0}% of a core; {w:.2} s waiting for a CPU)",
+                100.0 * c / wall
+            ),
+            (Some(c), None) => format!("{c:.2} s ({:.0}% of a core)", 100.0 * c / wall),
             _ => "n/a".into(),
         };
         self.say(&format!(
-            "  CPU during {what}: server {}, load generator {}",
-            fmt(before.0, after.0),
-            fmt(before.1, after.1)
+            "  CPU during {what} ({wall:.1} s): server {}, load generator {}",
+            fmt(d(0), d(2)),
+            fmt(d(1), d(3))
         ));
     }
 
@@ -841,6 +850,7 @@ impl Loadgen {
         let own0 = procfs::cpu_seconds("self").ok();
         let bytes0 = sh.bytes.load(Ordering::Relaxed);
         let snap = self.traffic(sh, "before the changes", [0; 5]);
+        let c4 = self.cpus();
         let t_phase = Instant::now();
         let mut done = 0;
         for k in 0..kmax {
@@ -953,6 +963,7 @@ impl Loadgen {
         let wall = t_phase.elapsed().as_secs_f64();
         let bytes = sh.bytes.load(Ordering::Relaxed) - bytes0;
         self.traffic(sh, "during the changes", snap);
+        self.cpu_line("the changes", wall, c4);
         let done_f = done.max(1) as f64;
         self.f.bytes_per_change = Some(bytes as f64 / done_f);
         let own = own0.and_then(|o| Some(procfs::cpu_seconds("self").ok()? - o));
@@ -992,6 +1003,7 @@ impl Loadgen {
         ));
         let (addr, server_pub) = (self.addr, self.server_pub);
         let machine = crate::keys::random32();
+        let c4 = self.cpus();
         let cpu0 = self.server_cpu();
         let own0 = procfs::cpu_seconds("self").ok();
         let t = Instant::now();
@@ -1008,6 +1020,7 @@ impl Loadgen {
         for e in &errors {
             self.say(&format!("  connection failed: {e}"));
         }
+        self.cpu_line("the handshakes", secs, c4);
         let rate = ok as f64 / secs;
         self.f.handshakes_per_s = Some(rate);
         let limit = self.f.x25519_per_s.map(|x| x / 5.0);

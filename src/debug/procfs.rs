@@ -51,6 +51,25 @@ fn parse_stat_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// Seconds the threads of `pid` spent runnable but waiting for a CPU
+/// (the second field of /proc/PID/task/TID/schedstat, summed): how much
+/// other processes on the same core held it back.
+pub fn run_queue_wait_seconds(pid: &str) -> Option<f64> {
+    let mut ns = 0u64;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let Ok(t) = t else { continue };
+        let Ok(s) = std::fs::read_to_string(t.path().join("schedstat")) else {
+            continue;
+        };
+        ns += s
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Some(ns as f64 / 1e9)
+}
+
 /// Raises RLIMIT_NOFILE's soft limit to `want` (at most the hard limit).
 /// Returns (soft now, hard) or an explanation of why not.
 pub fn raise_nofile(want: u64) -> Result<(u64, u64), String> {
