@@ -578,6 +578,29 @@ mod tests {
     }
 
     #[test]
+    fn unversioned_database_is_migrated() {
+        let p = tmp("v0");
+        {
+            let s = Store::open(&p).unwrap();
+            s.apply(&[Op::PutUser(&user(1, "old"))]).unwrap();
+            // Pretend an early build wrote it: no schema_version at all.
+            let mut txn = s.db.begin_write().unwrap();
+            {
+                let mut meta = txn.open_table(META).unwrap();
+                meta.remove(META_SCHEMA_VERSION).unwrap();
+            }
+            txn.set_durability(Durability::Immediate);
+            txn.commit().unwrap();
+            assert_eq!(s.schema_version().unwrap(), 0);
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(s.load().unwrap().users, vec![user(1, "old")]);
+        drop(s);
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
     fn refuses_newer_schema() {
         let p = tmp("newer");
         {
