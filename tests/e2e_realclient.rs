@@ -93,19 +93,19 @@ fn cannot_run() -> Option<String> {
     None
 }
 
-/// Exclusive use of the test subnet and the namespace prefix on this machine (a mkdir lock; a lock
-/// whose owner PID is gone is taken over). Waits up to 15 minutes for another run to finish.
-struct SubnetLock;
+/// One run at a time on this machine: the namespace prefix `tse` and the bridge are shared by every
+/// run (a mkdir lock; a lock whose owner PID is gone is taken over). Waits up to 15 minutes.
+struct RunLock;
 
-impl SubnetLock {
-    fn take() -> SubnetLock {
+impl RunLock {
+    fn take() -> RunLock {
         let deadline = Instant::now() + Duration::from_secs(900);
         let mut said = false;
         loop {
             if fs::create_dir(LOCK_DIR).is_ok() {
                 fs::write(format!("{LOCK_DIR}/pid"), std::process::id().to_string())
                     .expect("write lock pid");
-                return SubnetLock;
+                return RunLock;
             }
             let owner = fs::read_to_string(format!("{LOCK_DIR}/pid")).unwrap_or_default();
             let owner = owner.trim();
@@ -131,7 +131,7 @@ impl SubnetLock {
     }
 }
 
-impl Drop for SubnetLock {
+impl Drop for RunLock {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(LOCK_DIR);
     }
@@ -147,12 +147,12 @@ struct Harness {
     config: PathBuf,
     server: Option<Child>,
     netns_up: bool,
-    _lock: SubnetLock,
+    _lock: RunLock,
 }
 
 impl Harness {
     fn new() -> Harness {
-        let lock = SubnetLock::take();
+        let lock = RunLock::take();
         let dir = std::env::temp_dir().join(format!("tinyscale-e2e-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).expect("create temp dir");
