@@ -1126,17 +1126,18 @@ impl Loadgen {
         let limit = f.x25519_per_s.map(|x| x / 5.0);
         if let Some(h) = f.handshakes_per_s {
             println!(
-                "Noise handshakes/s:              {h:.0} of limit {}  [goal >= 50%: {}]",
+                "Noise handshakes/s (wall clock): {h:.0} = {} of the limit {}",
                 limit
-                    .map(|l| format!("{l:.0} ({:.0}%)", 100.0 * h / l))
+                    .map(|l| format!("{:.0}%", 100.0 * h / l))
                     .unwrap_or_else(na),
-                limit.map(|l| verdict(h >= 0.5 * l)).unwrap_or("?")
+                limit.map(|l| format!("{l:.0}/s")).unwrap_or_else(na),
             );
         }
         if let (Some(p), Some(l)) = (f.handshakes_per_server_cpu_s, limit) {
             println!(
-                "  per server CPU-second:         {p:.0} ({:.0}% of the limit)",
-                100.0 * p / l
+                "  per server CPU-second:         {p:.0} = {:.0}% of the limit  [goal >= 50%: {}]",
+                100.0 * p / l,
+                verdict(p >= 0.5 * l)
             );
         }
         if let Some(s) = &f.stopped {
