@@ -52,7 +52,9 @@ pub struct User {
     pub display_name: String,
     #[serde(rename = "ProfilePicURL", default)]
     pub profile_pic_url: String,
-    #[serde(rename = "Created", default)]
+    /// Omitted when unknown: Go cannot parse `""` as a time, and a failed
+    /// decode would hide the response's `Error` from the user.
+    #[serde(rename = "Created", default, skip_serializing_if = "String::is_empty")]
     pub created: String,
 }
 
@@ -443,5 +445,8 @@ mod tests {
     fn register_response_always_has_error() {
         let s = serde_json::to_string(&RegisterResponse::default()).unwrap();
         assert!(s.contains("\"Error\":\"\""), "{s}");
+        // Go's time decoder rejects "" and would hide the Error.
+        assert!(!s.contains("\"\"Created\""), "{s}");
+        assert!(!s.contains("\"Created\":\"\""), "{s}");
     }
 }

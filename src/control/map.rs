@@ -131,7 +131,14 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) {
         ..n.clone()
     } == old;
     n.last_seen = now();
-    if let Err(e) = st.store.apply(&[Op::PutNode(&n)]) {
+    // Endpoints, DERP home and disco key are soft state the client resends
+    // on every poll: no fsync per change for them.
+    let stored = if patch_only {
+        st.store.apply_relaxed(&[Op::PutNode(&n)])
+    } else {
+        st.store.apply(&[Op::PutNode(&n)])
+    };
+    if let Err(e) = stored {
         log::warn!("map: storing update of node {id}: {e}");
         return;
     }
