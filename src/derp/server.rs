@@ -633,6 +633,9 @@ fn shrink_if_idle_large(b: &mut Vec<u8>) {
     }
 }
 
+/// Frames a reader handles before letting other tasks run.
+const YIELD_EVERY: u32 = 16;
+
 /// Disco NotHere replies allowed per second per connection; a peer spraying
 /// disco at absent nodes must not turn us into an amplifier.
 const NOT_HERE_PER_SEC: u32 = 5;
@@ -646,7 +649,17 @@ async fn reader<R: AsyncRead + Unpin>(
 ) -> io::Result<()> {
     let mut not_here_window = Instant::now();
     let mut not_here_count = 0u32;
+    let mut since_yield = 0u32;
     loop {
+        // A fast sender's frames are often all buffered already, so this
+        // loop would never return Pending and would hog its executor thread
+        // (starving the receivers' writers, whose queues then overflow).
+        // Cooperative tasks must take turns.
+        since_yield += 1;
+        if since_yield >= YIELD_EVERY {
+            since_yield = 0;
+            future::yield_now().await;
+        }
         shrink_if_idle_large(&mut buf);
         let ft = read_frame(r, &mut buf).await?;
         if matches!(ft, FrameType::Unknown(_)) {
