@@ -53,7 +53,15 @@ pub async fn serve(socket: Async<UdpSocket>) {
     let mut buf = [0u8; MAX_MESSAGE_LEN + 1];
     // Largest response: header + XOR-MAPPED-ADDRESS for IPv6.
     let mut out = [0u8; stun::HEADER_LEN + 4 + 20];
+    let mut since_yield = 0u32;
     loop {
+        // Under a flood recv_from never returns Pending; take turns with the
+        // other tasks on this executor thread.
+        since_yield += 1;
+        if since_yield >= 64 {
+            since_yield = 0;
+            futures_lite::future::yield_now().await;
+        }
         let (n, src) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(e) => {
