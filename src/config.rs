@@ -54,6 +54,15 @@ pub struct Config {
     pub magic_dns: bool,
     pub base_domain: String,
     pub nameservers_global: Vec<String>,
+    /// Split DNS: suffix → nameservers (`dns.nameservers.split`).
+    pub nameservers_split: std::collections::BTreeMap<String, Vec<String>>,
+    /// Extra DNS records (`dns.extra_records`): (name, type, value).
+    pub extra_records: Vec<(String, String, String)>,
+    /// A JSON file of extra records, re-read when it changes
+    /// (`dns.extra_records_path`).
+    pub extra_records_path: Option<PathBuf>,
+    /// Offer Taildrop to nodes (`taildrop.enabled`).
+    pub taildrop: bool,
     pub search_domains: Vec<String>,
     pub policy_path: Option<PathBuf>,
     pub policy_mode: String,
@@ -102,6 +111,10 @@ impl Config {
             magic_dns: true,
             base_domain: "tail.internal".into(),
             nameservers_global: vec![],
+            nameservers_split: Default::default(),
+            extra_records: vec![],
+            extra_records_path: None,
+            taildrop: true,
             search_domains: vec![],
             policy_path: None,
             policy_mode: "file".into(),
@@ -345,6 +358,45 @@ pub fn from_yaml_str(
     if let Some(l) = get_list(&doc, "dns.search_domains")? {
         c.search_domains = l;
     }
+    if let Some(v) = get(&doc, "dns.nameservers.split") {
+        let Value::Object(m) = v else {
+            return Err(key_err(
+                "dns.nameservers.split",
+                format!("expected a map of domain to nameservers, got {v}"),
+            ));
+        };
+        for (dom, list) in m {
+            let key = format!("dns.nameservers.split.{dom}");
+            let Value::Array(a) = list else {
+                return Err(key_err(
+                    &key,
+                    format!("expected a list of nameservers, got {list}"),
+                ));
+            };
+            let mut out = Vec::new();
+            for ns in a {
+                let ns = ns.as_str().unwrap_or_default();
+                if ns.parse::<IpAddr>().is_err() && !ns.starts_with("https://") {
+                    return Err(key_err(
+                        &key,
+                        format!("expected an IP address or DoH URL, got {ns:?}"),
+                    ));
+                }
+                out.push(ns.to_string());
+            }
+            c.nameservers_split
+                .insert(dom.trim_end_matches('.').to_ascii_lowercase(), out);
+        }
+    }
+    if let Some(v) = get(&doc, "dns.extra_records") {
+        c.extra_records = parse_extra_records(v).map_err(|m| key_err("dns.extra_records", m))?;
+    }
+    c.extra_records_path = get_str(&doc, "dns.extra_records_path")?
+        .filter(|s| !s.is_empty())
+        .map(|s| data_dir.join(s));
+    if let Some(b) = get_bool(&doc, "taildrop.enabled")? {
+        c.taildrop = b;
+    }
     c.policy_path = path("policy.path")?;
     if let Some(s) = get_str(&doc, "policy.mode")? {
         c.policy_mode = s;
@@ -468,6 +520,10 @@ const KNOWN: &[&str] = &[
     "dns.base_domain",
     "dns.nameservers.global",
     "dns.search_domains",
+    "dns.nameservers.split",
+    "dns.extra_records",
+    "dns.extra_records_path",
+    "taildrop.enabled",
     "policy.path",
     "policy.mode",
     "unix_socket",
@@ -640,6 +696,38 @@ fn url_host(url: &str) -> Option<String> {
 
 fn valid_port(p: &str) -> bool {
     p.parse::<u16>().is_ok_and(|n| n > 0)
+}
+
+/// Parses extra DNS records: a list of `{name, type, value}` with type A
+/// or AAAA and a matching address (Headscale's shape).
+pub fn parse_extra_records(v: &Value) -> Result<Vec<(String, String, String)>, String> {
+    let Value::Array(a) = v else {
+        return Err(format!("expected a list of records, got {v}"));
+    };
+    let mut out = Vec::new();
+    for (i, r) in a.iter().enumerate() {
+        let f = |k: &str| {
+            r.get(k)
+                .and_then(|x| x.as_str())
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let (name, ty, value) = (f("name"), f("type").to_ascii_uppercase(), f("value"));
+        if name.is_empty() {
+            return Err(format!("record {i}: missing name"));
+        }
+        let ok = match ty.as_str() {
+            "A" => value.parse::<Ipv4Addr>().is_ok(),
+            "AAAA" => value.parse::<std::net::Ipv6Addr>().is_ok(),
+            _ => return Err(format!("record {i}: type must be A or AAAA, got {ty:?}")),
+        };
+        if !ok {
+            return Err(format!("record {i}: {value:?} is not a valid {ty} address"));
+        }
+        out.push((name.trim_end_matches('.').to_string(), ty, value));
+    }
+    Ok(out)
 }
 
 /// `http://<primary IPv4>:<port of listen_addr>`.

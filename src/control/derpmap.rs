@@ -203,14 +203,19 @@ pub fn current(server: &Server) -> SharedRaw {
 
 /// Loads the sources now and then every `derp.update_frequency`.
 pub fn spawn_refresher(server: SharedServer) {
+    // A weak handle: the refresher must not keep a stopped server alive.
+    let weak = std::sync::Arc::downgrade(&server);
+    drop(server);
     smol::spawn(async move {
         loop {
+            let Some(server) = weak.upgrade() else { return };
             refresh(&server).await;
             if server.cfg.derp_paths.is_empty() && server.cfg.derp_urls.is_empty() {
                 return;
             }
-            async_io::Timer::after(server.cfg.derp_update_frequency.max(Duration::from_secs(1)))
-                .await;
+            let every = server.cfg.derp_update_frequency.max(Duration::from_secs(1));
+            drop(server);
+            async_io::Timer::after(every).await;
         }
     })
     .detach();

@@ -328,7 +328,7 @@ fn full_map(
         // change" (trap 10), so vanished peers go in PeersRemoved.
         peers: (!peers_empty).then_some(peers),
         peers_removed: (peers_empty && resync && !removed.is_empty()).then_some(removed),
-        dns_config: netmap::dns_config(&server.cfg).map(|d| to_raw(&d)),
+        dns_config: netmap::dns_config(server).map(|d| to_raw(&d)),
         domain: netmap::dns_suffix(&server.cfg),
         collect_services: Some(false),
         packet_filters: Some(filters_for(&view, id)),

@@ -34,6 +34,8 @@ pub struct Server {
     pub derp_map: Mutex<Option<crate::tailcfg::SharedRaw>>,
     /// Interactive registrations waiting for approval.
     pub pending: interactive::Registry,
+    /// Extra DNS records from `dns.extra_records_path`.
+    pub dns_extra: Mutex<Vec<(String, String, String)>>,
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -115,6 +117,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             derp_map: Mutex::new(None),
             pending: interactive::Registry::default(),
             primaries: Mutex::new(Default::default()),
+            dns_extra: Mutex::new(Vec::new()),
         }
     });
     policy::load_initial(&server).map_err(Error::other)?;
@@ -196,10 +199,8 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
         }
     }
     start_admin(&server);
-    policy::spawn_watcher(server.clone());
     start_tls(&server);
-    derpmap::spawn_refresher(server.clone());
-    routes::spawn_expiry_watcher(server.clone());
+    spawn_background(&server);
     println!(
         "tinyscale listening on {}; server_url {}",
         server.cfg.listen_addr, server.cfg.server_url
@@ -216,6 +217,15 @@ fn start_stun(addr: std::net::SocketAddr) {
         }
         Err(e) => log::warn!("STUN on {addr}: {e} (clients will take longer to find direct paths)"),
     }
+}
+
+/// Tasks that bind nothing: policy file watcher, DERP map sources, key
+/// expiry announcements, extra DNS records file.
+pub fn spawn_background(server: &SharedServer) {
+    policy::spawn_watcher(server.clone());
+    derpmap::spawn_refresher(server.clone());
+    routes::spawn_expiry_watcher(server.clone());
+    netmap::spawn_extra_records_watcher(server.clone());
 }
 
 fn start_tls(server: &SharedServer) {
@@ -252,6 +262,7 @@ pub fn start_background(
 ) -> std::io::Result<(std::net::SocketAddr, smol::Task<()>)> {
     let listener = crate::http::bind(server)?;
     let addr = listener.get_ref().local_addr()?;
+    spawn_background(server);
     Ok((
         addr,
         smol::spawn(crate::http::accept_loop(server.clone(), listener)),

@@ -119,10 +119,12 @@ pub fn render_node(server: &Server, n: &Node, self_view: bool, now: i64) -> tail
             "disable-captive-portal-detection".to_string(),
             serde_json::json!([]),
         );
-        m.insert(
-            "https://tailscale.com/cap/file-sharing".to_string(),
-            serde_json::json!([]),
-        );
+        if cfg.taildrop {
+            m.insert(
+                "https://tailscale.com/cap/file-sharing".to_string(),
+                serde_json::json!([]),
+            );
+        }
         cap_map = Some(m);
     }
     tailcfg::Node {
@@ -195,7 +197,10 @@ pub fn server_host(cfg: &Config) -> String {
         .to_string()
 }
 
-pub fn dns_config(cfg: &Config) -> Option<tailcfg::DnsConfig> {
+/// The DNS configuration: MagicDNS, global and split nameservers, search
+/// domains and extra records (inline plus the hot-reloaded file).
+pub fn dns_config(server: &Server) -> Option<tailcfg::DnsConfig> {
+    let cfg = &server.cfg;
     let suffix = dns_suffix(cfg);
     let mut d = tailcfg::DnsConfig {
         resolvers: cfg
@@ -210,7 +215,87 @@ pub fn dns_config(cfg: &Config) -> Option<tailcfg::DnsConfig> {
         d.proxied = true;
         d.domains.insert(0, suffix.clone());
     }
+    for (dom, ns) in &cfg.nameservers_split {
+        d.routes.insert(
+            format!("{dom}."),
+            ns.iter()
+                .map(|a| tailcfg::Resolver { addr: a.clone() })
+                .collect(),
+        );
+    }
+    let file = server
+        .dns_extra
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    for (name, ty, value) in cfg.extra_records.iter().chain(file.iter()) {
+        d.extra_records.push(tailcfg::DnsRecord {
+            name: format!("{name}."),
+            r#type: ty.clone(),
+            value: value.clone(),
+        });
+        // A name outside the MagicDNS suffix needs a route to be answered
+        // by quad-100 when there are no global resolvers (dns.md §2).
+        if d.resolvers.is_empty() {
+            if let Some((_, parent)) = name.split_once('.') {
+                if parent != suffix && !d.routes.contains_key(&format!("{parent}.")) {
+                    d.routes.insert(format!("{parent}."), vec![]);
+                }
+            }
+        }
+    }
     Some(d)
+}
+
+/// Re-reads `dns.extra_records_path` when it changes; a broken file is
+/// logged and the previous records stay.
+pub fn spawn_extra_records_watcher(server: crate::control::SharedServer) {
+    let Some(path) = server.cfg.extra_records_path.clone() else {
+        return;
+    };
+    let weak = std::sync::Arc::downgrade(&server);
+    drop(server);
+    smol::spawn(async move {
+        let mut last: Option<std::time::SystemTime> = None;
+        loop {
+            let Some(server) = weak.upgrade() else { return };
+            let m = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+            if m != last {
+                last = m;
+                let parsed = std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| {
+                        if t.len() > 1 << 20 {
+                            return Err("larger than 1 MiB".into());
+                        }
+                        serde_json::from_str::<serde_json::Value>(&t).map_err(|e| e.to_string())
+                    })
+                    .and_then(|v| crate::config::parse_extra_records(&v));
+                match parsed {
+                    Ok(recs) => {
+                        let changed = {
+                            let mut cur =
+                                server.dns_extra.lock().unwrap_or_else(|e| e.into_inner());
+                            let changed = *cur != recs;
+                            *cur = recs;
+                            changed
+                        };
+                        if changed {
+                            log::info!("dns.extra_records_path {}: reloaded", path.display());
+                            server.hub.notify(crate::control::Change::Everything);
+                        }
+                    }
+                    Err(e) => log::warn!(
+                        "dns.extra_records_path {}: {e} (previous records kept)",
+                        path.display()
+                    ),
+                }
+            }
+            drop(server);
+            async_io::Timer::after(std::time::Duration::from_secs(2)).await;
+        }
+    })
+    .detach();
 }
 
 /// Allow-all packet filter, used until a policy is configured.

@@ -39,6 +39,7 @@ impl Live {
 /// routes left out: only the elected primary carries a prefix).
 pub fn topology_for(server: &Server, st: &State) -> Topology {
     let mut t = topology(st);
+    t.settings.file_sharing = server.cfg.taildrop;
     for n in &mut t.nodes {
         if let Some(node) = st.nodes.get(&n.id) {
             let keep = server.routes_in_effect(node);
@@ -238,9 +239,12 @@ pub fn spawn_watcher(server: SharedServer) {
     if server.cfg.policy_path.is_none() || server.cfg.policy_mode == "database" {
         return;
     }
+    let weak = Arc::downgrade(&server);
+    drop(server);
     smol::spawn(async move {
         loop {
             async_io::Timer::after(Duration::from_secs(1)).await;
+            let Some(server) = weak.upgrade() else { return };
             reload_if_changed(&server, false);
         }
     })

@@ -146,10 +146,14 @@ impl Server {
 /// its self node with the past `KeyExpiry` (the client goes to NeedsLogin)
 /// and its peers see it `Expired` (no endpoints, no DERP).
 pub fn spawn_expiry_watcher(server: crate::control::SharedServer) {
+    // A weak handle: the watcher must not keep a stopped server alive.
+    let weak = std::sync::Arc::downgrade(&server);
+    drop(server);
     smol::spawn(async move {
         let mut announced: BTreeSet<u64> = BTreeSet::new();
         loop {
             async_io::Timer::after(std::time::Duration::from_secs(5)).await;
+            let Some(server) = weak.upgrade() else { return };
             let t = crate::state::now();
             let expired: BTreeSet<u64> = server
                 .state()
