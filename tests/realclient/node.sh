@@ -3,10 +3,14 @@
 #
 #   node.sh start NAME --control URL --authkey KEY [--role serve|proxy] [--upstream HOST[:PORT]]
 #                 [--proxy-port 8080] [--ts-port 41641] [--ephemeral] [--env K=V]... [--keep-state]
-#                 [--max-seconds 1800]
+#                 [--max-seconds 1800] [--proxy-no-keepalive]
 #                                     start NAME (a fresh node: its tailscale state dir is wiped
 #                                     unless --keep-state). --env adds client env for this node only
 #                                     (e.g. --env TS_DEBUG_MAP=1); --ephemeral registers it ephemeral.
+#                                     --proxy-no-keepalive: the proxy sends `Connection: close` upstream,
+#                                     so every request dials anew over the tailnet (Tailscale's packet
+#                                     filter passes non-SYN TCP, so a pooled connection outlives an ACL
+#                                     change; policy tests need fresh connections).
 #   node.sh restart NAME              stop NAME and start it again with the same options, KEEPING its
 #                                     state dir (same node key, so the same node on the server).
 #                                     The previous log is kept as caddy.log.N.
@@ -33,7 +37,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$HERE/lib.sh"
 
-usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
 
 node_dir() { printf '%s/%s' "$RC_RUN" "$1"; }
 
@@ -76,7 +80,7 @@ start_node() {
   rc_check_name "$name"
   local -a orig_args=("$@")
   local control="" authkey="" role="serve" upstream="" proxy_port=8080 ts_port=41641 ephemeral=false
-  local max_seconds=1800 keep_state=0
+  local max_seconds=1800 keep_state=0 proxy_keepalive=1
   local -a node_env=()
   while [ $# -gt 0 ]; do
     case "$1" in
@@ -89,6 +93,7 @@ start_node() {
       --ephemeral) ephemeral=true; shift ;;
       --env) [[ "$2" =~ ^[A-Za-z_][A-Za-z0-9_]*= ]] || die "--env wants K=V, got '$2'"; node_env+=("$2"); shift 2 ;;
       --keep-state) keep_state=1; shift ;;
+      --proxy-no-keepalive) proxy_keepalive=0; shift ;;
       --max-seconds) max_seconds="$2"; shift 2 ;;
       *) die "unknown option $1" ;;
     esac
@@ -122,14 +127,16 @@ start_node() {
   head -c 1048576 /dev/urandom >"$d/www/blob.bin"
   sha256sum "$d/www/blob.bin" | cut -d' ' -f1 >"$d/blob.sha256"
 
-  local proxy_block=""
+  local proxy_block="" proxy_extra=""
+  [ "$proxy_keepalive" = 1 ] || proxy_extra="
+		header_up Connection close"
   if [ "$role" = proxy ]; then
     proxy_block="
 # local entry point (inside the netns): forwards over the tailnet through node $name
 :$proxy_port {
 	bind 0.0.0.0
 	reverse_proxy http://$upstream {
-		transport tailscale $name
+		transport tailscale $name$proxy_extra
 	}
 }"
   fi
