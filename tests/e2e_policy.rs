@@ -1,0 +1,264 @@
+//! The policy engine end to end, with REAL Tailscale clients (tests/realclient/README.md; the
+//! approach of tests/e2e_realclient.rs).
+//!
+//! Node a (user alice) and node b (user bob) each serve HTTP on the tailnet and run a local proxy
+//! to the other (`--proxy-no-keepalive`: every request opens a new tailnet connection — Tailscale's
+//! packet filter passes non-SYN TCP, so a pooled connection would outlive any ACL change).
+//! The policy file (`policy.path`, reloaded by the server when it changes) is rewritten while the
+//! clients keep running:
+//!  1. `bob@ -> alice@:80` (tcp): b fetches `http://a/`; a cannot fetch from b.
+//!  2. only `alice@ -> bob@:80`: b's fetch fails (bounded retries: timeout / 502 from its proxy),
+//!     a's fetch now succeeds.
+//!  3. back to 1: b fetches again, a is refused again.
+//!  4. a broken policy file is rejected and the previous policy stays in force.
+//!
+//! Every phase is bounded and timed (figures on stderr). Needs root; skips with a reason
+//! otherwise (fails under CI=true). Knobs as in tests/e2e_realclient.rs.
+
+#[macro_use]
+mod realclient_common;
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use realclient_common::*;
+
+const PREFIX: &str = "tsp"; // netns tsp-a, tsp-b; bridge tspbr0
+
+const B_TO_A: &str = r#"{
+  // bob's node b may open TCP connections to port 80 of alice's node a; nothing else
+  "acls": [
+    {"action": "accept", "proto": "tcp", "src": ["bob@"], "dst": ["alice@:80"]},
+  ],
+}"#;
+
+const A_TO_B: &str = r#"{
+  // the other way round only: b -> a is denied
+  "acls": [
+    {"action": "accept", "proto": "tcp", "src": ["alice@"], "dst": ["bob@:80"]},
+  ],
+}"#;
+
+const BROKEN: &str = r#"{ "acls": [ {"action": "accept", "src": ["nosuchgroup:x"], "dst": 42 "#;
+
+/// Replaces the policy file atomically (the server polls its mtime once a second).
+fn write_policy(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, text).unwrap();
+    fs::rename(&tmp, path).unwrap();
+}
+
+/// One fetch through NODE's proxy (its upstream is the other node); (status or 0, body).
+fn fetch(h: &Harness, node: &str) -> (u16, String) {
+    let (code, body) = h.curl(node, "http://127.0.0.1:8080/", 8);
+    (code, String::from_utf8_lossy(&body).trim().to_owned())
+}
+
+fn describe_failure(code: u16) -> String {
+    if code == 0 {
+        "no response (timeout / connection failure)".into()
+    } else {
+        format!("HTTP {code} from the proxy")
+    }
+}
+
+/// Waits (bounded) until NODE's fetch fails, then checks it keeps failing twice more.
+fn until_denied(h: &Harness, node: &str, what: &str, limit: Duration) -> (u16, Duration) {
+    let t0 = Instant::now();
+    let code = wait_for(what, limit, || {
+        let (code, _) = fetch(h, node);
+        (code != 200).then_some(code)
+    });
+    let took = t0.elapsed();
+    for _ in 0..2 {
+        let (again, body) = fetch(h, node);
+        assert_ne!(
+            again, 200,
+            "{what}: a later fetch succeeded again: {body:?}"
+        );
+    }
+    (code, took)
+}
+
+/// Waits until the server log (from byte `mark`) has a line containing `needle`.
+fn server_logged(h: &Harness, mark: usize, needle: &str, limit: Duration) -> (String, Duration) {
+    let t0 = Instant::now();
+    let line = wait_for(&format!("server log: {needle}"), limit, || {
+        let text = read_lossy(&h.server_log());
+        text.get(mark.min(text.len())..)
+            .unwrap_or("")
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_owned)
+    });
+    (line, t0.elapsed())
+}
+
+#[test]
+fn policy_changes_reach_real_clients_live() {
+    if preflight("policy real-client e2e").is_none() {
+        return;
+    }
+    let t_start = Instant::now();
+    let mut h = Harness::new(PREFIX);
+    say!(
+        "temp dir {} (server binary {})",
+        h.dir.display(),
+        h.bin.display()
+    );
+    let topo = h.netns_up(&["a", "b"]);
+    say!("topology: {}", topo.replace('\n', " "));
+
+    let policy = h.dir.join("policy.hujson");
+    write_policy(&policy, B_TO_A);
+    let port = h.free_port();
+    h.start_server(ServerOpts {
+        port,
+        tls_port: 0,
+        derp_enabled: true,
+        policy_path: Some(policy.clone()),
+    });
+    let control = h.control_url();
+    h.cli(&["users", "create", "alice"]);
+    h.cli(&["users", "create", "bob"]);
+    let key_alice = h.preauth_key("alice", &[]);
+    let key_bob = h.preauth_key("bob", &[]);
+
+    let t_join = Instant::now();
+    let proxy = |up: &'static str| ["--role", "proxy", "--upstream", up, "--proxy-no-keepalive"];
+    h.start_node("a", &control, &key_alice, 41641, &proxy("b"));
+    h.start_node("b", &control, &key_bob, 41642, &proxy("a"));
+    let ips_a = wait_for(
+        "node a gets its tailnet IPs",
+        Duration::from_secs(60),
+        || self_ips(&h.node_log_path("a")),
+    );
+    let ips_b = wait_for(
+        "node b gets its tailnet IPs",
+        Duration::from_secs(60),
+        || self_ips(&h.node_log_path("b")),
+    );
+    say!(
+        "node a (alice) {ips_a:?}, node b (bob) {ips_b:?} ({:.1}s after start)",
+        t_join.elapsed().as_secs_f64()
+    );
+    let ip4_b = ips_b[0].clone();
+    let ip4_a = ips_a[0].clone();
+    let hello_from_a = format!("hello from a over the tailnet; you are {ip4_b}");
+    let hello_from_b = format!("hello from b over the tailnet; you are {ip4_a}");
+
+    // 1. bob -> alice:80
+    let (body, _) = h.fetch_via(
+        "b",
+        "policy bob@ -> alice@:80: b -> http://a/",
+        Duration::from_secs(90),
+    );
+    assert_eq!(body, hello_from_a);
+    say!(
+        "first byte b -> a {:.1}s after the nodes were started",
+        t_join.elapsed().as_secs_f64()
+    );
+    let t0 = Instant::now();
+    let (code, body) = fetch(&h, "a");
+    assert_ne!(
+        code, 200,
+        "a reached b although only b -> a is allowed: {body:?}"
+    );
+    say!(
+        "policy bob@ -> alice@:80: a -> http://b/ denied: {} ({:.1}s)",
+        describe_failure(code),
+        t0.elapsed().as_secs_f64()
+    );
+
+    // 2. only alice -> bob:80: b's fetches fail, a's succeed, nobody restarts
+    let mark = read_lossy(&h.server_log()).len();
+    let t_change = Instant::now();
+    write_policy(&policy, A_TO_B);
+    let (line, took) = server_logged(&h, mark, "policy reloaded", Duration::from_secs(10));
+    say!(
+        "policy rewritten to alice@ -> bob@:80 only; server reloaded it after {:.1}s: {}",
+        took.as_secs_f64(),
+        line.trim()
+    );
+    let (code, took) = until_denied(
+        &h,
+        "b",
+        "b -> a fails under alice@ -> bob@:80",
+        Duration::from_secs(60),
+    );
+    say!(
+        "deny in force for b -> a after {:.1}s (file write to first failed fetch): {}",
+        t_change.elapsed().as_secs_f64(),
+        describe_failure(code)
+    );
+    let _ = took;
+    let (body, _) = h.fetch_via(
+        "a",
+        "policy alice@ -> bob@:80: a -> http://b/",
+        Duration::from_secs(60),
+    );
+    assert_eq!(body, hello_from_b);
+    say!(
+        "a -> b allowed {:.1}s after the policy change",
+        t_change.elapsed().as_secs_f64()
+    );
+
+    // 3. restore
+    let mark = read_lossy(&h.server_log()).len();
+    let t_change = Instant::now();
+    write_policy(&policy, B_TO_A);
+    let (_, took) = server_logged(&h, mark, "policy reloaded", Duration::from_secs(10));
+    say!(
+        "policy restored to bob@ -> alice@:80; reloaded after {:.1}s",
+        took.as_secs_f64()
+    );
+    let (body, _) = h.fetch_via(
+        "b",
+        "restored policy: b -> http://a/",
+        Duration::from_secs(60),
+    );
+    assert_eq!(body, hello_from_a);
+    say!(
+        "b -> a allowed again {:.1}s after the restore",
+        t_change.elapsed().as_secs_f64()
+    );
+    let (code, took) = until_denied(
+        &h,
+        "a",
+        "a -> b fails again under the restored policy",
+        Duration::from_secs(60),
+    );
+    say!(
+        "a -> b denied again ({:.1}s): {}",
+        took.as_secs_f64(),
+        describe_failure(code)
+    );
+
+    // 4. a broken file is rejected; the policy in force stays
+    let mark = read_lossy(&h.server_log()).len();
+    write_policy(&policy, BROKEN);
+    let (line, took) = server_logged(&h, mark, "policy reload rejected", Duration::from_secs(10));
+    say!(
+        "broken policy file rejected after {:.1}s: {}",
+        took.as_secs_f64(),
+        line.trim()
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let (code, body) = fetch(&h, "b");
+    assert_eq!(
+        (code, body.as_str()),
+        (200, hello_from_a.as_str()),
+        "b -> a after a rejected policy"
+    );
+    let (code, _) = fetch(&h, "a");
+    assert_ne!(code, 200, "a -> b allowed after a rejected policy");
+    say!("after the rejected file: b -> a still 200, a -> b still denied");
+
+    let nodes = h.nodes();
+    say!("nodes list at the end: {}", describe_all(&nodes));
+    say!(
+        "PASS policy real-client e2e in {:.1}s",
+        t_start.elapsed().as_secs_f64()
+    );
+}
