@@ -189,6 +189,16 @@ fn policy_changes_reach_real_clients_live() {
         took.as_secs_f64(),
         line.trim()
     );
+    let (body, _) = h.fetch_via(
+        "a",
+        "policy alice@ -> bob@:80: a -> http://b/",
+        Duration::from_secs(60),
+    );
+    assert_eq!(body, hello_from_b);
+    say!(
+        "a -> b allowed {:.1}s after the policy change",
+        t_change.elapsed().as_secs_f64()
+    );
     let (code, at) = until_denied(
         &h,
         "b",
@@ -200,16 +210,6 @@ fn policy_changes_reach_real_clients_live() {
         "b -> a denied: the first failing fetch started {:.1}s after the file was written ({}); the next two fail too",
         at.as_secs_f64(),
         describe_failure(code)
-    );
-    let (body, _) = h.fetch_via(
-        "a",
-        "policy alice@ -> bob@:80: a -> http://b/",
-        Duration::from_secs(60),
-    );
-    assert_eq!(body, hello_from_b);
-    say!(
-        "a -> b allowed {:.1}s after the policy change",
-        t_change.elapsed().as_secs_f64()
     );
 
     // 3. restore
