@@ -103,6 +103,7 @@ s=socket.socket(socket.AF_INET, getattr(socket,sys.argv[1])); s.bind(("127.0.0.1
 }
 PORT=$(free_port SOCK_STREAM)
 STUN_PORT=$(free_port SOCK_DGRAM)
+TLS_PORT=$(free_port SOCK_STREAM)
 mkdir -p "$WORK/data"
 chmod 700 "$WORK/data"
 CONF=$WORK/config.yaml
@@ -110,6 +111,7 @@ cat >"$CONF" <<EOF
 server_url: http://127.0.0.1:$PORT
 listen_addr: 127.0.0.1:$PORT
 data_dir: $WORK/data
+tls_listen_addr: 127.0.0.1:$TLS_PORT
 derp:
   server:
     enabled: true
@@ -147,7 +149,11 @@ AUTHKEY=""
 if run users create --help >/dev/null 2>&1 && run preauthkeys create --help >/dev/null 2>&1; then
     run users create smoke --config "$CONF" >"$WORK/user.out" 2>&1 \
         || fail "users create smoke: $(cat "$WORK/user.out")"
-    run preauthkeys create --user smoke -o json --config "$CONF" >"$WORK/key.json" 2>"$WORK/key.err" \
+    # `debug smoke` joins two nodes with the one key: make it reusable where the CLI knows the flag.
+    reusable=()
+    case "$(run preauthkeys create --help 2>&1 || true)" in *--reusable*) reusable=(--reusable) ;; esac
+    run preauthkeys create --user smoke ${reusable[@]+"${reusable[@]}"} -o json --config "$CONF" \
+        >"$WORK/key.json" 2>"$WORK/key.err" \
         || fail "preauthkeys create: $(cat "$WORK/key.err")"
     AUTHKEY=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["key"])' "$WORK/key.json") \
         || fail "preauthkeys create -o json printed no 'key': $(cat "$WORK/key.json")"
