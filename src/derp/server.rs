@@ -25,7 +25,7 @@ use crypto_box::aead::Aead;
 use crypto_box::{PublicKey, SalsaBox, SecretKey};
 use futures_lite::future;
 use futures_lite::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use smol::channel::{self, Receiver, Sender, TrySendError};
+use smol::channel::{self, Receiver, Sender};
 
 use crate::wire::derp::{
     looks_like_disco, FrameType, Header, Key, PeerGoneReason, Repr, HEADER_LEN, NONCE_LEN,
@@ -76,45 +76,43 @@ pub struct DerpStats {
     pub clients_refused: AtomicU64,
 }
 
-/// A bounded frame queue that never makes the producer wait.
+/// A length-capped frame queue that never makes the producer wait.
+///
+/// Built on an *unbounded* channel with the cap enforced here: a bounded
+/// channel preallocates every slot (8 KiB for 256 frames) per connection,
+/// while the unbounded one allocates small blocks only as frames arrive,
+/// which keeps idle connections cheap.
 struct Queue {
     tx: Sender<Vec<u8>>,
-    /// A second handle on the queue so a producer can pop the oldest frame
-    /// when the queue is full.
+    /// A second handle so a producer can pop the oldest frame when full.
     rx: Receiver<Vec<u8>>,
+    cap: usize,
 }
 
 impl Queue {
     fn new(cap: usize) -> Queue {
-        let (tx, rx) = channel::bounded(cap.max(1));
-        Queue { tx, rx }
+        let (tx, rx) = channel::unbounded();
+        Queue {
+            tx,
+            rx,
+            cap: cap.max(1),
+        }
     }
 
     /// Queue an encoded frame; never waits. Returns false if the connection
-    /// is closing. A full queue loses its oldest frame (stale WireGuard
+    /// is closing. A full queue loses its oldest frames (stale WireGuard
     /// packets are worthless; fresh ones carry the retransmissions).
+    /// Concurrent producers may overshoot the cap by one frame each.
     fn push(&self, frame: Vec<u8>, stats: &DerpStats) -> bool {
-        let mut frame = frame;
-        for _ in 0..4 {
-            match self.tx.try_send(frame) {
-                Ok(()) => return true,
-                Err(TrySendError::Closed(_)) => return false,
-                Err(TrySendError::Full(f)) => {
-                    frame = f;
-                    if self.rx.try_recv().is_ok() {
-                        stats
-                            .packets_dropped_queue_full
-                            .fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+        while self.tx.len() >= self.cap {
+            if self.rx.try_recv().is_err() {
+                break;
             }
+            stats
+                .packets_dropped_queue_full
+                .fetch_add(1, Ordering::Relaxed);
         }
-        // Lost a race with other senders four times in a row; dropping this
-        // one frame is within the queue's contract.
-        stats
-            .packets_dropped_queue_full
-            .fetch_add(1, Ordering::Relaxed);
-        true
+        self.tx.try_send(frame).is_ok()
     }
 }
 
@@ -122,7 +120,7 @@ impl Queue {
 /// Restarting) and small disco packets. They are few and tiny but must not
 /// be lost behind a flood of data packets: a client whose Pong is dropped
 /// reconnects, one that misses PeerGone keeps a dead path.
-const CTL_QUEUE_LEN: usize = 256;
+const CTL_QUEUE_LEN: usize = 1024;
 
 /// Disco packets up to this size ride the control queue (real ones are a
 /// few hundred bytes); bigger "disco-looking" packets are treated as data so
