@@ -237,9 +237,18 @@ async fn smoke(addr: std::net::SocketAddr, key: &str, c: &mut Checks) -> io::Res
             )
         },
     );
-    let seen = until(&mut sa, &mut nma, |n| n.peers.contains_key(&b_id))
-        .await
-        .map_err(ctx("waiting for the second node as a peer"))?;
+    // The peer arrives when it registers; its disco key and endpoints
+    // follow when its map poll starts: wait for both.
+    let disco = b.disco_key().to_string();
+    let seen = until(&mut sa, &mut nma, |n| {
+        n.peers
+            .get(&b_id)
+            .is_some_and(|p| p["DiscoKey"] == disco.as_str())
+    })
+    .await
+    .map_err(ctx(
+        "waiting for the second node as a peer with its disco key",
+    ))?;
     let as_delta = seen.iter().any(|m| {
         m["PeersChanged"]
             .as_array()
@@ -252,8 +261,8 @@ async fn smoke(addr: std::net::SocketAddr, key: &str, c: &mut Checks) -> io::Res
     );
     let peer = &nma.peers[&b_id];
     c.check(
-        peer["Key"] == b.node_key().to_string() && peer["DiscoKey"] == b.disco_key().to_string(),
-        "peer has the second node's node and disco keys",
+        peer["Key"] == b.node_key().to_string(),
+        "peer has the second node's node key and disco key",
         || format!("peer Key {} DiscoKey {}", peer["Key"], peer["DiscoKey"]),
     );
 
