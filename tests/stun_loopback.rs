@@ -82,3 +82,36 @@ fn garbage_is_ignored_and_server_keeps_answering() {
         Some(Repr::BindingSuccess { transaction_id, .. }) if transaction_id == txid
     ));
 }
+
+#[test]
+fn dual_stack_socket_answers_ipv4_clients_with_ipv4() {
+    let Ok(server) = spawn_stun("[::]:0".parse().unwrap()) else {
+        eprintln!("no IPv6; skipping");
+        return;
+    };
+    let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let target: SocketAddr = format!("127.0.0.1:{}", server.local_addr().port())
+        .parse()
+        .unwrap();
+    let req = Repr::BindingRequest {
+        transaction_id: [3; 12],
+        tailnode: true,
+    }
+    .to_vec();
+    client.send_to(&req, target).unwrap();
+    let mut buf = [0u8; 128];
+    let Ok((n, _)) = client.recv_from(&mut buf) else {
+        eprintln!("IPV6_V6ONLY socket; skipping");
+        return;
+    };
+    assert_eq!(
+        Repr::parse(&Packet::new_checked(&buf[..n]).unwrap()),
+        Ok(Repr::BindingSuccess {
+            transaction_id: [3; 12],
+            mapped: client.local_addr().unwrap(),
+        })
+    );
+}
