@@ -6,12 +6,18 @@
 //! Shape of a connection: after the handshake (ServerKey →, ClientInfo ←,
 //! ServerInfo →) two futures run side by side on the caller's task, a reader
 //! that parses frames and acts on them, and a writer that drains this
-//! client's bounded queue and sends keepalives. Whichever ends first ends
-//! the connection. Senders never wait on a receiver: enqueueing is
-//! `try_send`, and a full queue drops its *oldest* packet (stale WireGuard
+//! client's queues and sends keepalives. Whichever ends first ends the
+//! connection. Each client has two capped queues: control (Pong, PeerGone,
+//! PeerPresent, Restarting, small disco packets), always written first, and
+//! data (relayed packets, [`DerpConfig::queue_len`]). Senders never wait on
+//! a receiver: a full queue drops its *oldest* frame (stale WireGuard
 //! packets are worthless, as in Go's derper). A receiver that cannot take a
 //! write within [`DerpConfig::write_timeout`] is disconnected, so one stuck
 //! client costs nobody else anything.
+//!
+//! Measured (ignored tests in `tests/derp_relay.rs`, release build): about
+//! 10 KiB of RSS per idle connection; 250–600 k relayed 1,280-byte packets
+//! per second on one smol thread, depending on load from other work.
 
 use std::collections::{HashMap, HashSet};
 use std::io;
