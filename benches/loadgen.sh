@@ -12,7 +12,7 @@
 # Environment: C (concurrency, 64), K (changes, 20), M (handshakes, 2000),
 # TAGGED (large shape, 4), MAX_SECONDS (loadgen time limit, 540),
 # CARGO_TARGET_DIR, NO_BUILD=1 (use the existing release binary),
-# SERVER_CORE (0) / LOADGEN_CORE (1), PERF=1 (record the server with perf),
+# SERVER_CORE (0) / LOADGEN_CORE (1), PERF=1 (record the server with perf into $TMPDIR),
 # PRIO=-10 (run server and load generator under `nice -n PRIO`: on a shared
 # machine wall-clock figures suffer from other processes; CPU-second
 # figures do not), TMPDIR (where the data directory goes; /dev/shm takes
@@ -156,8 +156,9 @@ fi
 echo "created $USERS user(s) and their keys with the CLI in $(echo "$(date +%s.%N) - $T0" | bc 2>/dev/null || echo '?') s"
 
 PERF_PID=
+PERF_OUT=${TMPDIR:-/tmp}/perf-loadgen-$SHAPE-$N.data
 if [ "${PERF:-}" = 1 ] && command -v perf >/dev/null; then
-    perf record -F 499 -g -p "$SPID" -o "$REPO/perf-loadgen-$SHAPE-$N.data" >/dev/null 2>&1 &
+    perf record -F 499 -g -p "$SPID" -o "$PERF_OUT" >/dev/null 2>&1 &
     PERF_PID=$!
 fi
 set +e
@@ -170,7 +171,7 @@ echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "$PERF_PID" ]; then
     kill -INT "$PERF_PID" 2>/dev/null || true
     wait "$PERF_PID" 2>/dev/null || true
-    echo "perf data: $REPO/perf-loadgen-$SHAPE-$N.data (perf report -i ... --no-children)"
+    echo "perf data: $PERF_OUT (perf report -i $PERF_OUT --no-children; a server with symbols: SERVER_BIN)"
 fi
 if ! kill -0 "$SPID" 2>/dev/null; then
     echo "server died during the run; its log:" >&2
