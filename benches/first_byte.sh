@@ -177,7 +177,7 @@ declare -A RESULTS
 one_run() {
   local mode="$1" run="$2" dir="$WORK/$mode-$run"
   mkdir -p "$dir"
-  bash "$RC/netns.sh" up a b >/dev/null
+  bash "$RC/netns.sh" up a b >/dev/null 2>&1 || bash "$RC/netns.sh" up a b >/dev/null
   start_server "$mode" "$dir"
   "$BIN" users create alice --config "$dir/config.yaml" >/dev/null
   local key
@@ -198,11 +198,11 @@ one_run() {
     if [ "$code" = 200 ]; then fb="$(since "$t0")"; break; fi
     sleep 0.1
   done
-  local path="direct"
-  grep -q 'derp route for' "$REALCLIENT_RUN/b/caddy.log" && path="derp"
-  local direct
+  # b's log: did packets come through a DERP region, and did a direct path appear (by the end)?
+  local relayed direct path
+  relayed="$(grep -o 'derp route for \[[^]]*\] set to derp-[0-9]*' "$REALCLIENT_RUN/b/caddy.log" | head -n1 | sed 's/.* set to //' || true)"
   direct="$(grep -o 'now using [0-9.]*:[0-9]*' "$REALCLIENT_RUN/b/caddy.log" | head -n1 || true)"
-  [ -z "$direct" ] || path="$path, then $direct"
+  path="relayed via ${relayed:-no DERP region}; direct: ${direct:-none}"
   if [ -n "$fb" ]; then
     say "$mode run $run: first byte after ${fb}s (both nodes had IPs after ${t_ips:-?}s; b's path: $path)"
     RESULTS[$mode]+="$fb "
@@ -223,10 +223,10 @@ done
 echo "first byte between two fresh real clients (seconds from starting node a; $RUNS runs each)"
 for mode in "${MODES[@]}"; do
   # shellcheck disable=SC2086
-  printf '%-14s %s\n' "$mode" "$(printf '%s\n' ${RESULTS[$mode]} | awk '
-    /fail/ { f++; next } { v[n++] = $1; s += $1 }
+  printf '%-14s %s\n' "$mode" "$(printf '%s\n' ${RESULTS[$mode]} | sort -n | awk '
+    /fail/ { f++; next } { v[++n] = $1; s += $1 }
     END {
-      asort(v); out = "";
+      out = "";
       for (i = 1; i <= n; i++) out = out v[i] " ";
       if (n) printf "%smedian %.1f mean %.1f", out, (n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2), s / n;
       if (f) printf "%s%d failed", (n ? ", " : ""), f;
