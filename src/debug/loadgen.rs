@@ -853,6 +853,8 @@ impl Loadgen {
         let c4 = self.cpus();
         let t_phase = Instant::now();
         let mut done = 0;
+        let mut by_kind: std::collections::BTreeMap<(&str, usize), Vec<(f64, f64)>> =
+            std::collections::BTreeMap::new();
         for k in 0..kmax {
             let mut c = self.changer(k);
             // Skip changers whose stream is gone.
@@ -880,6 +882,7 @@ impl Loadgen {
             let ep = marker_endpoint(k);
             let lite = serde_json::to_vec(&slot.node.map_request(false, &[ep.as_str()]))
                 .unwrap_or_default();
+            let cpu_k0 = self.server_cpu();
             let t0 = Instant::now();
             let posted = until(self.deadline, slot.conn.post_json("/machine/map", lite)).await;
             let post_s = t0.elapsed().as_secs_f64();
@@ -948,16 +951,39 @@ impl Loadgen {
             } else {
                 "member"
             };
+            // 100 ms of the settle pause is included; at 10 ms clock ticks
+            // this is coarse for one change, fine as a median over several.
+            let cpu_k = cpu_k0.and_then(|a| Some(self.server_cpu()? - a));
+            if let Some(cpu) = cpu_k {
+                by_kind
+                    .entry((kind, expected.len()))
+                    .or_default()
+                    .push((completion, cpu));
+            }
             self.say(&format!(
-                "  change {k:>3} by #{c} ({kind}, id {cid}): {}/{} streams got it; p50 {} p99 {} max {}; lite POST {}{}{}",
+                "  change {k:>3} by #{c} ({kind}, id {cid}): {}/{} streams got it; p50 {} p99 {} max {}; lite POST {}; server CPU {}{}{}",
                 got.len(),
                 expected.len(),
                 ms(pct(&lat, 0.5)),
                 ms(pct(&lat, 0.99)),
                 ms(completion),
                 ms(post_s),
+                cpu_k.map(ms).unwrap_or_else(|| "n/a".into()),
                 if missed > 0 { format!("; {missed} MISSED within {} s", self.cmd.change_timeout) } else { String::new() },
                 if unexpected > 0 { format!("; {unexpected} streams without it as a peer got it too") } else { String::new() },
+            ));
+        }
+        for ((kind, receivers), v) in &by_kind {
+            let mut comp: Vec<f64> = v.iter().map(|x| x.0).collect();
+            let mut cpu: Vec<f64> = v.iter().map(|x| x.1).collect();
+            comp.sort_by(f64::total_cmp);
+            cpu.sort_by(f64::total_cmp);
+            self.say(&format!(
+                "  {} {kind} change(s) reaching {receivers} streams: completion median {} max {}; server CPU median {} per change",
+                v.len(),
+                ms(pct(&comp, 0.5)),
+                ms(pct(&comp, 1.0)),
+                ms(pct(&cpu, 0.5)),
             ));
         }
         let wall = t_phase.elapsed().as_secs_f64();
