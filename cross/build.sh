@@ -136,15 +136,23 @@ if [ -z "$ROUTE" ]; then
 fi
 
 # Which panic runtime to build std with: follow the profile (CARGO_PROFILE_* overrides included).
-panic_strategy() {
-    local var="CARGO_PROFILE_$(printf '%s' "$PROFILE" | tr 'a-z-' 'A-Z_')_PANIC"
-    if [ -n "${!var:-}" ]; then printf '%s' "${!var}"; return; fi
-    awk -v p="[profile.$PROFILE]" '
+profile_key() {   # profile_key PROFILE KEY -> value in Cargo.toml's [profile.PROFILE], unquoted
+    awk -v p="[profile.$1]" -v k="$2" '
         $0 == p { inside = 1; next }
         /^\[/ { inside = 0 }
-        inside && $1 == "panic" { gsub(/[" ]/, "", $3); print $3; exit }' Cargo.toml
+        inside && $1 == k { v = $3; gsub(/"/, "", v); print v; exit }' Cargo.toml
 }
-PANIC=$(panic_strategy); PANIC=${PANIC:-unwind}
+panic_strategy() {   # follows `inherits`; CARGO_PROFILE_<NAME>_PANIC wins, as in cargo
+    local p=$1 var v depth=0
+    while [ -n "$p" ] && [ $depth -lt 5 ]; do
+        var="CARGO_PROFILE_$(printf '%s' "$p" | tr 'a-z-' 'A-Z_')_PANIC"
+        if [ -n "${!var:-}" ]; then printf '%s' "${!var}"; return; fi
+        v=$(profile_key "$p" panic)
+        if [ -n "$v" ]; then printf '%s' "$v"; return; fi
+        p=$(profile_key "$p" inherits); depth=$((depth + 1))
+    done
+}
+PANIC=$(panic_strategy "$PROFILE"); PANIC=${PANIC:-unwind}
 
 # Per-target codegen flags, via CARGO_TARGET_<TRIPLE>_RUSTFLAGS so host build scripts are unaffected.
 tflags=()
