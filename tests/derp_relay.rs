@@ -74,6 +74,8 @@ fn handshake<S: Read + Write>(
         panic!("expected ServerKey, got {f:?}");
     };
     let json = match mesh {
+        // An old client that cannot answer server pings.
+        Some("no-pings") => r#"{"version":2}"#.to_string(),
         Some(mk) => format!(r#"{{"version":2,"CanAckPings":true,"meshKey":"{mk}"}}"#),
         None => r#"{"version":2,"CanAckPings":true}"#.to_string(),
     };
@@ -354,17 +356,60 @@ fn slow_reader_is_dropped_without_blocking_others() {
 }
 
 #[test]
-fn keepalives_arrive() {
+fn keepalives_and_pings_arrive() {
     let cfg = DerpConfig {
-        keepalive: Duration::from_millis(1),
+        keepalive: Duration::from_millis(20),
         ..DerpConfig::default()
     };
     let (addr, _server) = start(DerpServer::new([6; 32]).with_config(cfg));
-    let mut a = connect(addr, 60);
-    // Jitter is up to 5 s; allow for it.
-    a.s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
-    let f = read_frame(&mut a.s).unwrap();
+    // A client that cannot ack pings gets bare keepalives…
+    let (mut old, first) = connect_raw(addr, 60, Some("no-pings"));
+    assert_eq!(first.unwrap()[0], u8::from(FrameType::ServerInfo));
+    let f = read_frame(&mut old.s).unwrap();
     assert_eq!(Repr::parse_bytes(&f).unwrap().0, Repr::KeepAlive);
+    // …one that can is pinged instead.
+    let mut new = connect(addr, 61);
+    let f = read_frame(&mut new.s).unwrap();
+    assert!(matches!(
+        Repr::parse_bytes(&f).unwrap().0,
+        Repr::Ping { .. }
+    ));
+}
+
+#[test]
+fn silent_client_is_dropped_while_ponging_client_stays() {
+    let cfg = DerpConfig {
+        keepalive: Duration::from_millis(50),
+        idle_timeout: Duration::from_millis(300),
+        ..DerpConfig::default()
+    };
+    let (addr, server) = start(DerpServer::new([19; 32]).with_config(cfg));
+    let silent = connect(addr, 190);
+    let mut alive = connect(addr, 191);
+    let alive_key = alive.key;
+    let answerer = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_millis(1200);
+        while Instant::now() < end {
+            let Ok(f) = read_frame(&mut alive.s) else {
+                break;
+            };
+            if let Ok((Repr::Ping { data }, _)) = Repr::parse_bytes(&f) {
+                alive.send(Repr::Pong { data });
+            }
+        }
+        alive
+    });
+    assert!(wait_until(|| !server.is_connected(&silent.key)));
+    let alive = answerer.join().unwrap();
+    assert!(server.is_connected(&alive_key));
+    assert!(
+        server
+            .stats()
+            .idle_clients_dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    drop(alive);
 }
 
 #[test]

@@ -54,6 +54,11 @@ pub struct DerpConfig {
     pub handshake_timeout: Duration,
     /// Frames queued per client before the oldest is dropped.
     pub queue_len: usize,
+    /// A client that said `CanAckPings` is pinged instead of sent bare
+    /// keepalives, and dropped once it has sent nothing (not even a Pong)
+    /// for this long. Catches peers that vanished without a FIN long
+    /// before TCP's own retransmission timeout (~15 min) would.
+    pub idle_timeout: Duration,
 }
 
 impl Default for DerpConfig {
@@ -63,6 +68,7 @@ impl Default for DerpConfig {
             write_timeout: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
             queue_len: 32,
+            idle_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -78,6 +84,8 @@ pub struct DerpStats {
     pub packets_dropped_queue_full: AtomicU64,
     /// Connections closed because a write took too long.
     pub slow_clients_dropped: AtomicU64,
+    /// Connections closed because the client stopped answering pings.
+    pub idle_clients_dropped: AtomicU64,
     /// Connections refused by the verify hook.
     pub clients_refused: AtomicU64,
 }
@@ -138,6 +146,10 @@ struct Conn {
     id: u64,
     key: Key,
     remote: Option<SocketAddr>,
+    /// The client acknowledges server pings (from ClientInfo).
+    can_ack_pings: bool,
+    /// When the reader last saw a frame, in ms since the server's epoch.
+    last_rx_ms: AtomicU64,
     /// Relayed data packets, drained after `ctl`.
     data: Queue,
     /// Control frames and disco, drained first.
@@ -187,6 +199,8 @@ pub struct DerpServer {
     next_id: AtomicU64,
     shutting_down: AtomicBool,
     stats: DerpStats,
+    /// Time base for [`Conn::last_rx_ms`].
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for DerpServer {
@@ -282,6 +296,7 @@ impl DerpServer {
             next_id: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             stats: DerpStats::default(),
+            epoch: Instant::now(),
         }
     }
 
@@ -363,9 +378,17 @@ impl DerpServer {
         self.registry.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Keepalive interval plus jitter (up to 5 s, or a tenth of the
+    /// interval if that is less) so clients connected together don't tick
+    /// together.
     fn keepalive_delay(&self) -> Duration {
-        let jitter = random_bytes::<2>().map_or(0, u16::from_be_bytes) % 5000;
-        self.config.keepalive + Duration::from_millis(u64::from(jitter))
+        let max_jitter = (self.config.keepalive.as_millis() / 10).clamp(1, 5000) as u64;
+        let r = random_bytes::<2>().map_or(0, u16::from_be_bytes);
+        self.config.keepalive + Duration::from_millis(u64::from(r) % max_jitter)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     fn register(&self, conn: &Arc<Conn>) {
@@ -541,6 +564,8 @@ where
         id: server.next_id.fetch_add(1, Ordering::Relaxed),
         key,
         remote,
+        can_ack_pings: info.can_ack_pings,
+        last_rx_ms: AtomicU64::new(server.now_ms()),
         data: Queue::new(cfg.queue_len),
         ctl: Queue::new(CTL_QUEUE_LEN.max(cfg.queue_len)),
     });
@@ -666,6 +691,7 @@ async fn reader<R: AsyncRead + Unpin>(
         }
         shrink_if_idle_large(&mut buf);
         let ft = read_frame(r, &mut buf).await?;
+        conn.last_rx_ms.store(server.now_ms(), Ordering::Relaxed);
         if matches!(ft, FrameType::Unknown(_)) {
             continue;
         }
@@ -760,7 +786,28 @@ async fn writer<W: AsyncWrite + Unpin>(
             // finished unregistering.
             Err(_) => return Ok(()),
             Ok(None) => {
-                Repr::KeepAlive.emit_to_vec(&mut out);
+                if conn.can_ack_pings {
+                    let idle = server
+                        .now_ms()
+                        .saturating_sub(conn.last_rx_ms.load(Ordering::Relaxed));
+                    if u128::from(idle) >= server.config.idle_timeout.as_millis() {
+                        server
+                            .stats
+                            .idle_clients_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                        log::info!("derp: dropping silent client {}", hex(&conn.key));
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "DERP client stopped answering pings",
+                        ));
+                    }
+                    // A ping keeps the client's read deadline fresh just as
+                    // a keepalive does, and its Pong proves it is alive.
+                    let data: [u8; 8] = random_bytes()?;
+                    Repr::Ping { data }.emit_to_vec(&mut out);
+                } else {
+                    Repr::KeepAlive.emit_to_vec(&mut out);
+                }
                 keepalive.set_after(server.keepalive_delay());
             }
             Ok(Some(frame)) => {
