@@ -95,3 +95,42 @@ fn policy_shapes_maps_and_changes_live() {
         until(&mut ss, &mut nms, |n| n.peer_by_name("laptop").is_some()).await;
     });
 }
+
+/// A burst of registrations under autogroup:self: recompiles are
+/// coalesced, yet every node ends up seeing exactly its own user's nodes.
+#[test]
+fn burst_of_joins_converges_under_autogroup_self() {
+    let dir = tempdir("burst");
+    let mut cfg = config(&dir);
+    let pfile = dir.join("policy.hujson");
+    std::fs::write(
+        &pfile,
+        r#"{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}"#,
+    )
+    .unwrap();
+    cfg.policy_path = Some(pfile);
+    let ts = start_with(cfg, dir);
+    let keys = [
+        ts.key("ua", true, false, &[]),
+        ts.key("ub", true, false, &[]),
+    ];
+    block_on_timeout(90, async {
+        let mut joined = Vec::new();
+        for i in 0..16 {
+            let n = Node::new(&format!("n{i}"));
+            let (c, s, nm) = join(&ts, &n, &keys[i % 2]).await;
+            joined.push((i % 2, c, s, nm));
+        }
+        for (_, _, s, nm) in joined.iter_mut() {
+            until(s, nm, |n| n.peers.len() == 7).await;
+        }
+        let st = ts.server.state();
+        for (u, _, _, nm) in &joined {
+            for p in nm.peers.values() {
+                let id = p["ID"].as_u64().unwrap();
+                let owner = &st.users[&st.nodes[&id].user].name;
+                assert_eq!(owner, if *u == 0 { "ua" } else { "ub" });
+            }
+        }
+    });
+}

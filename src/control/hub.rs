@@ -27,6 +27,9 @@ pub enum Change {
     UserChanged(u64),
     /// Policy, DNS or DERP configuration changed: resend everything.
     Everything,
+    /// The policy was recompiled after topology changes: sessions reconcile
+    /// visibility and filters (in proportion to what each node sees).
+    PolicyRefresh,
 }
 
 /// Deltas a session may have queued before it is resynced instead.
@@ -138,7 +141,10 @@ impl Hub {
 
     /// Offers `c` to every connected session.
     pub fn notify(&self, c: Change) {
-        if !matches!(c, Change::NodePatch(_) | Change::NodeInfo(_)) {
+        if !matches!(
+            c,
+            Change::NodePatch(_) | Change::NodeInfo(_) | Change::PolicyRefresh
+        ) {
             self.topology_dirty.store(true, Ordering::Release);
         }
         let mut g = self.lock();
@@ -150,6 +156,7 @@ impl Hub {
                 g.peer_cache.remove(id);
             }
             Change::UserChanged(_) | Change::Everything => g.peer_cache.clear(),
+            Change::PolicyRefresh => {}
         }
         for s in g.sessions.values() {
             match s.tx.try_send(c.clone()) {

@@ -430,6 +430,7 @@ fn delta(
                 }
             }
             Change::Everything => return None, // handled by the caller
+            Change::PolicyRefresh => {}        // the generation check below
         }
     }
     if gen != *seen_gen {

@@ -36,6 +36,8 @@ pub struct Server {
     pub pending: interactive::Registry,
     /// Extra DNS records from `dns.extra_records_path`.
     pub dns_extra: Mutex<Vec<(String, String, String)>>,
+    /// A handle on itself for tasks spawned from `&self` methods.
+    pub me: std::sync::Weak<Server>,
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
 }
@@ -91,6 +93,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
     };
     let server = Arc::new_cyclic(|weak: &std::sync::Weak<Server>| {
         // Only nodes registered here (with a current key) may use the relay.
+        let me = weak.clone();
         let weak = weak.clone();
         let derp = derp.map(|d| {
             let verify: crate::derp::server::VerifyFn =
@@ -117,6 +120,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             derp_map: Mutex::new(None),
             pending: interactive::Registry::default(),
             primaries: Mutex::new(Default::default()),
+            me,
             dns_extra: Mutex::new(Vec::new()),
         }
     });
