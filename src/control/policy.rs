@@ -156,7 +156,7 @@ impl Server {
             }
             let due = live
                 .last_compile
-                .is_none_or(|t| t.elapsed() >= live.min_interval);
+                .map_or(true, |t| t.elapsed() >= live.min_interval);
             if !first && (live.compiling || !due) {
                 if !live.deferred {
                     live.deferred = true;
