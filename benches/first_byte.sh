@@ -198,11 +198,12 @@ one_run() {
     if [ "$code" = 200 ]; then fb="$(since "$t0")"; break; fi
     sleep 0.1
   done
-  # b's log: did packets come through a DERP region, and did a direct path appear (by the end)?
+  # b's log: the DERP region b first sent to a through (magicsock logs it when it starts writing
+  # to a peer via DERP, whether or not that region works), and the direct path if one was found.
   local relayed direct path
   relayed="$(grep -o 'derp route for \[[^]]*\] set to derp-[0-9]*' "$REALCLIENT_RUN/b/caddy.log" | head -n1 | sed 's/.* set to //' || true)"
   direct="$(grep -o 'now using [0-9.]*:[0-9]*' "$REALCLIENT_RUN/b/caddy.log" | head -n1 || true)"
-  path="relayed via ${relayed:-no DERP region}; direct: ${direct:-none}"
+  path="DERP route ${relayed:-none}; direct path: ${direct:-none}"
   if [ -n "$fb" ]; then
     say "$mode run $run: first byte after ${fb}s (both nodes had IPs after ${t_ips:-?}s; b's path: $path)"
     RESULTS[$mode]+="$fb "

@@ -103,7 +103,9 @@ fn dropped_udp(h: &Harness, node: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// The node's log lines saying traffic to a peer goes through our DERP region.
+/// The node's log lines saying it sends to a peer through our DERP region (magicsock logs this when
+/// it starts writing to the peer via DERP; that the bytes really crossed the relay follows from the
+/// blocked UDP, the successful transfer, and the outage while the server is down).
 fn derp_route_lines(path: &Path) -> Vec<String> {
     log_msgs(path, 0)
         .into_iter()
@@ -237,7 +239,7 @@ fn real_clients_relay_over_derp_and_survive_server_restart() {
             Duration::from_secs(30),
             || Some(derp_route_lines(&h.node_log_path(node))).filter(|l| !l.is_empty()),
         );
-        say!("{node}'s path to {peer}: {}", lines[0]);
+        say!("{node} sends to {peer} via our relay: {}", lines[0]);
     }
     for node in ["a", "b"] {
         let direct = direct_lines(&h, &h.node_log_path(node));
