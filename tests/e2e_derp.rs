@@ -165,7 +165,7 @@ fn real_clients_relay_over_derp_and_survive_server_restart() {
             !in_ci() || std::env::var_os("TINYSCALE_E2E_NO_NFT").is_some(),
             "`nft` (package nftables) is missing under CI=true"
         );
-        say!("no `nft` here: falling back to TS_DEBUG_NEVER_DIRECT_UDP=1 on both clients");
+        say!("no `nft` (or TINYSCALE_E2E_NO_NFT set): TS_DEBUG_NEVER_DIRECT_UDP=1 on both clients instead");
         node_env = vec!["--env", "TS_DEBUG_NEVER_DIRECT_UDP=1"];
     }
 
