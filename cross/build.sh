@@ -158,8 +158,10 @@ PANIC=$(panic_strategy "$PROFILE"); PANIC=${PANIC:-unwind}
 tflags=()
 case "$TARGET" in
     mips-*|mipsel-*)
-        # Non-PIE static: -12% on MIPS, where PIC code is expensive (see size-budget.md).
-        tflags+=(-C relocation-model=static) ;;
+        # Non-PIE static: -12% on MIPS, where PIC code is expensive (see size-budget.md). Only with
+        # panic=abort: with unwind, the cdylib that redb also declares links std's unwinder/backtrace
+        # code, and non-PIC code cannot go into a shared object (R_MIPS_26 ... recompile with -fPIC).
+        if [ "$PANIC" = abort ]; then tflags+=(-C relocation-model=static); fi ;;
 esac
 if [ "$ROUTE" = nightly-build-std ]; then
     case "$TARGET" in
