@@ -8,9 +8,9 @@
 #                                     unless --keep-state). --env adds client env for this node only
 #                                     (e.g. --env TS_DEBUG_MAP=1); --ephemeral registers it ephemeral.
 #                                     --proxy-no-keepalive: the proxy sends `Connection: close` upstream,
-#                                     so every request dials anew over the tailnet (Tailscale's packet
-#                                     filter passes non-SYN TCP, so a pooled connection outlives an ACL
-#                                     change; policy tests need fresh connections).
+#                                     so every request dials anew over the tailnet (Tailscale's filter
+#                                     passes non-SYN TCP, so a pooled connection could outlive an ACL
+#                                     change; policy tests want every probe to be a new connection).
 #   node.sh restart NAME              stop NAME and start it again with the same options, KEEPING its
 #                                     state dir (same node key, so the same node on the server).
 #                                     The previous log is kept as caddy.log.N.
