@@ -123,6 +123,25 @@ fn direct_lines(h: &Harness, path: &Path) -> Vec<String> {
         .collect()
 }
 
+/// Who listens on TCP `port` (from `ss`), for messages.
+fn port_holder(port: u16) -> String {
+    let out = Command::new("ss")
+        .args(["-Hltnp", &format!("sport = :{port}")])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let holders: Vec<&str> = out
+        .split_whitespace()
+        .filter(|w| w.starts_with("users:"))
+        .collect();
+    if holders.is_empty() {
+        "unknown".into()
+    } else {
+        holders.join(" ")
+    }
+}
+
 fn both_online(h: &Harness, ip_a: &str, ip_b: &str) -> Option<Vec<Value>> {
     let nodes = h.nodes();
     let on = |name: &str, ip: &str| {
@@ -171,10 +190,28 @@ fn real_clients_relay_over_derp_and_survive_server_restart() {
 
     // The TLS port must be 443: a client whose control connection dropped redials the HTTPS port,
     // which for an http:// control URL with a port is 443.
+    // Another server on this machine may hold it (e.g. one on the default 0.0.0.0:443): wait for
+    // it, bounded, naming the holder.
     let host = h.host_ip();
-    if let Err(e) = TcpListener::bind((host.as_str(), 443)) {
-        panic!("{host}:443 is taken ({e}); the restart part needs the TLS listener there");
-    }
+    let mut said = false;
+    wait_for(
+        &format!("{host}:443 to be free (the TLS listener must be there)"),
+        Duration::from_secs(600),
+        || match TcpListener::bind((host.as_str(), 443)) {
+            Ok(_) => Some(()),
+            Err(e) => {
+                if !said {
+                    said = true;
+                    say!(
+                        "{host}:443 is taken ({e}) by: {}; waiting up to 10 min",
+                        port_holder(443)
+                    );
+                }
+                std::thread::sleep(Duration::from_secs(1));
+                None
+            }
+        },
+    );
     let port = h.free_port();
     h.start_server(ServerOpts {
         port,
