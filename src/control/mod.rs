@@ -230,6 +230,45 @@ pub fn spawn_background(server: &SharedServer) {
     derpmap::spawn_refresher(server.clone());
     routes::spawn_expiry_watcher(server.clone());
     netmap::spawn_extra_records_watcher(server.clone());
+    spawn_derp_sweeper(server);
+}
+
+/// The relay admits only current node keys when a client connects; this
+/// sweep also drops connections whose node was deleted, expired or rotated
+/// its key since.
+fn spawn_derp_sweeper(server: &SharedServer) {
+    if server.derp.is_none() {
+        return;
+    }
+    let weak = Arc::downgrade(server);
+    smol::spawn(async move {
+        loop {
+            async_io::Timer::after(std::time::Duration::from_secs(15)).await;
+            let Some(server) = weak.upgrade() else { return };
+            let Some(derp) = server.derp.clone() else {
+                return;
+            };
+            let t = crate::state::now();
+            let stale: Vec<_> = {
+                let st = server.state();
+                let current: std::collections::HashSet<[u8; 32]> = st
+                    .nodes
+                    .values()
+                    .filter(|n| !n.is_expired(t))
+                    .map(|n| n.node_key)
+                    .collect();
+                derp.connected_keys()
+                    .into_iter()
+                    .filter(|k| !current.contains(k))
+                    .collect()
+            };
+            for k in stale {
+                log::info!("DERP: closing a connection whose node key is no longer valid");
+                derp.close_client(&k);
+            }
+        }
+    })
+    .detach();
 }
 
 fn start_tls(server: &SharedServer) {
