@@ -19,7 +19,8 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HERE/panic-probe/target}/panic-$PAN
 bin=$(CARGO_PROFILE_RELEASE_PANIC=$PANIC TINYSCALE_CROSS_CRATE_DIR="$HERE/panic-probe" \
       TINYSCALE_CROSS_BIN=panic-probe "$HERE/build.sh" "$TARGET" | tail -n1)
 set +e
-out=$(${q[@]+"${q[@]}"} "$bin" 2>&1); rc=$?
+# bounded: on mipsel an unwinding panic was seen to deadlock (size-budget.md, "Panic strategy")
+out=$(timeout 60 ${q[@]+"${q[@]}"} "$bin" 2>&1); rc=$?
 set -e
 printf '%s\n' "$out" | sed "s/^/[panic-probe $TARGET $PANIC] /" >&2
 if [ "$PANIC" = unwind ]; then
