@@ -295,7 +295,13 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
             }
             self.wpos += n;
         }
-        self.wbuf.clear();
+        // Give back a buffer grown by a big write (a full map): idle
+        // connections must stay small.
+        if self.wbuf.capacity() > 16 * 1024 {
+            self.wbuf = Vec::new();
+        } else {
+            self.wbuf.clear();
+        }
         self.wpos = 0;
         Poll::Ready(Ok(()))
     }

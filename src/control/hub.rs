@@ -33,7 +33,7 @@ pub enum Change {
 }
 
 /// Deltas a session may have queued before it is resynced instead.
-const QUEUE: usize = 256;
+const QUEUE: usize = 64;
 
 struct Slot {
     seq: u64,

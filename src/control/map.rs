@@ -33,10 +33,12 @@ const OFFLINE_GRACE: Duration = Duration::from_secs(10);
 pub async fn handle(
     server: SharedServer,
     ctx: Arc<ConnCtx>,
-    body: &[u8],
+    body: Vec<u8>,
     mut respond: SendResponse<Bytes>,
 ) -> io::Result<()> {
-    let req: MapRequest = match serde_json::from_slice(body) {
+    let parsed = serde_json::from_slice::<MapRequest>(&body);
+    drop(body); // not kept alive for the life of a long poll
+    let req: MapRequest = match parsed {
         Ok(r) => r,
         Err(e) => {
             let msg = format!("invalid map request: {e}\n").into_bytes();
@@ -88,7 +90,9 @@ pub async fn handle(
         server.reelect_and_notify();
     }
     info!("map: node {node_id} streaming (capver {})", req.version);
-    let result = stream(&server, &sub, &mut respond, zstd, req.keep_alive).await;
+    let keep_alive = req.keep_alive;
+    drop(req);
+    let result = stream(&server, &sub, &mut respond, zstd, keep_alive).await;
     if server.hub.unsubscribe(node_id, sub.seq) {
         went_offline(server.clone(), node_id, sub.seq);
     }
@@ -586,6 +590,9 @@ async fn stream(
     let mut sent = Sent::from_map(&first);
     h2srv::send_all(&mut tx, frame(&first, zstd), false).await?;
     drop(first);
+    // 50 s plus a per-session jitter, so keep-alives of many nodes do not
+    // align (picked once: no random-number syscall per message).
+    let jitter = Duration::from_millis(u64::from(crate::keys::random32()[0]) * 35);
     let ka_msg = frame(
         &MapResponse {
             keep_alive: true,
@@ -595,7 +602,6 @@ async fn stream(
     );
     loop {
         // 50 s plus jitter, so keep-alives of many nodes do not align.
-        let jitter = Duration::from_millis(u64::from(crate::keys::random32()[0]) * 35);
         let ka = if keep_alive {
             KEEPALIVE + jitter
         } else {

@@ -81,7 +81,7 @@ async fn route(
         let (status, json) = register::handle(&server, &ctx, &body).await;
         reply(&mut respond, status, "application/json", json).await
     } else if path.ends_with("/machine/map") {
-        map::handle(server, ctx, &body, respond).await
+        Box::pin(map::handle(server, ctx, body, respond)).await
     } else if path.ends_with("/machine/audit-log") || path.ends_with("/machine/update-health") {
         // Accept and drop: 404/501 would be treated as permanent failures.
         reply(&mut respond, StatusCode::OK, "text/plain", Vec::new()).await

@@ -332,7 +332,9 @@ where
         MachineKey(ctx.machine_key),
         ctx.version
     );
-    h2srv::serve(server, conn, ctx).await
+    // Boxed: the long-lived HTTP/2 future must not carry the upgrade's
+    // locals (head buffers) for the life of the connection.
+    Box::pin(h2srv::serve(server, conn, ctx)).await
 }
 
 /// `GET /derp` with `Upgrade: DERP`: hijack the HTTP/1.1 connection and
