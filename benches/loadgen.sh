@@ -98,6 +98,8 @@ noise:
 database:
   path: $TMP/data/db.redb
 unix_socket: $TMP/admin.sock
+# No TLS listener: the benchmark must not take port 443 from anyone.
+tls_listen_addr: ""
 derp:
   server:
     enabled: true
