@@ -6,6 +6,7 @@
 //! the admin plane and the CLI.
 
 pub mod admin;
+pub mod atomic64;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -15,6 +15,7 @@
 //!    concurrency C: handshakes/s against the X25519 limit.
 
 use super::procfs;
+use crate::atomic64::AtomicU64;
 use crate::client::{self, Conn, Node};
 use crate::wire::mapframe;
 use argh::FromArgs;
@@ -24,7 +25,7 @@ use smol::channel::{self, Receiver, Sender};
 use std::collections::HashSet;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 

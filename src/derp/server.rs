@@ -19,10 +19,11 @@
 //! 10 KiB of RSS per idle connection; 250–600 k relayed 1,280-byte packets
 //! per second on one smol thread, depending on load from other work.
 
+use crate::atomic64::AtomicU64;
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
