@@ -496,3 +496,106 @@ fn tailscale_corpus() {
         skipped_passing.len()
     );
 }
+
+/// Scale smoke test: 1000 nodes × 100 rules (run with
+/// `cargo test --release --test corpus -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn scale_1000_nodes_100_rules() {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+    use tinyscale::policy::{Compiled, TopoNode, TopoUser, Topology};
+    let users: Vec<TopoUser> = (1..=50)
+        .map(|i| TopoUser {
+            id: i,
+            name: format!("u{i}"),
+            email: Some(format!("u{i}@example.com")),
+        })
+        .collect();
+    let mut nodes = Vec::new();
+    for i in 0..1000u64 {
+        let tagged = i % 4 == 0;
+        nodes.push(TopoNode {
+            id: i + 1,
+            name: format!("n{i}"),
+            user_id: if tagged { None } else { Some(i % 50 + 1) },
+            tags: if tagged {
+                vec![format!("tag:t{}", i % 20)]
+            } else {
+                vec![]
+            },
+            ipv4: Some(Ipv4Addr::from(0x6440_0000u32 + i as u32 * 7 + 1)),
+            ipv6: Some(Ipv6Addr::from(
+                0xfd7a_115c_a1e0u128 << 80 | (i as u128 * 7 + 1),
+            )),
+            advertised_routes: if i % 100 == 1 {
+                vec![format!("10.{}.0.0/16", i / 100).parse().unwrap()]
+            } else {
+                vec![]
+            },
+            approved_routes: if i % 100 == 1 {
+                vec![format!("10.{}.0.0/16", i / 100).parse().unwrap()]
+            } else {
+                vec![]
+            },
+        });
+    }
+    let topo = Topology {
+        users,
+        nodes,
+        settings: Default::default(),
+    };
+    let mut groups = Vec::new();
+    for g in 0..10 {
+        let members: Vec<String> = (0..5)
+            .map(|k| format!("\"u{}@example.com\"", g * 5 + k + 1))
+            .collect();
+        groups.push(format!("\"group:g{g}\": [{}]", members.join(",")));
+    }
+    let tag_owners: Vec<String> = (0..20)
+        .map(|t| format!("\"tag:t{t}\": [\"u1@example.com\"]"))
+        .collect();
+    let mut acls = Vec::new();
+    for r in 0..100 {
+        let acl = match r % 5 {
+            0 => format!(
+                "{{\"action\":\"accept\",\"src\":[\"group:g{}\"],\"dst\":[\"tag:t{}:22,443\"]}}",
+                r % 10,
+                r % 20
+            ),
+            1 => format!(
+                "{{\"action\":\"accept\",\"src\":[\"tag:t{}\"],\"dst\":[\"u{}@example.com:*\"]}}",
+                r % 20,
+                r % 50 + 1
+            ),
+            2 => "{\"action\":\"accept\",\"src\":[\"autogroup:member\"],\"dst\":[\"autogroup:self:*\"]}".to_string(),
+            3 => format!(
+                "{{\"action\":\"accept\",\"src\":[\"*\"],\"dst\":[\"10.{}.0.0/16:80\"]}}",
+                r % 10
+            ),
+            _ => format!(
+                "{{\"action\":\"accept\",\"src\":[\"group:g{}\"],\"dst\":[\"autogroup:internet:*\", \"tag:t{}:*\"],\"proto\":\"tcp\"}}",
+                r % 10,
+                r % 20
+            ),
+        };
+        acls.push(acl);
+    }
+    let text = format!(
+        "{{\"groups\":{{{}}},\"tagOwners\":{{{}}},\"acls\":[{}],\"ssh\":[{{\"action\":\"accept\",\"src\":[\"autogroup:member\"],\"dst\":[\"autogroup:self\"],\"users\":[\"autogroup:nonroot\"]}}]}}",
+        groups.join(","),
+        tag_owners.join(","),
+        acls.join(",")
+    );
+    let pol = Policy::parse(&text).unwrap();
+    let t = std::time::Instant::now();
+    let c = policy::compile(&pol, &topo);
+    let el = t.elapsed();
+    let rules: usize = (1..=1000)
+        .map(|id| c.packet_filter(id).as_array().unwrap().len())
+        .sum();
+    let peers: usize = (1..=1000).map(|id| c.peers(id).len()).sum();
+    println!("compile 1000 nodes x 100 rules: {el:?} ({rules} rules, {peers} peer links)");
+    let t = std::time::Instant::now();
+    let _ = Compiled::allow_all(&topo);
+    println!("allow_all 1000 nodes: {:?}", t.elapsed());
+}

@@ -1,7 +1,7 @@
 //! Compiler: (policy, topology) → per-node packet filter, visible peers,
 //! route fields, SSH policy and CapMap.
 
-use super::ipset::{self, internet_set, is_exit_route, render_net, wildcard_set, IpSet};
+use super::ipset::{self, internet_set, is_exit_route, render_net, wildcard_set, IpSet, Span};
 use super::model::{Alias, AutoGroup, Grant, Policy, ProtoPorts};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -124,7 +124,7 @@ impl Default for TailnetSettings {
 #[derive(Debug, Clone)]
 pub(crate) struct Dst {
     pub ip: String,
-    pub set: IpSet,
+    pub set: Span,
     pub ports: (u16, u16),
 }
 
@@ -150,8 +150,7 @@ impl Rule {
     fn dst_union(&self) -> IpSet {
         let mut s = IpSet::new();
         for d in &self.dst {
-            s.v4.extend_from_slice(&d.set.v4);
-            s.v6.extend_from_slice(&d.set.v6);
+            d.set.add_to(&mut s);
         }
         for c in &self.cap {
             for n in &c.dsts {
@@ -295,7 +294,7 @@ pub(crate) struct Ctx<'a> {
     /// user id → indexes of that user's untagged nodes
     pub user_nodes: HashMap<u64, Vec<usize>>,
     cache: std::cell::RefCell<HashMap<Alias, IpSet>>,
-    atom_cache: std::cell::RefCell<HashMap<Alias, Vec<(String, IpSet)>>>,
+    atom_cache: std::cell::RefCell<HashMap<Alias, Vec<(String, Span)>>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -469,18 +468,18 @@ impl<'a> Ctx<'a> {
     /// writes them: every node address on its own (adjacent node addresses
     /// are never merged into ranges), literal prefixes as written, and the
     /// wildcard / internet sets as their canonical ranges.
-    pub fn atoms(&self, a: &Alias) -> Vec<(String, IpSet)> {
+    pub fn atoms(&self, a: &Alias) -> Vec<(String, Span)> {
         if let Some(v) = self.atom_cache.borrow().get(a) {
             return v.clone();
         }
-        let out: Vec<(String, IpSet)> = match a {
+        let out: Vec<(String, Span)> = match a {
             Alias::Wildcard => self
                 .wildcard
                 .strings()
                 .into_iter()
                 .map(|s| {
                     let set = ipset::parse_rule_ip(&s).unwrap_or_default();
-                    (s, set)
+                    (s, Span::from_set(&set))
                 })
                 .collect(),
             // SaaS spells the internet as seven explicit ranges, even the
@@ -488,21 +487,23 @@ impl<'a> Ctx<'a> {
             Alias::Auto(AutoGroup::Internet) => {
                 let mut v = Vec::new();
                 for &(a, b) in &self.internet.v4 {
-                    let mut set = IpSet::new();
-                    set.v4.push((a, b));
-                    v.push((format!("{}-{}", Ipv4Addr::from(a), Ipv4Addr::from(b)), set));
+                    v.push((
+                        format!("{}-{}", Ipv4Addr::from(a), Ipv4Addr::from(b)),
+                        Span::V4(a, b),
+                    ));
                 }
                 for &(a, b) in &self.internet.v6 {
-                    let mut set = IpSet::new();
-                    set.v6.push((a, b));
-                    v.push((format!("{}-{}", Ipv6Addr::from(a), Ipv6Addr::from(b)), set));
+                    v.push((
+                        format!("{}-{}", Ipv6Addr::from(a), Ipv6Addr::from(b)),
+                        Span::V6(a, b),
+                    ));
                 }
                 v
             }
-            Alias::Auto(AutoGroup::DangerAll) => vec![("*".to_string(), IpSet::all())],
-            Alias::Prefix(p) => vec![(render_net(p), IpSet::from_net(p))],
+            Alias::Auto(AutoGroup::DangerAll) => vec![("*".to_string(), Span::All)],
+            Alias::Prefix(p) => vec![(render_net(p), Span::from_net(p))],
             Alias::Host(h) => match self.pol.hosts.get(h) {
-                Some(p) => vec![(render_net(p), IpSet::from_net(p))],
+                Some(p) => vec![(render_net(p), Span::from_net(p))],
                 None => vec![],
             },
             _ => {
@@ -517,11 +518,7 @@ impl<'a> Ctx<'a> {
                 ips.sort_by_key(|ip| ip_sort_key(*ip));
                 ips.dedup();
                 ips.into_iter()
-                    .map(|ip| {
-                        let mut s = IpSet::new();
-                        s.add_addr(ip);
-                        (ip.to_string(), s)
-                    })
+                    .map(|ip| (ip.to_string(), Span::from_addr(ip)))
                     .collect()
             }
         };
@@ -561,17 +558,17 @@ impl<'a> Ctx<'a> {
                 for p in ports {
                     out.push(Dst {
                         ip: "*".into(),
-                        set: IpSet::all(),
+                        set: Span::All,
                         ports: *p,
                     });
                 }
                 continue;
             }
-            for (ip, set) in self.atoms(d) {
+            for (ip, set) in &self.atoms(d) {
                 for p in ports {
                     out.push(Dst {
                         ip: ip.clone(),
-                        set: set.clone(),
+                        set: *set,
                         ports: *p,
                     });
                 }
@@ -717,11 +714,9 @@ impl<'a> Ctx<'a> {
             for &i in same {
                 for p in &ipp.ports {
                     for ip in &self.node_ips[i] {
-                        let mut set = IpSet::new();
-                        set.add_addr(*ip);
                         d.push(Dst {
                             ip: ip.to_string(),
-                            set,
+                            set: Span::from_addr(*ip),
                             ports: *p,
                         });
                     }
@@ -786,11 +781,11 @@ impl<'a> Ctx<'a> {
         for ipp in &v.ip {
             let mut d = Vec::new();
             for p in &prefixes {
-                let set = IpSet::from_net(p);
+                let set = Span::from_net(p);
                 for port in &ipp.ports {
                     d.push(Dst {
                         ip: p.to_string(),
-                        set: set.clone(),
+                        set,
                         ports: *port,
                     });
                 }
@@ -855,7 +850,7 @@ pub struct Compiled {
     filters: Vec<Vec<Rule>>,
     /// unreduced rules per node (matchers), shared where possible
     peers: Vec<Vec<usize>>,
-    allowed_ips: Vec<Vec<Vec<IpNet>>>,
+    peer_routes: Vec<Vec<(usize, Vec<IpNet>)>>,
     primary: Vec<Vec<IpNet>>,
     ssh: Vec<Option<Value>>,
     cap_maps: Vec<Map<String, Value>>,
@@ -897,17 +892,7 @@ fn dests_is_internet(m: &Matcher, internet: &IpSet) -> bool {
         || internet.is_subset_of(&m.dst)
 }
 
-fn src_matches(m: &Matcher, n: &NodeView) -> bool {
-    n.ips.iter().any(|ip| m.src.contains(*ip)) || n.subnets.iter().any(|r| m.src.overlaps_net(r))
-}
-
-fn dst_matches(m: &Matcher, n: &NodeView, internet: &IpSet) -> bool {
-    n.ips.iter().any(|ip| m.dst.contains(*ip))
-        || n.subnets.iter().any(|r| m.dst.overlaps_net(r))
-        || (n.is_exit && dests_is_internet(m, internet))
-}
-
-fn can_access_route(ms: &[Matcher], v: &NodeView, route: &IpNet, internet: &IpSet) -> bool {
+fn can_access_route(ms: &[&Matcher], v: &NodeView, route: &IpNet, internet: &IpSet) -> bool {
     for m in ms {
         // An exit node forwarding a subnet's traffic to the internet needs
         // the route back to that subnet.
@@ -934,73 +919,292 @@ fn can_access_route(ms: &[Matcher], v: &NodeView, route: &IpNet, internet: &IpSe
     false
 }
 
-fn reduce(rules: &[Rule], n: &NodeView, internet: &IpSet) -> Vec<Rule> {
-    let mut out = Vec::new();
-    for r in rules {
-        if !r.cap.is_empty() {
-            let mut caps = Vec::new();
-            for c in &r.cap {
-                let mut m: Vec<IpNet> = Vec::new();
-                for d in &c.dsts {
-                    if d.prefix_len() == d.max_prefix_len() {
-                        if n.ips.contains(&d.addr()) {
-                            m.push(*d);
+fn reduce_cap(r: &Rule, n: &NodeView) -> Option<Rule> {
+    let mut caps = Vec::new();
+    for c in &r.cap {
+        let mut m: Vec<IpNet> = Vec::new();
+        for d in &c.dsts {
+            if d.prefix_len() == d.max_prefix_len() {
+                if n.ips.contains(&d.addr()) {
+                    m.push(*d);
+                }
+            } else {
+                for ip in n.ips {
+                    if d.contains(ip) {
+                        m.push(IpNet::from(*ip));
+                    }
+                }
+            }
+        }
+        for d in &c.dsts {
+            for s in n.subnets {
+                if nets_overlap(d, s) {
+                    m.push(*d);
+                }
+            }
+        }
+        if !m.is_empty() {
+            m.sort_by(cmp_net);
+            m.dedup();
+            caps.push(CapG {
+                dsts: m,
+                cap_map: c.cap_map.clone(),
+            });
+        }
+    }
+    if caps.is_empty() {
+        return None;
+    }
+    Some(Rule {
+        src: r.src.clone(),
+        src_set: IpSet::new(),
+        proto: vec![],
+        dst: vec![],
+        cap: caps,
+    })
+}
+
+/// Does a destination entry concern node `n` (its address, one of its
+/// approved subnet routes, or the internet when `n` is an exit node)?
+fn keep_dst(d: &Dst, n: &NodeView, internet: &IpSet) -> bool {
+    n.ips.iter().any(|ip| d.set.contains(*ip))
+        || n.subnets.iter().any(|s| d.set.overlaps_net(s))
+        || (n.is_exit && d.set.is_subset_of(internet))
+}
+
+/// The node's packet filter: the unreduced rule list (grant by grant:
+/// shared rules, then this node's autogroup:self and via rules), merged by
+/// (SrcIPs, IPProto) in order of first appearance, then reduced to the
+/// entries that concern the node.
+fn build_filter(
+    cgs: &[CGrant],
+    keys: &[Vec<String>],
+    hits: &[(u32, u32, u32)],
+    self_ex: Option<&[Vec<Rule>]>,
+    via_ex: Option<&[Vec<Rule>]>,
+    n: &NodeView,
+    internet: &IpSet,
+) -> Vec<Rule> {
+    let mut cursor = 0usize;
+    enum Slot<'a> {
+        Merged(&'a Rule, Vec<Dst>),
+        Cap(Option<Rule>),
+    }
+    let mut slots: Vec<Slot> = Vec::new();
+    let mut idx: HashMap<String, usize> = HashMap::new();
+    for (gi, c) in cgs.iter().enumerate() {
+        let extra = self_ex
+            .map(|v| v[gi].as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .chain(via_ex.map(|v| v[gi].as_slice()).unwrap_or(&[]).iter());
+        let shared = c
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(ri, r)| (r, Some((ri, keys[gi][ri].as_str()))));
+        for (r, key) in shared.chain(extra.map(|r| (r, None))) {
+            if !r.cap.is_empty() {
+                slots.push(Slot::Cap(reduce_cap(r, n)));
+                continue;
+            }
+            let k = match key {
+                Some((_, k)) => k.to_string(),
+                None => r.key(),
+            };
+            let si = *idx.entry(k).or_insert_with(|| {
+                slots.push(Slot::Merged(r, Vec::new()));
+                slots.len() - 1
+            });
+            if let Slot::Merged(_, dsts) = &mut slots[si] {
+                match key {
+                    // shared rule: the entries concerning this node were
+                    // found once for all nodes (see `entry_hits`)
+                    Some((ri, _)) => {
+                        while cursor < hits.len()
+                            && (hits[cursor].0 as usize, hits[cursor].1 as usize) < (gi, ri)
+                        {
+                            cursor += 1;
                         }
-                    } else {
-                        for ip in n.ips {
-                            if d.contains(ip) {
-                                m.push(IpNet::from(*ip));
+                        while cursor < hits.len()
+                            && (hits[cursor].0 as usize, hits[cursor].1 as usize) == (gi, ri)
+                        {
+                            dsts.push(r.dst[hits[cursor].2 as usize].clone());
+                            cursor += 1;
+                        }
+                    }
+                    None => {
+                        for d in &r.dst {
+                            if keep_dst(d, n, internet) {
+                                dsts.push(d.clone());
                             }
                         }
                     }
                 }
-                for d in &c.dsts {
-                    for s in n.subnets {
-                        if nets_overlap(d, s) {
-                            m.push(*d);
-                        }
-                    }
-                }
-                if !m.is_empty() {
-                    m.sort_by(cmp_net);
-                    m.dedup();
-                    caps.push(CapG {
-                        dsts: m,
-                        cap_map: c.cap_map.clone(),
-                    });
-                }
             }
-            if !caps.is_empty() {
-                out.push(Rule {
-                    src: r.src.clone(),
-                    src_set: IpSet::new(),
-                    proto: vec![],
-                    dst: vec![],
-                    cap: caps,
-                });
-            }
-            continue;
-        }
-        let mut dsts = Vec::new();
-        for d in &r.dst {
-            let keep = n.ips.iter().any(|ip| d.set.contains(*ip))
-                || n.subnets.iter().any(|s| d.set.overlaps_net(s))
-                || (n.is_exit && d.set.is_subset_of(internet));
-            if keep {
-                dsts.push(d.clone());
-            }
-        }
-        if !dsts.is_empty() {
-            out.push(Rule {
-                src: r.src.clone(),
-                src_set: IpSet::new(),
-                proto: r.proto.clone(),
-                dst: dsts,
-                cap: vec![],
-            });
         }
     }
-    out
+    slots
+        .into_iter()
+        .filter_map(|s| match s {
+            Slot::Cap(r) => r,
+            Slot::Merged(_, d) if d.is_empty() => None,
+            Slot::Merged(t, d) => Some(Rule {
+                src: t.src.clone(),
+                src_set: IpSet::new(),
+                proto: t.proto.clone(),
+                dst: d,
+                cap: vec![],
+            }),
+        })
+        .collect()
+}
+
+/// For every node, the (grant, rule, entry) triples of the shared rules
+/// whose destination entry concerns it (same test as [`keep_dst`]),
+/// found through the address index instead of testing every entry
+/// against every node.
+fn entry_hits(
+    cgs: &[CGrant],
+    index: &NodeIndex,
+    views: &[NodeView],
+    internet: &IpSet,
+) -> Vec<Vec<(u32, u32, u32)>> {
+    let mut hits: Vec<Vec<(u32, u32, u32)>> = vec![vec![]; views.len()];
+    let mut buf = Vec::new();
+    for (gi, c) in cgs.iter().enumerate() {
+        for (ri, r) in c.rules.iter().enumerate() {
+            for (ei, d) in r.dst.iter().enumerate() {
+                buf.clear();
+                index.span_nodes(&d.set, &mut buf);
+                for &x in &index.routers {
+                    if views[x].subnets.iter().any(|s| d.set.overlaps_net(s)) {
+                        buf.push(x);
+                    }
+                }
+                if !index.exits.is_empty() && d.set.is_subset_of(internet) {
+                    buf.extend(index.exits.iter().cloned());
+                }
+                buf.sort_unstable();
+                buf.dedup();
+                for &x in &buf {
+                    hits[x].push((gi as u32, ri as u32, ei as u32));
+                }
+            }
+        }
+    }
+    hits
+}
+
+/// Sorted address → node index for finding the nodes inside a set.
+struct NodeIndex {
+    v4: Vec<(u32, usize)>,
+    v6: Vec<(u128, usize)>,
+    routers: Vec<usize>,
+    exits: Vec<usize>,
+    n: usize,
+}
+
+impl NodeIndex {
+    fn new(views: &[NodeView]) -> NodeIndex {
+        let mut v4 = Vec::new();
+        let mut v6 = Vec::new();
+        for (i, v) in views.iter().enumerate() {
+            for ip in v.ips {
+                match ip {
+                    IpAddr::V4(a) => v4.push((u32::from(*a), i)),
+                    IpAddr::V6(a) => v6.push((u128::from(*a), i)),
+                }
+            }
+        }
+        v4.sort_unstable();
+        v6.sort_unstable();
+        NodeIndex {
+            v4,
+            v6,
+            routers: (0..views.len())
+                .filter(|&i| !views[i].subnets.is_empty())
+                .collect(),
+            exits: (0..views.len()).filter(|&i| views[i].is_exit).collect(),
+            n: views.len(),
+        }
+    }
+
+    fn span_nodes(&self, s: &Span, out: &mut Vec<usize>) {
+        match *s {
+            Span::Empty => {}
+            Span::All => {
+                out.extend(self.v4.iter().map(|x| x.1));
+                out.extend(self.v6.iter().map(|x| x.1));
+            }
+            Span::V4(a, b) => {
+                let lo = self.v4.partition_point(|x| x.0 < a);
+                out.extend(self.v4[lo..].iter().take_while(|x| x.0 <= b).map(|x| x.1));
+            }
+            Span::V6(a, b) => {
+                let lo = self.v6.partition_point(|x| x.0 < a);
+                out.extend(self.v6[lo..].iter().take_while(|x| x.0 <= b).map(|x| x.1));
+            }
+        }
+    }
+
+    fn in_set(&self, s: &IpSet, out: &mut Vec<usize>) {
+        for &(a, b) in &s.v4 {
+            let lo = self.v4.partition_point(|x| x.0 < a);
+            for &(x, i) in &self.v4[lo..] {
+                if x > b {
+                    break;
+                }
+                out.push(i);
+            }
+        }
+        for &(a, b) in &s.v6 {
+            let lo = self.v6.partition_point(|x| x.0 < a);
+            for &(x, i) in &self.v6[lo..] {
+                if x > b {
+                    break;
+                }
+                out.push(i);
+            }
+        }
+    }
+
+    fn finish(&self, mut out: Vec<usize>) -> Vec<usize> {
+        if out.len() > self.n {
+            let mut seen = vec![false; self.n];
+            out.retain(|&i| !std::mem::replace(&mut seen[i], true));
+            out.sort_unstable();
+        } else {
+            out.sort_unstable();
+            out.dedup();
+        }
+        out
+    }
+
+    fn src_nodes(&self, m: &Matcher, views: &[NodeView]) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.in_set(&m.src, &mut out);
+        for &r in &self.routers {
+            if views[r].subnets.iter().any(|s| m.src.overlaps_net(s)) {
+                out.push(r);
+            }
+        }
+        self.finish(out)
+    }
+
+    fn dst_nodes(&self, m: &Matcher, views: &[NodeView], internet: &IpSet) -> Vec<usize> {
+        let mut out = Vec::new();
+        self.in_set(&m.dst, &mut out);
+        for &r in &self.routers {
+            if views[r].subnets.iter().any(|s| m.dst.overlaps_net(s)) {
+                out.push(r);
+            }
+        }
+        if !self.exits.is_empty() && dests_is_internet(m, internet) {
+            out.extend(self.exits.iter().cloned());
+        }
+        self.finish(out)
+    }
 }
 
 fn cmp_net(a: &IpNet, b: &IpNet) -> std::cmp::Ordering {
@@ -1025,100 +1229,93 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
     // 1. compile grants (grants first, then acls)
     let grants = effective_grants(policy);
     let cgs: Vec<CGrant> = grants.iter().filter_map(|g| ctx.compile_grant(g)).collect();
-    let per_node = cgs.iter().any(|c| c.self_data.is_some() || c.via.is_some());
 
-    // 2. unreduced rules per node
+    // 2. per-node extra rules: autogroup:self (same for all nodes of a
+    //    user) and via (per router), kept per grant to preserve order
+    let global_keys: Vec<Vec<String>> = cgs
+        .iter()
+        .map(|c| c.rules.iter().map(|r| r.key()).collect())
+        .collect();
     let global: Vec<Rule> = merge_rules(cgs.iter().flat_map(|c| c.rules.iter().cloned()).collect());
     let global_matchers: Vec<Matcher> = global.iter().map(Matcher::from_rule).collect();
-
-    let mut unreduced_cache: HashMap<u64, std::rc::Rc<Vec<Rule>>> = HashMap::new();
-    let global_rc = std::rc::Rc::new(global);
-    let mut node_rules: Vec<std::rc::Rc<Vec<Rule>>> = Vec::with_capacity(n);
-    let mut node_matchers: Vec<Option<Vec<Matcher>>> = Vec::with_capacity(n);
-    let mut extra_matchers: Vec<Vec<Matcher>> = Vec::with_capacity(n);
-    for i in 0..n {
-        if !per_node {
-            node_rules.push(global_rc.clone());
-            node_matchers.push(None);
-            extra_matchers.push(vec![]);
-            continue;
+    let has_self = cgs.iter().any(|c| c.self_data.is_some());
+    let mut self_extras: HashMap<u64, Vec<Vec<Rule>>> = HashMap::new();
+    if has_self {
+        for &uid in ctx.user_nodes.keys() {
+            let per_grant: Vec<Vec<Rule>> = cgs.iter().map(|c| ctx.self_rules(c, uid)).collect();
+            self_extras.insert(uid, per_grant);
         }
-        let node = &topo.nodes[i];
-        let has_via = cgs.iter().any(|c| {
-            c.via
-                .as_ref()
-                .is_some_and(|v| v.tags.iter().any(|t| node.tags.contains(t)))
-        });
-        let uid = if node.is_tagged() { None } else { node.user_id };
-        let mut extra = Vec::new();
-        for c in &cgs {
-            if let Some(u) = uid {
-                extra.extend(ctx.self_rules(c, u));
-            }
-            extra.extend(ctx.via_rules(c, i));
-        }
-        extra_matchers.push(extra.iter().map(Matcher::from_rule).collect());
-        let cache_key = if has_via { None } else { uid };
-        if let Some(k) = cache_key {
-            if let Some(r) = unreduced_cache.get(&k) {
-                node_rules.push(r.clone());
-                node_matchers.push(Some(r.iter().map(Matcher::from_rule).collect()));
-                continue;
-            }
-        }
-        if uid.is_none() && !has_via {
-            node_rules.push(global_rc.clone());
-            node_matchers.push(None);
-            continue;
-        }
-        let mut rules = Vec::new();
-        for c in &cgs {
-            rules.extend(c.rules.iter().cloned());
-            if let Some(u) = uid {
-                rules.extend(ctx.self_rules(c, u));
-            }
-            rules.extend(ctx.via_rules(c, i));
-        }
-        let rules = std::rc::Rc::new(merge_rules(rules));
-        if let Some(k) = cache_key {
-            unreduced_cache.insert(k, rules.clone());
-        }
-        node_matchers.push(Some(rules.iter().map(Matcher::from_rule).collect()));
-        node_rules.push(rules);
     }
-    let matchers_of = |i: usize| -> &[Matcher] {
-        match &node_matchers[i] {
-            Some(m) => m,
-            None => &global_matchers,
+    let self_matchers: HashMap<u64, Vec<Matcher>> = self_extras
+        .iter()
+        .map(|(u, pg)| (*u, pg.iter().flatten().map(Matcher::from_rule).collect()))
+        .collect();
+    let via_extras: Vec<Option<Vec<Vec<Rule>>>> = (0..n)
+        .map(|i| {
+            let node = &topo.nodes[i];
+            let relevant = cgs.iter().any(|c| {
+                c.via
+                    .as_ref()
+                    .is_some_and(|v| v.tags.iter().any(|t| node.tags.contains(t)))
+            });
+            relevant.then(|| cgs.iter().map(|c| ctx.via_rules(c, i)).collect())
+        })
+        .collect();
+    let via_matchers: Vec<Vec<Matcher>> = via_extras
+        .iter()
+        .map(|v| match v {
+            Some(pg) => pg.iter().flatten().map(Matcher::from_rule).collect(),
+            None => vec![],
+        })
+        .collect();
+    let self_of = |i: usize| -> Option<u64> {
+        let node = &topo.nodes[i];
+        if node.is_tagged() {
+            None
+        } else {
+            node.user_id
         }
     };
 
     // 3. reduced filters
+    let index = NodeIndex::new(&views);
+    let hits = entry_hits(&cgs, &index, &views, &ctx.internet);
     let filters: Vec<Vec<Rule>> = (0..n)
-        .map(|i| reduce(&node_rules[i], &views[i], &ctx.internet))
+        .map(|i| {
+            let se = self_of(i)
+                .and_then(|u| self_extras.get(&u))
+                .map(|v| v.as_slice());
+            let ve = via_extras[i].as_deref();
+            build_filter(
+                &cgs,
+                &global_keys,
+                &hits[i],
+                se,
+                ve,
+                &views[i],
+                &ctx.internet,
+            )
+        })
         .collect();
+    drop(hits);
 
     // 4. peers (symmetric)
     let words = n.div_ceil(64).max(1);
     let mut rows = vec![vec![0u64; words]; n];
     {
-        // global matchers, evaluated once
         let handle = |ms: &[Matcher], only_for: Option<usize>, rows: &mut Vec<Vec<u64>>| {
             for m in ms {
-                let srcs: Vec<usize> = (0..n).filter(|&a| src_matches(m, &views[a])).collect();
+                let srcs = index.src_nodes(m, &views);
                 if srcs.is_empty() {
                     continue;
                 }
-                let mut dst_bits = vec![0u64; words];
-                let mut any = false;
-                for (b, v) in views.iter().enumerate() {
-                    if dst_matches(m, v, &ctx.internet) {
-                        bit_set(&mut dst_bits, b);
-                        any = true;
-                    }
-                }
-                if !any {
+                let dsts = index.dst_nodes(m, &views, &ctx.internet);
+                if dsts.is_empty() {
                     continue;
+                }
+                let mut dst_bits = vec![0u64; words];
+                for &b in &dsts {
+                    bit_set(&mut dst_bits, b);
                 }
                 for &a in &srcs {
                     match only_for {
@@ -1143,8 +1340,13 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
             }
         };
         handle(&global_matchers, None, &mut rows);
-        if per_node {
-            for (i, ms) in extra_matchers.iter().enumerate() {
+        // self rules only relate a user's own nodes: every src×dst pair
+        // involves one of them, so evaluate them once per user
+        for ms in self_matchers.values() {
+            handle(ms, None, &mut rows);
+        }
+        for (i, ms) in via_matchers.iter().enumerate() {
+            if !ms.is_empty() {
                 handle(ms, Some(i), &mut rows);
             }
         }
@@ -1169,12 +1371,10 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
                 src: c.src_set.clone(),
                 dst: IpSet::new(),
             };
-            for (a, row) in rows.iter_mut().enumerate() {
-                if src_matches(&m, &views[a]) {
-                    for &v in &routers {
-                        if v != a {
-                            bit_set(row, v);
-                        }
+            for a in index.src_nodes(&m, &views) {
+                for &v in &routers {
+                    if v != a {
+                        bit_set(&mut rows[a], v);
                     }
                 }
             }
@@ -1212,12 +1412,24 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
         .collect();
 
     // 6. allowed IPs per (viewer, peer)
-    let mut allowed_ips: Vec<Vec<Vec<IpNet>>> = vec![vec![]; n];
+    // Only peers that serve routes can have more than their addresses.
+    let mut peer_routes: Vec<Vec<(usize, Vec<IpNet>)>> = vec![vec![]; n];
     for v in 0..n {
-        let ms = matchers_of(v);
-        let mut per_peer = Vec::with_capacity(peers[v].len());
+        let empty: Vec<Matcher> = vec![];
+        let sm = self_of(v)
+            .and_then(|u| self_matchers.get(&u))
+            .unwrap_or(&empty);
+        let ms: Vec<&Matcher> = global_matchers
+            .iter()
+            .chain(sm.iter())
+            .chain(via_matchers[v].iter())
+            .collect();
+        let ms = ms.as_slice();
+        let mut per_peer = Vec::new();
         for &p in &peers[v] {
-            let mut out: Vec<IpNet> = ctx.node_ips[p].iter().map(|ip| IpNet::from(*ip)).collect();
+            if ctx.subnets[p].is_empty() && !ctx.is_exit[p] {
+                continue;
+            }
             let exit = topo.nodes[p].exit_routes();
             let candidates: Vec<IpNet> = primary[p].iter().cloned().chain(exit).collect();
             let mut routes: Vec<IpNet> = Vec::new();
@@ -1243,15 +1455,21 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
                     }
                 }
             }
-            out.extend(routes);
-            per_peer.push(out);
+            if !routes.is_empty() {
+                per_peer.push((p, routes));
+            }
         }
-        allowed_ips[v] = per_peer;
+        peer_routes[v] = per_peer;
     }
 
     // 7. SSH
+    let prepared = super::ssh::prepare(&ctx, "https://unused");
     let ssh: Vec<Option<Value>> = (0..n)
-        .map(|i| super::ssh::ssh_policy_for(&ctx, i, "https://unused"))
+        .map(|i| {
+            prepared
+                .as_ref()
+                .map(|p| super::ssh::ssh_for_node(&ctx, p, i))
+        })
         .collect();
 
     // 8. CapMap
@@ -1269,7 +1487,7 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
         ids: topo.nodes.iter().map(|n| n.id).collect(),
         filters,
         peers,
-        allowed_ips,
+        peer_routes,
         primary,
         ssh,
         cap_maps,
@@ -1405,10 +1623,14 @@ impl Compiled {
         let (Some(v), Some(p)) = (self.idx(viewer_id), self.idx(peer_id)) else {
             return vec![];
         };
-        match self.peers[v].iter().position(|&x| x == p) {
-            Some(k) => self.allowed_ips[v][k].clone(),
-            None => vec![],
+        if self.peers[v].binary_search(&p).is_err() {
+            return vec![];
         }
+        let mut out: Vec<IpNet> = self.node_ips[p].iter().map(|ip| IpNet::from(*ip)).collect();
+        if let Some((_, r)) = self.peer_routes[v].iter().find(|(x, _)| *x == p) {
+            out.extend(r.iter().cloned());
+        }
+        out
     }
 
     /// `PrimaryRoutes` of `peer_id` as seen by `viewer_id`: the peer's

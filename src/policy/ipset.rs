@@ -302,6 +302,98 @@ fn v6_prefixes(mut a: u128, b: u128, out: &mut Vec<IpNet>) {
     }
 }
 
+/// One contiguous range of addresses (what a single filter-rule `IP`
+/// string denotes), cheap to copy and test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Span {
+    Empty,
+    All,
+    V4(u32, u32),
+    V6(u128, u128),
+}
+
+impl Span {
+    /// The span of a set that is a single range (or everything).
+    pub fn from_set(s: &IpSet) -> Span {
+        if s.v4 == [(0, u32::MAX)] && s.v6 == [(0, u128::MAX)] {
+            return Span::All;
+        }
+        if let Some(&(a, b)) = s.v4.first() {
+            return Span::V4(a, b);
+        }
+        if let Some(&(a, b)) = s.v6.first() {
+            return Span::V6(a, b);
+        }
+        Span::Empty
+    }
+
+    pub fn from_addr(ip: IpAddr) -> Span {
+        match ip {
+            IpAddr::V4(a) => Span::V4(u32::from(a), u32::from(a)),
+            IpAddr::V6(a) => Span::V6(u128::from(a), u128::from(a)),
+        }
+    }
+
+    pub fn from_net(n: &IpNet) -> Span {
+        match n {
+            IpNet::V4(n) => {
+                let (a, b) = v4_range(n);
+                Span::V4(a, b)
+            }
+            IpNet::V6(n) => {
+                let (a, b) = v6_range(n);
+                Span::V6(a, b)
+            }
+        }
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self, ip) {
+            (Span::All, _) => true,
+            (Span::V4(a, b), IpAddr::V4(x)) => (*a..=*b).contains(&u32::from(x)),
+            (Span::V6(a, b), IpAddr::V6(x)) => (*a..=*b).contains(&u128::from(x)),
+            _ => false,
+        }
+    }
+
+    pub fn overlaps_net(&self, n: &IpNet) -> bool {
+        match (self, n) {
+            (Span::All, _) => true,
+            (Span::V4(a, b), IpNet::V4(n)) => {
+                let (x, y) = v4_range(n);
+                x <= *b && *a <= y
+            }
+            (Span::V6(a, b), IpNet::V6(n)) => {
+                let (x, y) = v6_range(n);
+                x <= *b && *a <= y
+            }
+            _ => false,
+        }
+    }
+
+    pub fn is_subset_of(&self, s: &IpSet) -> bool {
+        match self {
+            Span::Empty => true,
+            Span::All => s.v4 == [(0, u32::MAX)] && s.v6 == [(0, u128::MAX)],
+            Span::V4(a, b) => covers_sorted(&s.v4, *a, *b),
+            Span::V6(a, b) => covers_sorted(&s.v6, *a, *b),
+        }
+    }
+
+    /// Append to `s` without normalising.
+    pub fn add_to(&self, s: &mut IpSet) {
+        match self {
+            Span::Empty => {}
+            Span::All => {
+                s.v4.push((0, u32::MAX));
+                s.v6.push((0, u128::MAX));
+            }
+            Span::V4(a, b) => s.v4.push((*a, *b)),
+            Span::V6(a, b) => s.v6.push((*a, *b)),
+        }
+    }
+}
+
 /// Render a prefix the way filter rules do: bare address for /32 and /128.
 pub fn render_net(n: &IpNet) -> String {
     let n = n.trunc();

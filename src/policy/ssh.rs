@@ -82,14 +82,24 @@ impl Emit<'_> {
     }
 }
 
-/// SSH policy for node `i`, or None when the policy has no `ssh` section.
-pub(crate) fn ssh_policy_for(ctx: &Ctx, i: usize, server: &str) -> Option<Value> {
+/// Node-independent data of one `ssh` rule, computed once per compile.
+pub(crate) struct Prepared<'r> {
+    emit: Emit<'r>,
+    src: IpSet,
+    self_dst: bool,
+    other_dst: Option<IpSet>,
+    has_localpart: bool,
+    by_user: BTreeMap<u64, Vec<IpAddr>>,
+    tagged: Vec<IpAddr>,
+}
+
+/// Prepare the `ssh` section (None when the policy has none).
+pub(crate) fn prepare<'r>(ctx: &Ctx<'r>, server: &str) -> Option<Vec<Prepared<'r>>> {
     let rules = ctx.pol.ssh.as_ref()?;
     if rules.is_empty() {
         return None;
     }
-    let node = &ctx.topo.nodes[i];
-    let mut out: Vec<(bool, Value)> = Vec::new();
+    let mut out = Vec::new();
     for rule in rules {
         let self_dst = rule.dst.contains(&Alias::Auto(AutoGroup::SelfDevices));
         let other: Vec<&Alias> = rule
@@ -138,12 +148,6 @@ pub(crate) fn ssh_policy_for(ctx: &Ctx, i: usize, server: &str) -> Option<Value>
                 }
             }
         }
-        let em = Emit {
-            rule,
-            action: action_json(rule.action, server),
-            base_users,
-            localpart_by_user,
-        };
         // group sources by user
         let mut by_user: BTreeMap<u64, IpSet> = BTreeMap::new();
         let mut tagged: Vec<IpAddr> = Vec::new();
@@ -171,62 +175,87 @@ pub(crate) fn ssh_policy_for(ctx: &Ctx, i: usize, server: &str) -> Option<Value>
             })
             .filter(|(_, v)| !v.is_empty())
             .collect();
-
-        if self_dst && !node.is_tagged() {
-            if let Some(u) = node.user_id {
-                if let Some(p) = by_user.get(&u) {
-                    em.push(&mut out, p, Some(u));
-                }
-            }
-        }
-        if !other.is_empty() {
+        let other_dst = (!other.is_empty()).then(|| {
             let mut dst = IpSet::new();
             for d in &other {
                 dst.union_with(&ctx.resolve(d));
             }
-            if ctx.node_in(i, &dst) {
-                if has_localpart {
-                    for (u, p) in &by_user {
-                        em.push(&mut out, p, Some(*u));
-                    }
-                    if !tagged.is_empty() {
-                        em.push(&mut out, &tagged, None);
-                    }
-                } else {
-                    let mut all: Vec<IpAddr> = Vec::new();
-                    for p in by_user.values() {
-                        all.extend(p.iter().cloned());
-                    }
-                    all.extend(tagged.iter().cloned());
-                    if !all.is_empty() {
-                        em.push(&mut out, &all, None);
-                    }
+            dst
+        });
+        out.push(Prepared {
+            emit: Emit {
+                rule,
+                action: action_json(rule.action, server),
+                base_users,
+                localpart_by_user,
+            },
+            src,
+            self_dst,
+            other_dst,
+            has_localpart,
+            by_user,
+            tagged,
+        });
+    }
+    Some(out)
+}
+
+/// SSH policy for node `i` from the prepared rules.
+pub(crate) fn ssh_for_node(ctx: &Ctx, prepared: &[Prepared], i: usize) -> Value {
+    let node = &ctx.topo.nodes[i];
+    let mut out: Vec<(bool, Value)> = Vec::new();
+    for p in prepared {
+        let em = &p.emit;
+        if p.self_dst && !node.is_tagged() {
+            if let Some(u) = node.user_id {
+                if let Some(pr) = p.by_user.get(&u) {
+                    em.push(&mut out, pr, Some(u));
                 }
-            } else if has_localpart && ctx.node_in(i, &src) {
-                if node.is_tagged() {
-                    let mut s = IpSet::new();
-                    for ip in &ctx.node_ips[i] {
-                        s.push_addr(*ip);
-                    }
-                    s.normalize();
-                    let p = principals_from_set(&s);
-                    if !p.is_empty() {
-                        em.push(&mut out, &p, None);
-                    }
-                } else if let Some(u) = node.user_id {
-                    if let Some(p) = by_user.get(&u) {
-                        em.push(&mut out, p, Some(u));
-                    }
+            }
+        }
+        let Some(dst) = &p.other_dst else { continue };
+        if ctx.node_in(i, dst) {
+            if p.has_localpart {
+                for (u, pr) in &p.by_user {
+                    em.push(&mut out, pr, Some(*u));
+                }
+                if !p.tagged.is_empty() {
+                    em.push(&mut out, &p.tagged, None);
+                }
+            } else {
+                let mut all: Vec<IpAddr> = Vec::new();
+                for pr in p.by_user.values() {
+                    all.extend(pr.iter().cloned());
+                }
+                all.extend(p.tagged.iter().cloned());
+                if !all.is_empty() {
+                    em.push(&mut out, &all, None);
+                }
+            }
+        } else if p.has_localpart && ctx.node_in(i, &p.src) {
+            if node.is_tagged() {
+                let mut s = IpSet::new();
+                for ip in &ctx.node_ips[i] {
+                    s.push_addr(*ip);
+                }
+                s.normalize();
+                let pr = principals_from_set(&s);
+                if !pr.is_empty() {
+                    em.push(&mut out, &pr, None);
+                }
+            } else if let Some(u) = node.user_id {
+                if let Some(pr) = p.by_user.get(&u) {
+                    em.push(&mut out, pr, Some(u));
                 }
             }
         }
     }
-    // check rules first (stable)
+    // check rules first (stable): the client uses the first match
     let mut rules: Vec<Value> = out
         .iter()
         .filter(|(c, _)| *c)
         .map(|(_, v)| v.clone())
         .collect();
     rules.extend(out.iter().filter(|(c, _)| !*c).map(|(_, v)| v.clone()));
-    Some(json!({ "rules": rules }))
+    json!({ "rules": rules })
 }

@@ -3,7 +3,7 @@
 use super::compile::{global_rules, Ctx};
 use super::ipset::IpSet;
 use super::model::{parse_alias, parse_ports, parse_proto, split_dst_port, Alias, AutoGroup};
-use super::ssh::ssh_policy_for;
+use super::ssh::{prepare, ssh_for_node};
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -98,6 +98,7 @@ fn users_allow(m: &serde_json::Map<String, Value>, user: &str) -> bool {
 pub(crate) fn run_ssh_tests(ctx: &Ctx) -> Vec<String> {
     let mut fails = Vec::new();
     let mut cache: HashMap<usize, Option<Value>> = HashMap::new();
+    let prepared = prepare(ctx, "");
     for t in &ctx.pol.ssh_tests {
         if t.src.is_empty() {
             fails.push("SSH tests entry must have a non-empty src".into());
@@ -175,7 +176,7 @@ pub(crate) fn run_ssh_tests(ctx: &Ctx) -> Vec<String> {
                 for &dn in &dst_nodes {
                     let pol = cache
                         .entry(dn)
-                        .or_insert_with(|| ssh_policy_for(ctx, dn, ""))
+                        .or_insert_with(|| prepared.as_ref().map(|p| ssh_for_node(ctx, p, dn)))
                         .clone();
                     let rules = pol
                         .as_ref()
