@@ -52,6 +52,8 @@ mod model;
 mod nodeattrs;
 mod ssh;
 mod testeval;
+#[cfg(test)]
+mod tests;
 
 pub use compile::{compile, Compiled, TailnetSettings, TopoNode, TopoUser, Topology};
 pub use explain::explain;
