@@ -140,17 +140,41 @@ pub fn merge(cfg: &Config, pin: Option<&str>, extra: &[DerpMap]) -> DerpMap {
     }
 }
 
-/// Reads every configured file and URL; a broken source is logged and
-/// skipped (the others still count).
-pub async fn load_sources(cfg: &Config) -> Vec<DerpMap> {
+/// Reads every configured file and URL; a source that fails now keeps its
+/// last good document (a flaky URL must not drop regions clients use).
+pub async fn load_sources_keeping(server: &Server) -> Vec<DerpMap> {
+    let fresh = load_sources(&server.cfg).await;
+    let mut last = server
+        .derp_last_good
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let mut out = Vec::new();
+    for (src, m) in fresh {
+        match m {
+            Some(m) => {
+                last.insert(src, m.clone());
+                out.push(m);
+            }
+            None => out.extend(last.get(&src).cloned()),
+        }
+    }
+    out
+}
+
+/// Reads every configured file and URL: (source, parsed map or None when
+/// it failed, which is logged).
+pub async fn load_sources(cfg: &Config) -> Vec<(String, Option<DerpMap>)> {
     let mut out = Vec::new();
     for p in &cfg.derp_paths {
         match std::fs::read_to_string(p)
             .map_err(|e| e.to_string())
             .and_then(|t| parse_doc(&t))
         {
-            Ok(m) => out.push(m),
-            Err(e) => warn!("derp.paths {}: {e}", p.display()),
+            Ok(m) => out.push((p.display().to_string(), Some(m))),
+            Err(e) => {
+                warn!("derp.paths {}: {e}", p.display());
+                out.push((p.display().to_string(), None));
+            }
         }
     }
     for u in &cfg.derp_urls {
@@ -159,10 +183,16 @@ pub async fn load_sources(cfg: &Config) -> Vec<DerpMap> {
             .and_then(|b| String::from_utf8(b).map_err(|_| io::Error::other("not UTF-8")))
         {
             Ok(t) => match parse_doc(&t) {
-                Ok(m) => out.push(m),
-                Err(e) => warn!("derp.urls {u}: {e}"),
+                Ok(m) => out.push((u.clone(), Some(m))),
+                Err(e) => {
+                    warn!("derp.urls {u}: {e}");
+                    out.push((u.clone(), None));
+                }
             },
-            Err(e) => warn!("derp.urls {u}: {e}"),
+            Err(e) => {
+                warn!("derp.urls {u}: {e}");
+                out.push((u.clone(), None));
+            }
         }
     }
     out
@@ -170,7 +200,7 @@ pub async fn load_sources(cfg: &Config) -> Vec<DerpMap> {
 
 /// Rebuilds the map; if it changed, stores it and tells every client.
 pub async fn refresh(server: &Server) {
-    let extra = load_sources(&server.cfg).await;
+    let extra = load_sources_keeping(server).await;
     let pin = server.tls.as_ref().and_then(|t| t.pin.as_deref());
     let m = merge(&server.cfg, pin, &extra);
     let raw = crate::control::netmap::to_raw(&m);

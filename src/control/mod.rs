@@ -36,6 +36,8 @@ pub struct Server {
     pub pending: interactive::Registry,
     /// Extra DNS records from `dns.extra_records_path`.
     pub dns_extra: Mutex<Vec<(String, String, String)>>,
+    /// Last good document of each DERP map source.
+    pub derp_last_good: Mutex<std::collections::HashMap<String, crate::tailcfg::DerpMap>>,
     /// A handle on itself for tasks spawned from `&self` methods.
     pub me: std::sync::Weak<Server>,
     /// Elected primary router per subnet prefix.
@@ -121,6 +123,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             pending: interactive::Registry::default(),
             primaries: Mutex::new(Default::default()),
             me,
+            derp_last_good: Mutex::new(Default::default()),
             dns_extra: Mutex::new(Vec::new()),
         }
     });
