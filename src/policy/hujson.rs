@@ -77,6 +77,11 @@ pub fn standardize(text: &str) -> Result<String, SyntaxError> {
     let b = text.as_bytes();
     let n = b.len();
     let mut i = 0;
+    // A UTF-8 byte-order mark is blanked like a comment.
+    if b.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        out[..3].copy_from_slice(b"   ");
+        i = 3;
+    }
     // Position of the last comma seen outside strings/comments, if only
     // whitespace/comments followed it so far.
     let mut pending_comma: Option<usize> = None;
@@ -205,6 +210,14 @@ mod tests {
         assert_eq!((e.line, e.column), (1, 7));
         let e = parse("/* open").unwrap_err();
         assert_eq!((e.line, e.column), (1, 1));
+    }
+
+    #[test]
+    fn byte_order_mark() {
+        assert_eq!(
+            parse("\u{feff}{\"a\": 1}").unwrap(),
+            serde_json::json!({"a": 1})
+        );
     }
 
     #[test]
