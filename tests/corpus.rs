@@ -334,6 +334,32 @@ fn run_one(cap: &Value, verbose: bool) -> Outcome {
                 }
             }
         }
+        // self view: routes this node serves and is primary for
+        {
+            let strip = |v: &Value| -> Vec<String> {
+                sorted_strings(v)
+                    .into_iter()
+                    .filter(|x| !x.ends_with("/32") && !x.ends_with("/128"))
+                    .collect()
+            };
+            let ws = &want["self"];
+            let gs = &g["self"];
+            if strip(&ws["AllowedIPs"]) != strip(&gs["AllowedIPs"])
+                || sorted_strings(&ws["PrimaryRoutes"]) != sorted_strings(&gs["PrimaryRoutes"])
+            {
+                routes_ok = false;
+                o.failures.push(format!("{name}: self routes differ"));
+                if verbose {
+                    eprintln!(
+                        "  {name} self\n    want {} {}\n    got  {} {}",
+                        ws["AllowedIPs"],
+                        ws["PrimaryRoutes"],
+                        gs["AllowedIPs"],
+                        gs["PrimaryRoutes"]
+                    );
+                }
+            }
+        }
         if want.get("ssh_rules").is_some() && matches!(category, "ssh" | "sshtest") {
             let ws = norm_ssh(&want["ssh_rules"]);
             let gs = norm_ssh(&g["ssh_rules"]);
