@@ -26,8 +26,10 @@ printf '%s\n' "$out" | sed "s/^/[panic-probe $TARGET $PANIC] /" >&2
 if [ "$PANIC" = unwind ]; then
     [ "$rc" = 0 ] && printf '%s\n' "$out" | grep -q survived \
         && { echo "panic-probe $TARGET unwind: contained (exit 0)"; exit 0; }
+    [ "$rc" = 124 ] && { echo "panic-probe $TARGET unwind: HUNG (timeout)"; exit 1; }
     echo "panic-probe $TARGET unwind: NOT contained (exit $rc)"; exit 1
 else
+    [ "$rc" = 124 ] && { echo "panic-probe $TARGET abort: HUNG (timeout)"; exit 1; }
     [ "$rc" != 0 ] && { echo "panic-probe $TARGET abort: process died as expected (exit $rc)"; exit 0; }
     echo "panic-probe $TARGET abort: process survived?! (exit $rc)"; exit 1
 fi
