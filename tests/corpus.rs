@@ -326,9 +326,7 @@ fn run_one(cap: &Value, verbose: bool) -> Outcome {
                         );
                     }
                 }
-                if category == "nodeattrs"
-                    && norm_capmap(&wv["CapMap"]) != norm_capmap(&gv["CapMap"])
-                {
+                if norm_capmap(&wv["CapMap"]) != norm_capmap(&gv["CapMap"]) {
                     capmap_ok = false;
                     o.failures.push(format!("{name}: peer {pn} CapMap differs"));
                 }
@@ -393,9 +391,7 @@ fn run_one(cap: &Value, verbose: bool) -> Outcome {
     if matches!(category, "ssh" | "sshtest") {
         o.checks.insert("ssh", ssh_ok);
     }
-    if category == "nodeattrs" {
-        o.checks.insert("capmap", capmap_ok);
-    }
+    o.checks.insert("capmap", capmap_ok);
     // auto-approval (routes captures)
     if category == "routes" {
         let mut ok = true;

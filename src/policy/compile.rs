@@ -1693,16 +1693,21 @@ impl Compiled {
         }
     }
 
-    /// CapMap to put on this node when it is sent as a *peer* (only
-    /// `suggest-exit-node` on exit nodes), or `None`.
+    /// CapMap to put on this node when it is sent as a *peer*: SaaS marks
+    /// every approved exit node with `suggest-exit-node` (in all 141
+    /// captured peer views of an approved exit node, and nowhere else);
+    /// `None` for other nodes.
     pub fn peer_cap_map(&self, node_id: u64) -> Option<Value> {
         let i = self.idx(node_id)?;
         if !self.is_exit[i] {
             return None;
         }
-        let v = self.cap_maps[i].get("suggest-exit-node")?;
+        let v = self.cap_maps[i]
+            .get("suggest-exit-node")
+            .cloned()
+            .unwrap_or(Value::Null);
         let mut m = Map::new();
-        m.insert("suggest-exit-node".into(), v.clone());
+        m.insert("suggest-exit-node".into(), v);
         Some(Value::Object(m))
     }
 
