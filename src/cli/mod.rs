@@ -568,6 +568,42 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             }
             Ok(())
         }
+        Cmd::Policy(crate::policy::cli::PolicyCmd {
+            cmd: crate::policy::cli::PolicySub::Get(_),
+        }) => {
+            let cfg = load_config(explicit)?;
+            let v = client::call(&cfg.unix_socket, "GET", "/api/v1/policy", None)
+                .map_err(|e| e.to_string())?;
+            let text = v.get("policy").and_then(|p| p.as_str()).unwrap_or("");
+            if text.is_empty() {
+                eprintln!("no policy in force (every node may reach every other)");
+            } else {
+                outln!("{}", text.trim_end());
+            }
+            Ok(())
+        }
+        Cmd::Policy(crate::policy::cli::PolicyCmd {
+            cmd: crate::policy::cli::PolicySub::Set(s),
+        }) => {
+            let cfg = load_config(explicit)?;
+            let text = std::fs::read_to_string(&s.file).map_err(|e| format!("{}: {e}", s.file))?;
+            if text.len() as u64 > crate::control::policy::MAX_POLICY {
+                return Err(format!(
+                    "{}: larger than {} bytes",
+                    s.file,
+                    crate::control::policy::MAX_POLICY
+                ));
+            }
+            client::call(
+                &cfg.unix_socket,
+                "PUT",
+                "/api/v1/policy",
+                Some(&json!({ "policy": text })),
+            )
+            .map_err(|e| e.to_string())?;
+            outln!("Policy updated.");
+            Ok(())
+        }
         Cmd::Policy(p) => match crate::policy::cli::run(p) {
             0 => Ok(()),
             // The policy tools print their own error.

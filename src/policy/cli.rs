@@ -1,5 +1,6 @@
-//! `tinyscale policy …` subcommands (offline tools; `get`/`set` against a
-//! running server come later).
+//! `tinyscale policy …` subcommands: offline tools (`check`, `explain`)
+//! run here; `get`/`set` talk to the running server and are dispatched by
+//! the CLI, which knows the config and the admin socket.
 
 use super::explain::{explain_compiled, topology_from_capture};
 use super::{check_tests, Policy, Topology};
@@ -18,6 +19,23 @@ pub struct PolicyCmd {
 pub enum PolicySub {
     Explain(ExplainCmd),
     Check(CheckCmd),
+    Get(GetCmd),
+    Set(SetCmd),
+}
+
+/// Print the policy in force on the running server.
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "get")]
+pub struct GetCmd {}
+
+/// Validate and activate a policy on the running server (policy.mode:
+/// database); a rejected policy leaves the previous one in force.
+#[derive(FromArgs, Debug, PartialEq)]
+#[argh(subcommand, name = "set")]
+pub struct SetCmd {
+    /// policy file (HuJSON)
+    #[argh(option)]
+    pub file: String,
 }
 
 /// Compile a policy against a topology (a corpus capture JSON file) and
@@ -88,6 +106,8 @@ pub fn run(cmd: PolicyCmd) -> i32 {
                 "allow_all": !p.has_filter_sections(),
             })
         }),
+        // Served by the CLI against the running server (it knows the config).
+        PolicySub::Get(_) | PolicySub::Set(_) => Err("policy get/set need a running server".into()),
     };
     match res {
         Ok(v) => {
