@@ -7,7 +7,7 @@ use tinyscale::policy::{self, Policy};
 
 fn build(with_self: bool) -> (Policy, tinyscale::policy::Topology) {
     use std::net::{Ipv4Addr, Ipv6Addr};
-    use tinyscale::policy::{Compiled, TopoNode, TopoUser, Topology};
+    use tinyscale::policy::{TopoNode, TopoUser, Topology};
     let users: Vec<TopoUser> = (1..=50)
         .map(|i| TopoUser {
             id: i,
