@@ -163,10 +163,17 @@ case "$TARGET" in
         # code, and non-PIC code cannot go into a shared object (R_MIPS_26 ... recompile with -fPIC).
         if [ "$PANIC" = abort ]; then tflags+=(-C relocation-model=static); fi ;;
 esac
+std_features=()
 if [ "$ROUTE" = nightly-build-std ]; then
     case "$TARGET" in
         # Without a prebuilt self-contained std the musl crt objects are not there: let zig supply them.
         armv7-*|arm-*|thumbv7neon-*) tflags+=(-C link-self-contained=no) ;;
+        # MIPS is over its 3.5 MiB budget without these (-11.4% on mipsel at a015d46, size-budget.md):
+        # std's smaller algorithms, and no file:line:column in panic messages (the message stays).
+        # TINYSCALE_CROSS_LOCATIONS=1 keeps the locations.
+        mips-*|mipsel-*)
+            std_features+=(-Zbuild-std-features=optimize_for_size)
+            [ "${TINYSCALE_CROSS_LOCATIONS:-0}" = 1 ] || tflags+=(-Zlocation-detail=none) ;;
     esac
 fi
 triple_var="CARGO_TARGET_$(printf '%s' "$TARGET" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
@@ -182,7 +189,8 @@ case "$ROUTE" in
     nightly-build-std)
         ensure_nightly
         log "route: nightly-build-std ($NIGHTLY + rust-src, -Zbuild-std=std,panic_$PANIC) + cargo zigbuild"
-        cmd=(cargo "+$NIGHTLY" zigbuild "${prof_args[@]}" --target "$TARGET" "-Zbuild-std=std,panic_$PANIC") ;;
+        cmd=(cargo "+$NIGHTLY" zigbuild "${prof_args[@]}" --target "$TARGET" "-Zbuild-std=std,panic_$PANIC"
+             ${std_features[@]+"${std_features[@]}"}) ;;
     *) die "unknown TINYSCALE_CROSS_ROUTE '$ROUTE' (stable | nightly-build-std)" ;;
 esac
 cmd+=(--bin "$BIN_NAME" ${EXTRA_ARGS[@]+"${EXTRA_ARGS[@]}"})
