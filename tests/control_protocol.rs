@@ -6,39 +6,6 @@ mod common;
 use common::*;
 use tinyscale::client::{self, netmap::NetMap, Node};
 
-async fn join(
-    ts: &TestServer,
-    node: &Node,
-    key: &str,
-) -> (client::Conn, client::MapStream, NetMap) {
-    let server_pub = client::fetch_key(ts.addr).await.unwrap();
-    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
-        .await
-        .unwrap();
-    let r = conn
-        .register(&node.register_request(Some(key)))
-        .await
-        .unwrap();
-    assert_eq!(r.error, "", "register error");
-    assert!(r.machine_authorized);
-    let mut stream = conn
-        .map(&node.map_request(true, &["198.51.100.1:41641"]))
-        .await
-        .unwrap();
-    let mut nm = NetMap::default();
-    let first = stream.next().await.unwrap().expect("first map");
-    nm.apply(&first);
-    (conn, stream, nm)
-}
-
-/// Reads messages until `pred` holds for the accumulated netmap.
-async fn until(stream: &mut client::MapStream, nm: &mut NetMap, pred: impl Fn(&NetMap) -> bool) {
-    while !pred(nm) {
-        let m = stream.next().await.unwrap().expect("stream ended");
-        nm.apply(&m);
-    }
-}
-
 #[test]
 fn two_nodes_see_each_other_and_updates() {
     let ts = start("two");
@@ -46,7 +13,7 @@ fn two_nodes_see_each_other_and_updates() {
     block_on_timeout(30, async {
         let a = Node::new("alpha");
         let b = Node::new("beta");
-        let (_ca, mut sa, mut nma) = join(&ts, &a, &key).await;
+        let (_ca, mut sa, mut nma) = join_with(&ts, &a, &key, &[], &["198.51.100.1:41641"]).await;
         // First map: self node with addresses, authorized, DERP map, filter.
         let me = &nma.self_node;
         assert_eq!(me["MachineAuthorized"], true);
@@ -58,7 +25,8 @@ fn two_nodes_see_each_other_and_updates() {
         assert_eq!(nma.packet_filter[0]["SrcIPs"][0], "*");
         assert!(nma.peers.is_empty());
 
-        let (mut cb, mut sb, mut nmb) = join(&ts, &b, &key).await;
+        let (mut cb, mut sb, mut nmb) =
+            join_with(&ts, &b, &key, &[], &["198.51.100.1:41641"]).await;
         assert_eq!(nmb.peers.len(), 1);
         let pa = nmb.peer_by_name("alpha").unwrap();
         assert_eq!(pa["DiscoKey"], a.disco_key().to_string());
@@ -157,7 +125,8 @@ fn restart_keeps_identity_and_ips() {
     {
         let ts = start_with(config(&dir), dir.clone());
         let key = ts.key("carol", false, false, &[]);
-        let (c, s, nm) = block_on_timeout(30, join(&ts, &n, &key));
+        let (c, s, nm) =
+            block_on_timeout(30, join_with(&ts, &n, &key, &[], &["198.51.100.1:41641"]));
         ip1 = nm.self_node["Addresses"].clone();
         id1 = nm.self_node["ID"].clone();
         key_pub = ts.server.noise_public;

@@ -4,34 +4,7 @@
 mod common;
 
 use common::*;
-use tinyscale::client::{self, netmap::NetMap, Node};
-
-async fn join(
-    ts: &TestServer,
-    node: &Node,
-    key: &str,
-) -> (client::Conn, client::MapStream, NetMap) {
-    let server_pub = client::fetch_key(ts.addr).await.unwrap();
-    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
-        .await
-        .unwrap();
-    let r = conn
-        .register(&node.register_request(Some(key)))
-        .await
-        .unwrap();
-    assert_eq!(r.error, "");
-    let mut stream = conn.map(&node.map_request(true, &[])).await.unwrap();
-    let mut nm = NetMap::default();
-    nm.apply(&stream.next().await.unwrap().unwrap());
-    (conn, stream, nm)
-}
-
-async fn until(stream: &mut client::MapStream, nm: &mut NetMap, pred: impl Fn(&NetMap) -> bool) {
-    while !pred(nm) {
-        let m = stream.next().await.unwrap().expect("stream ended");
-        nm.apply(&m);
-    }
-}
+use tinyscale::client::Node;
 
 const ALICE_TO_SERVERS: &str = r#"{
   // alice may reach the servers; nobody else may do anything

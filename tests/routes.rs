@@ -5,38 +5,9 @@ mod common;
 
 use common::*;
 use std::time::Instant;
-use tinyscale::client::{self, netmap::NetMap, Node};
+use tinyscale::client::{netmap::NetMap, Node};
 
 const NET: &str = "10.9.0.0/24";
-
-async fn join_router(
-    ts: &TestServer,
-    node: &Node,
-    key: &str,
-    routes: &[&str],
-) -> (client::Conn, client::MapStream, NetMap) {
-    let server_pub = client::fetch_key(ts.addr).await.unwrap();
-    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
-        .await
-        .unwrap();
-    let mut rr = node.register_request(Some(key));
-    rr.hostinfo = Some(node.hostinfo(routes));
-    let r = conn.register(&rr).await.unwrap();
-    assert_eq!(r.error, "");
-    let mut mr = node.map_request(true, &[]);
-    mr.hostinfo = Some(node.hostinfo(routes));
-    let mut stream = conn.map(&mr).await.unwrap();
-    let mut nm = NetMap::default();
-    nm.apply(&stream.next().await.unwrap().unwrap());
-    (conn, stream, nm)
-}
-
-async fn until(stream: &mut client::MapStream, nm: &mut NetMap, pred: impl Fn(&NetMap) -> bool) {
-    while !pred(nm) {
-        let m = stream.next().await.unwrap().expect("stream ended");
-        nm.apply(&m);
-    }
-}
 
 fn carries(nm: &NetMap, name: &str) -> bool {
     nm.peer_by_name(name).is_some_and(|p| {
@@ -59,9 +30,9 @@ fn approval_and_ha_failover() {
             Node::new("router2"),
             Node::new("viewer"),
         );
-        let (_c1, s1, _) = join_router(&ts, &r1, &key, &[NET]).await;
-        let (_c2, _s2, _) = join_router(&ts, &r2, &key, &[NET]).await;
-        let (_cv, mut sv, mut nmv) = join_router(&ts, &v, &key, &[]).await;
+        let (_c1, s1, _) = join_with(&ts, &r1, &key, &[NET], &[]).await;
+        let (_c2, _s2, _) = join_with(&ts, &r2, &key, &[NET], &[]).await;
+        let (_cv, mut sv, mut nmv) = join_with(&ts, &v, &key, &[], &[]).await;
         // Advertised but not approved: not served.
         assert!(
             nmv.peer_by_name("router1").is_some()
@@ -103,7 +74,7 @@ fn approval_and_ha_failover() {
         );
 
         // router1 returns: no flapping back.
-        let (_c1b, _s1b, _) = join_router(&ts, &r1, &key, &[NET]).await;
+        let (_c1b, _s1b, _) = join_with(&ts, &r1, &key, &[NET], &[]).await;
         async_io::Timer::after(std::time::Duration::from_millis(500)).await;
         assert!(ts.server.is_primary(id2, NET) && !ts.server.is_primary(id1, NET));
     });
@@ -132,9 +103,9 @@ fn auto_approvers_approve_advertised_routes() {
             Node::new("ginarouter"),
             Node::new("viewer"),
         );
-        let (_cf, _sf, _) = join_router(&ts, &f, &kf, &[NET]).await;
-        let (_cg, _sg, _) = join_router(&ts, &g, &kg, &["10.9.1.0/24"]).await;
-        let (_cv, mut sv, mut nmv) = join_router(&ts, &v, &kf, &[]).await;
+        let (_cf, _sf, _) = join_with(&ts, &f, &kf, &[NET], &[]).await;
+        let (_cg, _sg, _) = join_with(&ts, &g, &kg, &["10.9.1.0/24"], &[]).await;
+        let (_cv, mut sv, mut nmv) = join_with(&ts, &v, &kf, &[], &[]).await;
         until(&mut sv, &mut nmv, |n| carries(n, "frankrouter")).await;
         let st = ts.server.state();
         let gina = st

@@ -149,11 +149,7 @@ pub fn approve(server: &Server, id: &str, user: &str) -> Result<Node, String> {
                 && (n.node_key == req.old_node_key || n.node_key == req.node_key || n.user == uid)
         })
         .cloned();
-    let expiry = if server.cfg.node_expiry.is_zero() {
-        0
-    } else {
-        t + server.cfg.node_expiry.as_secs() as i64
-    };
+    let expiry = crate::control::register::default_expiry(server, false, t);
     let node = match existing {
         Some(mut n) => {
             if n.node_key != req.node_key {
@@ -167,38 +163,21 @@ pub fn approve(server: &Server, id: &str, user: &str) -> Result<Node, String> {
             crate::control::register::apply_hostinfo(&mut n, &req.hostinfo);
             n
         }
-        None => {
-            let (v4, v6) =
-                crate::state::ipalloc::allocate(&st, server.cfg.prefix_v4, server.cfg.prefix_v6)
-                    .map_err(|e| e.to_string())?;
-            let hostname = crate::tailcfg::hostinfo_str(&req.hostinfo, "Hostname").to_string();
-            let mut n = Node {
-                id: st.alloc_node_id(),
+        None => crate::control::register::new_node(
+            server,
+            &st,
+            crate::control::register::NewNode {
                 machine_key: req.machine_key,
                 node_key: req.node_key,
-                old_node_key: [0; 32],
-                disco_key: [0; 32],
                 user: uid,
                 tags: vec![],
-                ipv4: Some(v4),
-                ipv6: Some(v6),
-                given_name: st.unique_given_name(&hostname, 0),
-                hostname,
-                hostinfo: String::new(),
-                endpoints: vec![],
-                home_derp: 0,
-                cap: req.version,
-                created: t,
-                expiry,
-                last_seen: t,
+                hostinfo: &req.hostinfo,
                 ephemeral: req.ephemeral,
+                version: req.version,
                 auth_key: 0,
-                advertised_routes: vec![],
-                approved_routes: vec![],
-            };
-            crate::control::register::apply_hostinfo(&mut n, &req.hostinfo);
-            n
-        }
+            },
+            t,
+        )?,
     };
     st.store
         .apply(&[Op::PutNode(&node)])

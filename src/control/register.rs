@@ -286,22 +286,67 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
             return reauth(server, &mut st, n, secret, req, &hostinfo, t).into();
         }
     }
-    let (v4, v6) =
-        match crate::state::ipalloc::allocate(&st, server.cfg.prefix_v4, server.cfg.prefix_v6) {
-            Ok(a) => a,
-            Err(e) => return error_response(e.to_string()).into(),
-        };
-    let id = st.alloc_node_id();
-    let hostname = tailcfg::hostinfo_str(&hostinfo, "Hostname").to_string();
-    let tagged = !key.tags.is_empty();
+    let n = match new_node(
+        server,
+        &st,
+        NewNode {
+            machine_key: ctx.machine_key,
+            node_key: req.node_key.0,
+            user: key.user,
+            tags: key.tags.clone(),
+            hostinfo: &hostinfo,
+            ephemeral: req.ephemeral || key.ephemeral,
+            version: req.version,
+            auth_key: key.id,
+        },
+        t,
+    ) {
+        Ok(n) => n,
+        Err(e) => return error_response(e).into(),
+    };
+    let id = n.id;
+    info!(
+        "register: new node {} {} ({:?}, {:?})",
+        n.id,
+        n.given_name,
+        n.ipv4,
+        NodeKey(n.node_key)
+    );
+    commit_node(server, &mut st, n, Some(key), Change::NodeUpsert(id)).into()
+}
+
+/// What a brand-new node is made of (pre-auth key or interactive approval).
+pub(crate) struct NewNode<'a> {
+    pub machine_key: [u8; 32],
+    pub node_key: [u8; 32],
+    pub user: u64,
+    pub tags: Vec<String>,
+    pub hostinfo: &'a serde_json::Value,
+    pub ephemeral: bool,
+    pub version: u32,
+    pub auth_key: u64,
+}
+
+/// Builds a new node: next ID, fresh addresses, a unique DNS label, the
+/// default expiry, and what its Hostinfo reports. Not yet stored.
+pub(crate) fn new_node(
+    server: &Server,
+    st: &State,
+    f: NewNode<'_>,
+    t: i64,
+) -> Result<Node, String> {
+    let (v4, v6) = crate::state::ipalloc::allocate(st, server.cfg.prefix_v4, server.cfg.prefix_v6)
+        .map_err(|e| e.to_string())?;
+    let hostname = tailcfg::hostinfo_str(f.hostinfo, "Hostname").to_string();
     let mut n = Node {
-        id,
-        machine_key: ctx.machine_key,
-        node_key: req.node_key.0,
+        id: st.alloc_node_id(),
+        machine_key: f.machine_key,
+        node_key: f.node_key,
         old_node_key: [0; 32],
         disco_key: [0; 32],
-        user: key.user,
-        tags: key.tags.clone(),
+        user: f.user,
+        expiry: default_expiry(server, !f.tags.is_empty(), t),
+        tags: f.tags,
         ipv4: Some(v4),
         ipv6: Some(v6),
         given_name: st.unique_given_name(&hostname, 0),
@@ -309,27 +354,20 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
         hostinfo: String::new(),
         endpoints: vec![],
         home_derp: 0,
-        cap: req.version,
+        cap: f.version,
         created: t,
-        expiry: default_expiry(server, tagged, t),
         last_seen: t,
-        ephemeral: req.ephemeral || key.ephemeral,
-        auth_key: key.id,
+        ephemeral: f.ephemeral,
+        auth_key: f.auth_key,
         advertised_routes: vec![],
         approved_routes: vec![],
     };
-    apply_hostinfo(&mut n, &hostinfo);
-    info!(
-        "register: new node {} {} ({}, {:?})",
-        n.id,
-        n.given_name,
-        v4,
-        NodeKey(n.node_key)
-    );
-    commit_node(server, &mut st, n, Some(key), Change::NodeUpsert(id)).into()
+    apply_hostinfo(&mut n, f.hostinfo);
+    Ok(n)
 }
 
-fn default_expiry(server: &Server, tagged: bool, t: i64) -> i64 {
+/// A node's key lifetime from now: none for tagged nodes, else `node.expiry`.
+pub(crate) fn default_expiry(server: &Server, tagged: bool, t: i64) -> i64 {
     if tagged || server.cfg.node_expiry.is_zero() {
         0
     } else {

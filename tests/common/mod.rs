@@ -106,3 +106,52 @@ pub fn block_on_timeout<T>(secs: u64, f: impl std::future::Future<Output = T>) -
         panic!("test timed out after {secs} s");
     }))
 }
+
+use tinyscale::client::{self, netmap::NetMap, Node};
+
+/// Registers `node` with `key` (advertising `routes`), opens its streaming
+/// map (reporting `endpoints`) and applies the first map.
+pub async fn join_with(
+    ts: &TestServer,
+    node: &Node,
+    key: &str,
+    routes: &[&str],
+    endpoints: &[&str],
+) -> (client::Conn, client::MapStream, NetMap) {
+    let server_pub = client::fetch_key(ts.addr).await.unwrap();
+    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
+        .await
+        .unwrap();
+    let mut rr = node.register_request(Some(key));
+    rr.hostinfo = Some(node.hostinfo(routes));
+    let r = conn.register(&rr).await.unwrap();
+    assert_eq!(r.error, "", "register error");
+    assert!(r.machine_authorized);
+    let mut mr = node.map_request(true, endpoints);
+    mr.hostinfo = Some(node.hostinfo(routes));
+    let mut stream = conn.map(&mr).await.unwrap();
+    let mut nm = NetMap::default();
+    nm.apply(&stream.next().await.unwrap().expect("first map"));
+    (conn, stream, nm)
+}
+
+/// [`join_with`] without routes or endpoints.
+pub async fn join(
+    ts: &TestServer,
+    node: &Node,
+    key: &str,
+) -> (client::Conn, client::MapStream, NetMap) {
+    join_with(ts, node, key, &[], &[]).await
+}
+
+/// Reads messages until `pred` holds for the accumulated netmap.
+pub async fn until(
+    stream: &mut client::MapStream,
+    nm: &mut NetMap,
+    pred: impl Fn(&NetMap) -> bool,
+) {
+    while !pred(nm) {
+        let m = stream.next().await.unwrap().expect("stream ended");
+        nm.apply(&m);
+    }
+}
