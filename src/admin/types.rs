@@ -91,6 +91,9 @@ pub struct ApiNode {
     pub available_routes: Vec<String>,
     pub subnet_routes: Vec<String>,
     pub tags: Vec<String>,
+    /// The client's version as it reports it (Hostinfo.IPNVersion), e.g.
+    /// "1.90.9-t…": what an administrator checks before blaming the server.
+    pub client_version: String,
 }
 
 impl ApiNode {
@@ -133,8 +136,21 @@ impl ApiNode {
                 .cloned()
                 .collect(),
             tags: n.tags.clone(),
+            client_version: client_version(&n.hostinfo),
         }
     }
+}
+
+/// Hostinfo.IPNVersion from the stored Hostinfo JSON; empty if absent.
+fn client_version(hostinfo: &str) -> String {
+    #[derive(Deserialize)]
+    struct Hi {
+        #[serde(rename = "IPNVersion", default)]
+        v: String,
+    }
+    serde_json::from_str::<Hi>(hostinfo)
+        .map(|h| h.v)
+        .unwrap_or_default()
 }
 
 /// Error body (RFC 9457 problem details, as Headscale's v1 API sends).

@@ -1016,6 +1016,16 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
                         if n.online { "online" } else { "offline" }.to_string(),
                         n.last_seen.as_deref().map_or("-".into(), short_time),
                         if expired { "yes" } else { "no" }.to_string(),
+                        if n.subnet_routes.is_empty() {
+                            "-".into()
+                        } else {
+                            n.subnet_routes.join(",")
+                        },
+                        if n.client_version.is_empty() {
+                            "-".into()
+                        } else {
+                            n.client_version.clone()
+                        },
                     ]
                 })
                 .collect();
@@ -1030,7 +1040,9 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
                         "IP addresses",
                         "Connected",
                         "Last seen",
-                        "Expired"
+                        "Expired",
+                        "Routes",
+                        "Version"
                     ],
                     &rows
                 )

@@ -50,6 +50,12 @@ impl Registry {
     /// Starts (or reuses, for the same machine and node key) a pending
     /// registration; returns its ID.
     pub fn start(&self, req: Request) -> Result<String, String> {
+        self.start_with_ttl(req, PENDING_TTL)
+    }
+
+    /// [`Registry::start`] with a chosen lifetime (tests use a zero one to
+    /// see how an expired registration is refused).
+    pub fn start_with_ttl(&self, req: Request, ttl: Duration) -> Result<String, String> {
         let t = now();
         let mut g = self.lock();
         g.retain(|_, p| p.expires > t || p.done.is_some() && p.expires + 60 > t);
@@ -69,7 +75,7 @@ impl Registry {
             id.clone(),
             Pending {
                 req,
-                expires: t + PENDING_TTL.as_secs() as i64,
+                expires: t + ttl.as_secs() as i64,
                 done: None,
                 tx,
                 rx,

@@ -361,8 +361,10 @@ impl State {
         Ok(n)
     }
 
-    /// Sets the routes approved for a node (CIDR prefixes, normalised). An
-    /// exit route (`0.0.0.0/0` or `::/0`) approves its twin too, since
+    /// Sets the routes approved for a node (canonical CIDR prefixes: one
+    /// with host bits set is refused with the prefix it probably meant, as
+    /// `tailscale set --advertise-routes` does, rather than silently widened
+    /// or narrowed). An exit route (`0.0.0.0/0` or `::/0`) approves its twin too, since
     /// clients advertise both.
     pub fn set_approved_routes(&mut self, id: u64, routes: Vec<String>) -> Result<Node, OpError> {
         let mut n = self.node_ref(id)?.clone();
@@ -371,7 +373,13 @@ impl State {
             let net: ipnet::IpNet = r.trim().parse().map_err(|_| {
                 OpError::Invalid(format!("invalid route {r:?}: want a CIDR prefix"))
             })?;
-            out.push(net.trunc().to_string());
+            if net.trunc() != net {
+                return Err(OpError::Invalid(format!(
+                    "invalid route {r:?}: host bits set; did you mean {}?",
+                    net.trunc()
+                )));
+            }
+            out.push(net.to_string());
         }
         for (a, b) in [("0.0.0.0/0", "::/0"), ("::/0", "0.0.0.0/0")] {
             if out.iter().any(|r| r == a) && !out.iter().any(|r| r == b) {
@@ -630,9 +638,18 @@ mod tests {
         // User 1 does not exist here: the node must keep a tag.
         assert!(s.set_node_tags(1, vec![]).is_err());
         let n = s
-            .set_approved_routes(2, vec!["10.1.2.3/24".into(), "0.0.0.0/0".into()])
+            .set_approved_routes(2, vec!["10.1.2.0/24".into(), "0.0.0.0/0".into()])
             .unwrap();
         assert_eq!(n.approved_routes, vec!["0.0.0.0/0", "10.1.2.0/24", "::/0"]);
+        let e = s
+            .set_approved_routes(2, vec!["10.1.2.3/24".into()])
+            .unwrap_err();
+        assert!(e.to_string().contains("did you mean 10.1.2.0/24"), "{e}");
+        assert_eq!(
+            s.nodes[&2].approved_routes.len(),
+            3,
+            "refusal changed nothing"
+        );
         assert!(s.set_approved_routes(2, vec!["nope".into()]).is_err());
         assert!(s
             .set_approved_routes(2, vec![])
