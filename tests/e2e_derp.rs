@@ -218,6 +218,7 @@ fn real_clients_relay_over_derp_and_survive_server_restart() {
         tls_port: 443,
         derp_enabled: true,
         policy_path: None,
+        ..ServerOpts::default()
     });
     let control = h.control_url();
     h.cli(&["users", "create", "alice"]);

@@ -130,6 +130,7 @@ fn policy_changes_reach_real_clients_live() {
         tls_port: 0,
         derp_enabled: true,
         policy_path: Some(policy.clone()),
+        ..ServerOpts::default()
     });
     let control = h.control_url();
     h.cli(&["users", "create", "alice"]);

@@ -1,8 +1,7 @@
-//! Shared harness for the real-client end-to-end tests (`tests/e2e_derp.rs`, `tests/e2e_policy.rs`):
-//! the same approach as `tests/e2e_realclient.rs` (whose helpers this copies, parameterised by the
-//! namespace prefix), so every test drives REAL Tailscale clients (tests/realclient/*.sh) in network
-//! namespaces against the `tinyscale` binary, under the same machine-wide lock, with a Drop guard
-//! that stops everything by PID.
+//! Shared harness for the real-client end-to-end tests (`tests/e2e_*.rs`), parameterised by the
+//! namespace prefix: every test drives REAL Tailscale clients (tests/realclient/*.sh) in network
+//! namespaces against the `tinyscale` binary, under one machine-wide lock, with a Drop guard that
+//! stops everything by PID.
 #![allow(dead_code)]
 
 use std::fs;
@@ -21,8 +20,8 @@ macro_rules! say {
     }};
 }
 
-/// The same lock as tests/e2e_realclient.rs: one real-client run at a time on this machine (they
-/// share the test subnet, the bridge address and the fixed TLS/STUN ports).
+/// One real-client run at a time on this machine (the tests share the test subnet, the bridge
+/// address and the fixed TLS/STUN ports).
 pub const LOCK_DIR: &str = "/tmp/tinyscale-e2e-realclient.lock";
 
 pub fn harness_dir() -> PathBuf {
@@ -156,7 +155,7 @@ impl Drop for RunLock {
 }
 
 /// What goes into the server's config file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ServerOpts {
     /// Control port on the bridge address.
     pub port: u16,
@@ -164,6 +163,8 @@ pub struct ServerOpts {
     pub tls_port: u16,
     pub derp_enabled: bool,
     pub policy_path: Option<PathBuf>,
+    /// `node.ephemeral.inactivity_timeout` in seconds (None = the server's default).
+    pub ephemeral_timeout_secs: Option<u64>,
 }
 
 /// Spawns `bin serve --config cfg` in its own process group, bounded by `timeout` and tied to the
@@ -404,6 +405,11 @@ impl Harness {
         self.run.join(name).join("caddy.log")
     }
 
+    /// NAME's stdout: with `TS_DEBUG_MAP=1` the client dumps every MapResponse there.
+    pub fn node_stdout_path(&self, name: &str) -> PathBuf {
+        self.run.join(name).join("stdout.log")
+    }
+
     pub fn server_log(&self) -> PathBuf {
         self.dir.join("server.log")
     }
@@ -430,10 +436,13 @@ impl Harness {
         let data = self.dir.join("data");
         fs::create_dir_all(&data).unwrap();
         let host = self.host_ip();
-        let policy = match &opts.policy_path {
+        let mut policy = match &opts.policy_path {
             Some(p) => format!("policy:\n  mode: file\n  path: {}\n", p.display()),
             None => String::new(),
         };
+        if let Some(secs) = opts.ephemeral_timeout_secs {
+            policy += &format!("node:\n  ephemeral:\n    inactivity_timeout: {secs}s\n");
+        }
         let config = format!(
             "# tinyscale e2e test config (written by tests/realclient_common)
 data_dir: {data}
@@ -679,6 +688,15 @@ pub fn self_ips(path: &Path) -> Option<Vec<String>> {
         .filter(|p| p.starts_with("100.") || p.contains(':'))
         .collect();
     (!ips.is_empty()).then_some(ips)
+}
+
+/// Peer count from the newest `magicsock: got updated network map; N peers` line at or after `from`.
+pub fn last_peer_count(path: &Path, from: usize) -> Option<(usize, String)> {
+    log_msgs(path, from).into_iter().rev().find_map(|m| {
+        let rest = m.split("magicsock: got updated network map; ").nth(1)?;
+        let n = rest.split_whitespace().next()?.parse().ok()?;
+        Some((n, m.trim().to_owned()))
+    })
 }
 
 /// `curl` from inside netns `ns`; returns (HTTP status or 0, body).
