@@ -608,7 +608,7 @@ log:
 
     let x = tinyscale::client::Node::new("derpx");
     let y = tinyscale::client::Node::new("derpy");
-    smol::block_on(with_timeout(60, async {
+    let mut cx = smol::block_on(with_timeout(60, async {
         let derp_map = register(control, &x, &key).await;
         register(control, &y, &key).await;
         let node = &derp_map["Regions"]["999"]["Nodes"][0];
@@ -664,8 +664,9 @@ log:
             "x -> y through the relay: {:?}",
             String::from_utf8_lossy(&got.1)
         );
-        drop(cx);
         drop(cy);
+        // x stays connected over its deletion below
+        cx
     }));
 
     // delete x: its key is refused from now on, y's still admitted
@@ -677,11 +678,26 @@ log:
         .iter()
         .find(|n| str_field(n, &["givenName", "name"]) == Some("derpx"))
         .unwrap_or_else(|| panic!("derpx not listed: {}", describe_all(&nodes)));
+    let t_del = std::time::Instant::now();
     cli(
         &bin,
         &lb.config,
         &["nodes", "delete", "--identifier", &node_id(nx), "--force"],
     );
+    // x's open relay connection is closed when the node is deleted, not at the relay's periodic
+    // (15 s) sweep: the limit here is well under that period.
+    smol::block_on(with_timeout(60, async {
+        let closed = futures_lite::future::or(async { cx.recv_packet().await.err() }, async {
+            async_io::Timer::after(Duration::from_secs(5)).await;
+            None
+        })
+        .await;
+        let e = closed.expect("the relay kept a deleted node's connection open for 5 s");
+        say!(
+            "deleted node's open relay connection closed {:.2}s after `nodes delete` ({e})",
+            t_del.elapsed().as_secs_f64()
+        );
+    }));
     smol::block_on(with_timeout(60, async {
         let derp_map = register(control, &y, &key).await;
         let node = &derp_map["Regions"]["999"]["Nodes"][0];

@@ -49,11 +49,25 @@ struct Inner {
     peer_cache: HashMap<u64, SharedRaw>,
 }
 
-#[derive(Default)]
 pub struct Hub {
     inner: Mutex<Inner>,
     /// Set when nodes or users changed: the policy must be recompiled.
     topology_dirty: AtomicBool,
+    /// Signalled (coalesced, capacity 1) when a node was added, changed in
+    /// full or removed: the DERP relay re-checks its connected keys at once
+    /// instead of at its next periodic sweep, so a deleted, expired or
+    /// rotated key stops relaying when the change is made.
+    keys_changed: (Sender<()>, Receiver<()>),
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub {
+            inner: Mutex::default(),
+            topology_dirty: AtomicBool::new(false),
+            keys_changed: channel::bounded(1),
+        }
+    }
 }
 
 /// A streaming session's end of the hub.
@@ -139,6 +153,11 @@ impl Hub {
         self.topology_dirty.swap(false, Ordering::AcqRel)
     }
 
+    /// Wakes when node keys may have changed (see `keys_changed`).
+    pub fn key_changes(&self) -> Receiver<()> {
+        self.keys_changed.1.clone()
+    }
+
     /// Offers `c` to every connected session.
     pub fn notify(&self, c: Change) {
         if !matches!(
@@ -146,6 +165,13 @@ impl Hub {
             Change::NodePatch(_) | Change::NodeInfo(_) | Change::PolicyRefresh
         ) {
             self.topology_dirty.store(true, Ordering::Release);
+        }
+        if matches!(
+            c,
+            Change::NodeUpsert(_) | Change::NodeRemoved(_) | Change::Everything
+        ) {
+            // Full = a check is already pending; nothing is lost.
+            let _ = self.keys_changed.0.try_send(());
         }
         let mut g = self.lock();
         match &c {

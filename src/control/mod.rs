@@ -237,16 +237,26 @@ pub fn spawn_background(server: &SharedServer) {
 }
 
 /// The relay admits only current node keys when a client connects; this
-/// sweep also drops connections whose node was deleted, expired or rotated
-/// its key since.
+/// task also drops connections whose node was deleted, expired or rotated
+/// its key since: at once when the hub reports a node change, and every
+/// 15 s for what no change announces (a key expiring on its own).
 fn spawn_derp_sweeper(server: &SharedServer) {
     if server.derp.is_none() {
         return;
     }
     let weak = Arc::downgrade(server);
+    let changes = server.hub.key_changes();
     smol::spawn(async move {
+        use futures_lite::FutureExt;
         loop {
-            async_io::Timer::after(std::time::Duration::from_secs(15)).await;
+            let changed = async { changes.recv().await.is_ok() };
+            let tick = async {
+                async_io::Timer::after(std::time::Duration::from_secs(15)).await;
+                true
+            };
+            if !changed.or(tick).await {
+                return;
+            }
             let Some(server) = weak.upgrade() else { return };
             let Some(derp) = server.derp.clone() else {
                 return;
