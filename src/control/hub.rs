@@ -7,7 +7,7 @@
 
 use crate::tailcfg::SharedRaw;
 use smol::channel::{self, Receiver, Sender, TrySendError};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -39,6 +39,39 @@ struct Slot {
     seq: u64,
     tx: Sender<Change>,
     resync: Arc<AtomicBool>,
+    known: Arc<Known>,
+}
+
+/// The peers a session has told its node about. The hub reads it to offer
+/// a patch (endpoints, DERP, online) only to sessions whose node has that
+/// peer, instead of waking every session in the tailnet for it; the session
+/// updates it while it holds the state lock, so a change committed after the
+/// session read the state is always offered to it. Each call locks briefly
+/// and never while another lock is taken (the hub locks Slot → Known; the
+/// session holds the state lock around it).
+#[derive(Default)]
+pub struct Known(Mutex<BTreeSet<u64>>);
+
+impl Known {
+    fn set(&self) -> MutexGuard<'_, BTreeSet<u64>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn contains(&self, id: u64) -> bool {
+        self.set().contains(&id)
+    }
+    pub fn insert(&self, id: u64) -> bool {
+        self.set().insert(id)
+    }
+    pub fn remove(&self, id: u64) -> bool {
+        self.set().remove(&id)
+    }
+    /// Replaces the whole set; returns the previous one.
+    pub fn replace(&self, new: BTreeSet<u64>) -> BTreeSet<u64> {
+        std::mem::replace(&mut *self.set(), new)
+    }
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.set().iter().copied().collect()
+    }
 }
 
 #[derive(Default)]
@@ -76,6 +109,7 @@ pub struct Subscription {
     pub seq: u64,
     pub rx: Receiver<Change>,
     pub resync: Arc<AtomicBool>,
+    pub known: Arc<Known>,
 }
 
 impl Subscription {
@@ -95,6 +129,7 @@ impl Hub {
     pub fn subscribe(&self, node_id: u64) -> (Subscription, bool) {
         let (tx, rx) = channel::bounded(QUEUE);
         let resync = Arc::new(AtomicBool::new(false));
+        let known = Arc::new(Known::default());
         let mut g = self.lock();
         g.next_seq += 1;
         let seq = g.next_seq;
@@ -104,6 +139,7 @@ impl Hub {
                 seq,
                 tx,
                 resync: resync.clone(),
+                known: known.clone(),
             },
         );
         g.peer_cache.remove(&node_id);
@@ -116,6 +152,7 @@ impl Hub {
                 seq,
                 rx,
                 resync,
+                known,
             },
             old.is_some(),
         )
@@ -158,7 +195,10 @@ impl Hub {
         self.keys_changed.1.clone()
     }
 
-    /// Offers `c` to every connected session.
+    /// Offers `c` to every connected session that needs it: a patch or a
+    /// Hostinfo change of node X only to X's own session and the sessions
+    /// that know X (visibility itself changes only through a node upsert or
+    /// a policy refresh, which go to everyone).
     pub fn notify(&self, c: Change) {
         if !matches!(
             c,
@@ -184,7 +224,16 @@ impl Hub {
             Change::UserChanged(_) | Change::Everything => g.peer_cache.clear(),
             Change::PolicyRefresh => {}
         }
-        for s in g.sessions.values() {
+        let only_knowers = match c {
+            Change::NodePatch(x) | Change::NodeInfo(x) => Some(x),
+            _ => None,
+        };
+        for (&node, s) in g.sessions.iter() {
+            if let Some(x) = only_knowers {
+                if node != x && !s.known.contains(x) {
+                    continue;
+                }
+            }
             match s.tx.try_send(c.clone()) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => s.resync.store(true, Ordering::Release),
@@ -199,5 +248,52 @@ impl Hub {
 
     pub fn cache_peer(&self, id: u64, raw: SharedRaw) {
         self.lock().peer_cache.insert(id, raw);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patches_go_only_to_sessions_that_know_the_node() {
+        let hub = Hub::default();
+        let (a, _) = hub.subscribe(1);
+        let (b, _) = hub.subscribe(2);
+        let (c, _) = hub.subscribe(3);
+        a.known.insert(3);
+        // A patch of 3: its own session and a (which has 3), not b.
+        hub.notify(Change::NodePatch(3));
+        assert_eq!(a.rx.try_recv().ok(), Some(Change::NodePatch(3)));
+        assert!(b.rx.try_recv().is_err(), "b does not know node 3");
+        assert_eq!(c.rx.try_recv().ok(), Some(Change::NodePatch(3)));
+        hub.notify(Change::NodeInfo(3));
+        assert!(a.rx.try_recv().is_ok() && b.rx.try_recv().is_err());
+        // Upserts, removals and refreshes can change who sees what: everyone.
+        for ch in [
+            Change::NodeUpsert(3),
+            Change::NodeRemoved(3),
+            Change::PolicyRefresh,
+            Change::Everything,
+        ] {
+            hub.notify(ch.clone());
+            assert_eq!(b.rx.try_recv().ok(), Some(ch));
+        }
+        // Once b has been told about 3, it gets 3's patches too.
+        b.known.insert(3);
+        hub.notify(Change::NodePatch(3));
+        assert_eq!(b.rx.try_recv().ok(), Some(Change::NodePatch(3)));
+    }
+
+    #[test]
+    fn node_changes_wake_the_derp_key_check() {
+        let hub = Hub::default();
+        let rx = hub.key_changes();
+        hub.notify(Change::NodePatch(1));
+        assert!(rx.try_recv().is_err(), "endpoints do not change keys");
+        hub.notify(Change::NodeUpsert(1));
+        hub.notify(Change::NodeRemoved(2));
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "coalesced into one check");
     }
 }

@@ -2,7 +2,7 @@
 //! map, then deltas and keep-alives), lite updates of endpoints / hostinfo /
 //! disco key, and one-shot full maps.
 
-use crate::control::hub::Subscription;
+use crate::control::hub::{Known, Subscription};
 use crate::control::netmap::{self, peer_json, render_node, to_raw};
 use crate::control::policy::View;
 use crate::control::{Change, Server, SharedServer};
@@ -66,7 +66,7 @@ pub async fn handle(
             // Lite update: stored and fanned out above; the body is ignored.
             return h2srv::reply(&mut respond, StatusCode::OK, "text/plain", Vec::new()).await;
         }
-        let msg = full_map(&server, node_id, &mut BTreeSet::new(), false).map(|m| frame(&m, zstd));
+        let msg = full_map(&server, node_id, &Known::default(), false).map(|m| frame(&m, zstd));
         let Some(msg) = msg else {
             return h2srv::reply(
                 &mut respond,
@@ -296,12 +296,7 @@ fn frame(m: &MapResponse, zstd: bool) -> Bytes {
 }
 
 /// A complete snapshot for `id`; fills `known` with the peers sent.
-fn full_map(
-    server: &Server,
-    id: u64,
-    known: &mut BTreeSet<u64>,
-    resync: bool,
-) -> Option<MapResponse> {
+fn full_map(server: &Server, id: u64, known: &Known, resync: bool) -> Option<MapResponse> {
     let (view, _) = server.policy_view();
     let t = now();
     let st = server.state();
@@ -311,17 +306,18 @@ fn full_map(
     let p = netmap::profile_for(&server.cfg, &st, me, true);
     profiles.insert(p.id, p);
     let mut peers = Vec::new();
-    let previously = std::mem::take(known);
+    let mut now_known = BTreeSet::new();
     for n in st.nodes.values() {
         if !vis.sees(n.id) {
             continue;
         }
         peers.push(peer_for(server, &view, id, n, t));
-        known.insert(n.id);
+        now_known.insert(n.id);
         let p = netmap::profile_for(&server.cfg, &st, n, false);
         profiles.entry(p.id).or_insert(p);
     }
-    let removed: Vec<u64> = previously.difference(known).copied().collect();
+    let previously = known.replace(now_known.clone());
+    let removed: Vec<u64> = previously.difference(&now_known).copied().collect();
     let self_node = self_for(server, &view, me, t);
     drop(st);
     let peers_empty = peers.is_empty();
@@ -374,7 +370,7 @@ fn delta(
     server: &Server,
     id: u64,
     changes: &[Change],
-    known: &mut BTreeSet<u64>,
+    known: &Known,
     seen_gen: &mut u64,
     sent: &mut Sent,
 ) -> Option<MapResponse> {
@@ -395,7 +391,7 @@ fn delta(
             Change::NodeUpsert(x) | Change::NodePatch(x) | Change::NodeInfo(x) => {
                 match st.nodes.get(x) {
                     Some(n) if vis.sees(n.id) => {
-                        let full = !matches!(c, Change::NodePatch(_)) || !known.contains(x);
+                        let full = !matches!(c, Change::NodePatch(_)) || !known.contains(*x);
                         if full {
                             patches.remove(x);
                             changed.insert(*x, peer_for(server, &view, id, n, t));
@@ -408,7 +404,7 @@ fn delta(
                         known.insert(*x);
                     }
                     _ => {
-                        if known.remove(x) {
+                        if known.remove(*x) {
                             removed.insert(*x);
                         }
                         changed.remove(x);
@@ -417,7 +413,7 @@ fn delta(
                 }
             }
             Change::NodeRemoved(x) => {
-                if known.remove(x) {
+                if known.remove(*x) {
                     removed.insert(*x);
                 }
                 changed.remove(x);
@@ -427,7 +423,7 @@ fn delta(
                 for n in st
                     .nodes
                     .values()
-                    .filter(|n| n.id == id || known.contains(&n.id))
+                    .filter(|n| n.id == id || known.contains(n.id))
                 {
                     let p = netmap::profile_for(&server.cfg, &st, n, n.id == id);
                     profiles.insert(p.id, p);
@@ -444,7 +440,7 @@ fn delta(
         *seen_gen = gen;
         if !vis.all {
             for &p in &vis.peers {
-                if known.contains(&p) {
+                if known.contains(p) {
                     continue;
                 }
                 if let Some(n) = st.nodes.get(&p) {
@@ -457,12 +453,12 @@ fn delta(
             }
         }
         let gone: Vec<u64> = known
-            .iter()
-            .filter(|k| !vis.sees(**k) || !st.nodes.contains_key(k))
-            .copied()
+            .snapshot()
+            .into_iter()
+            .filter(|k| !vis.sees(*k) || !st.nodes.contains_key(k))
             .collect();
         for g in gone {
-            known.remove(&g);
+            known.remove(g);
             removed.insert(g);
             changed.remove(&g);
             patches.remove(&g);
@@ -582,9 +578,9 @@ async fn stream(
 ) -> io::Result<()> {
     let id = sub.node_id;
     let mut tx = h2srv::start(respond, StatusCode::OK, "application/octet-stream", false)?;
-    let mut known = BTreeSet::new();
+    let known = &*sub.known;
     let mut seen_gen = server.policy_view().1;
-    let Some(first) = full_map(server, id, &mut known, false) else {
+    let Some(first) = full_map(server, id, known, false) else {
         return Ok(());
     };
     let mut sent = Sent::from_map(&first);
@@ -617,13 +613,13 @@ async fn stream(
             Event::Changes(changes) => {
                 let msg = if sub.take_resync() || changes.contains(&Change::Everything) {
                     seen_gen = server.policy_view().1;
-                    let m = full_map(server, id, &mut known, true);
+                    let m = full_map(server, id, known, true);
                     if let Some(m) = &m {
                         sent = Sent::from_map(m);
                     }
                     m
                 } else {
-                    delta(server, id, &changes, &mut known, &mut seen_gen, &mut sent)
+                    delta(server, id, &changes, known, &mut seen_gen, &mut sent)
                 };
                 if let Some(m) = msg {
                     h2srv::send_all(&mut tx, frame(&m, zstd), false).await?;
