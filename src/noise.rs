@@ -231,11 +231,16 @@ pub struct NoiseStream<S> {
     inner: S,
     rx: CipherState,
     tx: CipherState,
-    /// Ciphertext read but not yet a whole record.
+    /// Read buffer: `rbuf[..filled]` holds what was read. Records are
+    /// decrypted in place and their plaintext handed out from here
+    /// (`rbuf[pbeg..pend]`), so the hot path copies bytes once, into the
+    /// caller's buffer. `rbuf[rpos..filled]` is ciphertext not yet a whole
+    /// record. Empty (no allocation) while the connection is idle.
     rbuf: Vec<u8>,
-    /// Decrypted bytes not yet handed out: `plain[ppos..]`.
-    plain: Vec<u8>,
-    ppos: usize,
+    filled: usize,
+    rpos: usize,
+    pbeg: usize,
+    pend: usize,
     /// Sealed records not yet written: `wbuf[wpos..]`.
     wbuf: Vec<u8>,
     wpos: usize,
@@ -249,9 +254,11 @@ impl<S> NoiseStream<S> {
             inner,
             rx: CipherState::new(&keys.rx),
             tx: CipherState::new(&keys.tx),
+            filled: leftover.len(),
             rbuf: leftover,
-            plain: Vec::new(),
-            ppos: 0,
+            rpos: 0,
+            pbeg: 0,
+            pend: 0,
             wbuf: Vec::new(),
             wpos: 0,
             eof: false,
@@ -262,29 +269,65 @@ impl<S> NoiseStream<S> {
         &self.inner
     }
 
-    /// Decrypts the first whole record of `rbuf` into `plain`, if present.
+    /// Decrypts the next whole record of `rbuf` in place, if present, and
+    /// makes its plaintext the bytes to hand out.
     fn decrypt_one(&mut self) -> io::Result<bool> {
-        if self.rbuf.len() < RECORD_HEADER_LEN {
+        let avail = &self.rbuf[self.rpos..self.filled];
+        if avail.len() < RECORD_HEADER_LEN {
             return Ok(false);
         }
-        let hdr = [self.rbuf[0], self.rbuf[1], self.rbuf[2]];
+        let hdr = [avail[0], avail[1], avail[2]];
         let h = RecordHeader::parse(&hdr)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
         let total = RECORD_HEADER_LEN + h.len;
-        if self.rbuf.len() < total {
+        if avail.len() < total {
             return Ok(false);
         }
+        let body = self.rpos + RECORD_HEADER_LEN;
         let n = self
             .rx
-            .open_record(&mut self.rbuf[RECORD_HEADER_LEN..total])?;
-        self.plain.clear();
-        self.plain
-            .extend_from_slice(&self.rbuf[RECORD_HEADER_LEN..RECORD_HEADER_LEN + n]);
-        self.ppos = 0;
-        self.rbuf.drain(..total);
+            .open_record(&mut self.rbuf[body..self.rpos + total])?;
+        self.pbeg = body;
+        self.pend = body + n;
+        self.rpos += total;
         Ok(true)
     }
+
+    /// Makes room to read: moves the partial record (always shorter than a
+    /// record) to the front, allocating the buffer if the connection was idle.
+    fn compact(&mut self) {
+        let left = self.filled - self.rpos;
+        if left == 0 {
+            self.filled = 0;
+            self.rpos = 0;
+        } else if self.rpos > 0 {
+            self.rbuf.copy_within(self.rpos..self.filled, 0);
+            self.filled = left;
+            self.rpos = 0;
+        }
+        self.pbeg = 0;
+        self.pend = 0;
+        if self.rbuf.len() < READ_BUF {
+            self.rbuf.resize(READ_BUF, 0);
+        }
+    }
+
+    /// Gives the buffer back while nothing is buffered: idle connections
+    /// (most of them, most of the time) hold no read buffer.
+    fn release_if_empty(&mut self) {
+        if self.filled == self.rpos && self.pbeg == self.pend {
+            self.rbuf = Vec::new();
+            self.filled = 0;
+            self.rpos = 0;
+            self.pbeg = 0;
+            self.pend = 0;
+        }
+    }
 }
+
+/// Read buffer size: room for a whole record (≤ 4096 bytes) after any
+/// partial one.
+const READ_BUF: usize = 2 * wn::MAX_RECORD_LEN;
 
 impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
     fn poll_flush_wbuf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -313,10 +356,10 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
         dst: &mut [u8],
     ) -> Poll<io::Result<usize>> {
         loop {
-            if self.ppos < self.plain.len() {
-                let n = dst.len().min(self.plain.len() - self.ppos);
-                dst[..n].copy_from_slice(&self.plain[self.ppos..self.ppos + n]);
-                self.ppos += n;
+            if self.pbeg < self.pend {
+                let n = dst.len().min(self.pend - self.pbeg);
+                dst[..n].copy_from_slice(&self.rbuf[self.pbeg..self.pbeg + n]);
+                self.pbeg += n;
                 return Poll::Ready(Ok(n));
             }
             if self.decrypt_one()? {
@@ -325,15 +368,23 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
             if self.eof {
                 return Poll::Ready(Ok(0));
             }
-            let mut tmp = [0u8; 8192];
-            let n = ready!(Pin::new(&mut self.inner).poll_read(cx, &mut tmp))?;
-            if n == 0 {
-                if !self.rbuf.is_empty() {
-                    return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+            self.compact();
+            let filled = self.filled;
+            match Pin::new(&mut self.inner).poll_read(cx, &mut self.rbuf[filled..]) {
+                Poll::Pending => {
+                    self.release_if_empty();
+                    return Poll::Pending;
                 }
-                self.eof = true;
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(0)) => {
+                    if self.filled > self.rpos {
+                        return Poll::Ready(Err(io::ErrorKind::UnexpectedEof.into()));
+                    }
+                    self.eof = true;
+                    self.release_if_empty();
+                }
+                Poll::Ready(Ok(n)) => self.filled += n,
             }
-            self.rbuf.extend_from_slice(&tmp[..n]);
         }
     }
 
@@ -515,5 +566,149 @@ mod tests {
         assert_eq!(acc.version, 130);
         let want = summary["client_machine_key"].as_str().unwrap();
         assert_eq!(format!("mkey:{}", to_hex(&acc.machine_key)), want);
+    }
+
+    /// A byte source that hands out its data in the given chunk sizes,
+    /// answering Pending (and waking itself) between chunks, as a socket does.
+    struct Chunked {
+        data: Vec<u8>,
+        pos: usize,
+        sizes: Vec<usize>,
+        step: usize,
+        pending_next: bool,
+    }
+
+    impl FRead for Chunked {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            if self.pending_next {
+                self.pending_next = false;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.pending_next = true;
+            let size = self.sizes[self.step % self.sizes.len()];
+            self.step += 1;
+            let n = size.min(buf.len()).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl FWrite for Chunked {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            b: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(b.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Records split at every possible boundary (one byte at a time, odd
+    /// sizes, several records per read, a leftover from the handshake) come
+    /// out as the same plaintext stream, zero-length records skipped; a
+    /// truncated record is an error, a clean end is end of stream; the read
+    /// buffer is released while idle.
+    #[test]
+    fn stream_reassembles_records_across_reads() {
+        let key = [9u8; 32];
+        let mut sealer = CipherState::new(&key);
+        let mut wire = Vec::new();
+        let mut want = Vec::new();
+        for (i, len) in [
+            0usize,
+            1,
+            100,
+            MAX_PLAINTEXT_LEN,
+            0,
+            7,
+            3000,
+            MAX_PLAINTEXT_LEN,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let plain: Vec<u8> = (0..len).map(|j| (i * 31 + j) as u8).collect();
+            sealer.seal_record(&plain, &mut wire).unwrap();
+            want.extend_from_slice(&plain);
+        }
+        for sizes in [
+            vec![1],
+            vec![3, 5000, 2, 8191],
+            vec![1 << 20],
+            vec![4096, 4095, 4097],
+        ] {
+            for leftover_len in [0usize, 2, 200, 5000] {
+                let keys = TransportKeys {
+                    rx: key,
+                    tx: [0; 32],
+                };
+                let leftover = wire[..leftover_len].to_vec();
+                let src = Chunked {
+                    data: wire[leftover_len..].to_vec(),
+                    pos: 0,
+                    sizes: sizes.clone(),
+                    step: 0,
+                    pending_next: false,
+                };
+                let mut ns = NoiseStream::new(src, &keys, leftover);
+                let mut got = Vec::new();
+                let mut out = [0u8; 777];
+                futures_lite::future::block_on(async {
+                    loop {
+                        let n =
+                            futures_lite::future::poll_fn(|cx| ns.poll_read_plain(cx, &mut out))
+                                .await
+                                .unwrap();
+                        if n == 0 {
+                            break;
+                        }
+                        got.extend_from_slice(&out[..n]);
+                    }
+                });
+                assert_eq!(
+                    got.len(),
+                    want.len(),
+                    "sizes {sizes:?} leftover {leftover_len}"
+                );
+                assert!(got == want, "sizes {sizes:?} leftover {leftover_len}");
+                assert_eq!(ns.rbuf.capacity(), 0, "buffer kept after the stream ended");
+            }
+        }
+        // Truncated mid-record: an error, not a silent end.
+        let keys = TransportKeys {
+            rx: key,
+            tx: [0; 32],
+        };
+        let src = Chunked {
+            data: wire[..wire.len() - 5].to_vec(),
+            pos: 0,
+            sizes: vec![1000],
+            step: 0,
+            pending_next: false,
+        };
+        let mut ns = NoiseStream::new(src, &keys, Vec::new());
+        let mut out = [0u8; 4096];
+        let err = futures_lite::future::block_on(async {
+            loop {
+                match futures_lite::future::poll_fn(|cx| ns.poll_read_plain(cx, &mut out)).await {
+                    Ok(0) => return None,
+                    Ok(_) => {}
+                    Err(e) => return Some(e),
+                }
+            }
+        });
+        assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::UnexpectedEof));
     }
 }
