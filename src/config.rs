@@ -84,6 +84,57 @@ pub struct Config {
     pub derp_urls: Vec<String>,
     /// How often URL sources are fetched again.
     pub derp_update_frequency: Duration,
+    /// OpenID Connect login (`oidc.*`); None when `oidc.issuer` is unset.
+    pub oidc: Option<OidcConfig>,
+}
+
+/// A value that must never reach a log line or `{:?}` output.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "\"***\"" })
+    }
+}
+
+/// `oidc.*`, with Headscale's key names and defaults except `pkce.enabled`
+/// (see [`OidcConfig::pkce`]).
+#[derive(Clone, Debug)]
+pub struct OidcConfig {
+    /// Issuer URL; `<issuer>/.well-known/openid-configuration` is read.
+    pub issuer: String,
+    pub client_id: String,
+    /// From `client_secret`, or the file named by `client_secret_path`.
+    pub client_secret: Secret,
+    /// Default `openid profile email`.
+    pub scope: Vec<String>,
+    /// Extra query parameters for the authorization request.
+    pub extra_params: Vec<(String, String)>,
+    /// Email domains allowed to log in (empty = any).
+    pub allowed_domains: Vec<String>,
+    /// Email addresses allowed to log in (empty = any).
+    pub allowed_users: Vec<String>,
+    /// Groups (`groups` claim) of which the user must be in one (empty = any).
+    pub allowed_groups: Vec<String>,
+    /// Node key lifetime after an OIDC login (default 180 days; 0 = none).
+    pub expiry: Duration,
+    /// Use the ID token's `exp` as the node's expiry instead.
+    pub use_expiry_from_token: bool,
+    /// Send a PKCE challenge. Default **on** (Headscale: off): every provider
+    /// we know accepts it and it protects the code in transit; set
+    /// `pkce.enabled: false` for a provider that refuses it.
+    pub pkce: bool,
+    /// `S256` (default) or `plain`.
+    pub pkce_plain: bool,
+    /// Refuse to start when the provider cannot be reached (default true).
+    pub only_start_if_oidc_is_available: bool,
+    /// Domain and user allow-lists only trust a verified email (default true,
+    /// as Headscale's `email_verified_required`).
+    pub email_verified_required: bool,
+    /// PEM roots for the provider's TLS (tinyscale's `oidc.ca_cert_path`);
+    /// None = the system bundle.
+    pub ca_cert_path: Option<PathBuf>,
 }
 
 impl Config {
@@ -106,6 +157,7 @@ impl Config {
             derp_paths: vec![],
             derp_urls: vec![],
             derp_update_frequency: Duration::from_secs(24 * 3600),
+            oidc: None,
             derp_ipv4: None,
             derp_ipv6: None,
             magic_dns: true,
@@ -416,8 +468,148 @@ pub fn from_yaml_str(
     if let Some(p) = path("database.path")? {
         c.database_path = p;
     }
+    c.oidc = parse_oidc(&doc, &data_dir)?;
     validate(&c)?;
     Ok((c, warnings))
+}
+
+/// The `oidc` section; None without `oidc.issuer`.
+fn parse_oidc(doc: &Value, data_dir: &Path) -> Result<Option<OidcConfig>, ConfigError> {
+    let Some(issuer) = get_str(doc, "oidc.issuer")?.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let issuer = issuer.trim_end_matches('/').to_string();
+    if url_host(&issuer).is_none() {
+        return Err(key_err(
+            "oidc.issuer",
+            format!("expected an http(s) URL, got {issuer:?}"),
+        ));
+    }
+    let client_id = get_str(doc, "oidc.client_id")?
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| key_err("oidc.client_id", "required when oidc.issuer is set"))?;
+    let secret = match get_str(doc, "oidc.client_secret_path")?.filter(|s| !s.is_empty()) {
+        Some(p) => {
+            let p = data_dir.join(expand_env(&p));
+            let text = std::fs::read_to_string(&p)
+                .map_err(|e| key_err("oidc.client_secret_path", format!("{}: {e}", p.display())))?;
+            text.trim().to_string()
+        }
+        None => get_str(doc, "oidc.client_secret")?.unwrap_or_default(),
+    };
+    if secret.is_empty() {
+        return Err(key_err(
+            "oidc.client_secret",
+            "oidc.client_secret or oidc.client_secret_path is required when oidc.issuer is set",
+        ));
+    }
+    let mut extra_params = Vec::new();
+    match get(doc, "oidc.extra_params") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    other => {
+                        return Err(key_err(
+                            &format!("oidc.extra_params.{k}"),
+                            format!("expected a string, got {other}"),
+                        ))
+                    }
+                };
+                extra_params.push((k.clone(), v));
+            }
+        }
+        Some(other) => {
+            return Err(key_err(
+                "oidc.extra_params",
+                format!("expected a map of parameter to value, got {other}"),
+            ))
+        }
+    }
+    let expiry = match get(doc, "oidc.expiry") {
+        None | Some(Value::Null) => Duration::from_secs(180 * 86400),
+        Some(Value::Number(n)) if n.as_u64() == Some(0) => Duration::ZERO,
+        Some(Value::String(s)) => parse_long_duration(s)
+            .map_err(|e| key_err("oidc.expiry", format!("invalid duration {s:?}: {e}")))?,
+        Some(other) => {
+            return Err(key_err(
+                "oidc.expiry",
+                format!("expected a duration like \"180d\", got {other}"),
+            ))
+        }
+    };
+    let pkce_plain = match get_str(doc, "oidc.pkce.method")?.as_deref() {
+        None | Some("S256") => false,
+        Some("plain") => true,
+        Some(other) => {
+            return Err(key_err(
+                "oidc.pkce.method",
+                format!("expected \"S256\" or \"plain\", got {other:?}"),
+            ))
+        }
+    };
+    let lower = |v: Option<Vec<String>>| -> Vec<String> {
+        v.unwrap_or_default()
+            .into_iter()
+            .map(|s| s.to_ascii_lowercase())
+            .collect()
+    };
+    Ok(Some(OidcConfig {
+        issuer,
+        client_id,
+        client_secret: Secret(secret),
+        scope: get_list(doc, "oidc.scope")?
+            .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]),
+        extra_params,
+        allowed_domains: lower(get_list(doc, "oidc.allowed_domains")?),
+        allowed_users: lower(get_list(doc, "oidc.allowed_users")?),
+        allowed_groups: get_list(doc, "oidc.allowed_groups")?.unwrap_or_default(),
+        expiry,
+        use_expiry_from_token: get_bool(doc, "oidc.use_expiry_from_token")?.unwrap_or(false),
+        pkce: get_bool(doc, "oidc.pkce.enabled")?.unwrap_or(true),
+        pkce_plain,
+        only_start_if_oidc_is_available: get_bool(doc, "oidc.only_start_if_oidc_is_available")?
+            .unwrap_or(true),
+        email_verified_required: get_bool(doc, "oidc.email_verified_required")?.unwrap_or(true),
+        ca_cert_path: get_str(doc, "oidc.ca_cert_path")?
+            .filter(|s| !s.is_empty())
+            .map(|s| data_dir.join(s)),
+    }))
+}
+
+/// `${NAME}` and `$NAME` from the environment, as Headscale expands
+/// `client_secret_path` (e.g. `${CREDENTIALS_DIRECTORY}/oidc`).
+fn expand_env(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        let (name, next) = match after.strip_prefix('{') {
+            Some(b) => match b.find('}') {
+                Some(j) => (&b[..j], &b[j + 1..]),
+                None => ("", after),
+            },
+            None => {
+                let j = after
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(after.len());
+                (&after[..j], &after[j..])
+            }
+        };
+        if name.is_empty() {
+            out.push('$');
+            rest = after;
+        } else {
+            out.push_str(&std::env::var(name).unwrap_or_default());
+            rest = next;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Checks cross-field rules; every error names its key.
@@ -531,6 +723,22 @@ const KNOWN: &[&str] = &[
     "node.ephemeral.inactivity_timeout",
     "node.expiry",
     "database.path",
+    "oidc.issuer",
+    "oidc.client_id",
+    "oidc.client_secret",
+    "oidc.client_secret_path",
+    "oidc.scope",
+    "oidc.extra_params",
+    "oidc.allowed_domains",
+    "oidc.allowed_users",
+    "oidc.allowed_groups",
+    "oidc.expiry",
+    "oidc.use_expiry_from_token",
+    "oidc.pkce.enabled",
+    "oidc.pkce.method",
+    "oidc.only_start_if_oidc_is_available",
+    "oidc.email_verified_required",
+    "oidc.ca_cert_path",
 ];
 
 fn unknown_keys(v: &Value, prefix: &str, out: &mut Vec<String>) {
@@ -614,6 +822,16 @@ fn get_duration(doc: &Value, key: &str) -> Result<Option<Duration>, ConfigError>
 /// numbers with units `ns`, `us`/`µs`, `ms`, `s`, `m`, `h` (`1h30m`,
 /// `1.5h`, `10s`); a bare `0` is zero.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_units(s, false)
+}
+
+/// [`parse_duration`] plus the day, week and year units (`d`, `w`, `y` =
+/// 365 d) that Headscale accepts for `oidc.expiry` (Prometheus style).
+pub fn parse_long_duration(s: &str) -> Result<Duration, String> {
+    parse_duration_units(s, true)
+}
+
+fn parse_duration_units(s: &str, long: bool) -> Result<Duration, String> {
     let s = s.trim();
     let s = s.strip_prefix('+').unwrap_or(s);
     if s == "0" {
@@ -648,6 +866,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
+            "d" if long => 86400.0,
+            "w" if long => 7.0 * 86400.0,
+            "y" if long => 365.0 * 86400.0,
             u => return Err(format!("unknown unit {u:?} (use ns, us, ms, s, m or h)")),
         };
         total += n * mult;
@@ -1446,7 +1667,16 @@ database:
   path: state/db.redb
 tls_cert_path: ""
 oidc:
-  issuer: x
+  issuer: https://id.example.com/
+  client_id: ts
+  client_secret: s3cret
+  allowed_domains: [Example.COM]
+  expiry: 30d
+  pkce:
+    method: plain
+  extra_params:
+    domain_hint: example.com
+  strip_email_domain: true
 "#)
         .unwrap();
         assert_eq!(c.server_url, "https://hs.example.com");
@@ -1469,9 +1699,24 @@ oidc:
         assert_eq!(c.ephemeral_inactivity_timeout, Duration::from_secs(5400));
         assert_eq!(c.node_expiry, Duration::ZERO);
         assert_eq!(c.database_path, Path::new("/data/state/db.redb"));
-        // tls_cert_path is known now; only the (unbuilt) oidc section warns.
+        let o = c.oidc.as_ref().unwrap();
+        assert_eq!(o.issuer, "https://id.example.com");
+        assert_eq!(o.client_secret.0, "s3cret");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "secret in Debug output"
+        );
+        assert_eq!(o.scope, ["openid", "profile", "email"]);
+        assert_eq!(o.allowed_domains, ["example.com"]);
+        assert_eq!(o.expiry, Duration::from_secs(30 * 86400));
+        assert!(o.pkce && o.pkce_plain && o.only_start_if_oidc_is_available);
+        assert_eq!(
+            o.extra_params,
+            [("domain_hint".into(), "example.com".into())]
+        );
+        // Only Headscale's removed oidc.strip_email_domain warns.
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("oidc"));
+        assert!(w[0].contains("strip_email_domain"));
     }
 
     #[test]
@@ -1521,6 +1766,25 @@ oidc:
         assert!(e("derp:\n  urls: [ftp://x]").starts_with("config: derp.urls[0]:"));
         assert!(e("tls_cert_path: a.pem").starts_with("config: tls_key_path:"));
         assert!(e("prefixes:\n  allocation: odd").starts_with("config: prefixes.allocation:"));
+        assert!(e("oidc:\n  issuer: https://x").starts_with("config: oidc.client_id:"));
+        assert!(e("oidc:\n  issuer: https://x\n  client_id: a")
+            .starts_with("config: oidc.client_secret:"));
+        assert!(e("oidc:\n  issuer: x\n  client_id: a").starts_with("config: oidc.issuer:"));
+        assert!(e("oidc:\n  issuer: https://x\n  client_id: a\n  client_secret: b\n  pkce:\n    method: S512")
+            .starts_with("config: oidc.pkce.method:"));
+        assert!(e(
+            "oidc:\n  issuer: https://x\n  client_id: a\n  client_secret_path: /nonexistent/s"
+        )
+        .starts_with("config: oidc.client_secret_path:"));
+        let (c, _) =
+            cfg("oidc:\n  issuer: https://x\n  client_id: a\n  client_secret: b\n  expiry: 0")
+                .unwrap();
+        assert_eq!(c.oidc.unwrap().expiry, Duration::ZERO);
+        assert_eq!(expand_env("${TINYSCALE_NO_SUCH_VAR}/s$"), "/s$");
+        assert_eq!(
+            parse_long_duration("1w2d3h").unwrap().as_secs(),
+            9 * 86400 + 3 * 3600
+        );
         let (_, w) = cfg("prefixes:\n  allocation: random").unwrap();
         assert!(w[0].contains("sequentially"));
     }

@@ -17,6 +17,8 @@ pub mod http;
 pub mod keys;
 pub mod logging;
 pub mod noise;
+#[cfg(feature = "oidc")]
+pub mod oidc;
 pub mod policy;
 pub mod state;
 pub mod tailcfg;

@@ -28,7 +28,13 @@ impl From<&User> for ApiUser {
             created_at: rfc3339(u.created),
             display_name: u.display_name.clone(),
             email: u.email.clone(),
-            ..Default::default()
+            provider: if u.provider_id.is_empty() {
+                String::new()
+            } else {
+                "oidc".into()
+            },
+            provider_id: u.provider_id.clone(),
+            profile_pic_url: u.profile_pic_url.clone(),
         }
     }
 }

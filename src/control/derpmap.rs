@@ -7,7 +7,6 @@
 use crate::config::Config;
 use crate::control::{Change, Server, SharedServer};
 use crate::tailcfg::{DerpMap, DerpNode, DerpRegion, SharedRaw};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use log::{info, warn};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
@@ -253,123 +252,7 @@ pub fn spawn_refresher(server: SharedServer) {
 
 /// GET over http:// or https:// (system roots), bounded in size and time.
 pub async fn fetch(url: &str) -> io::Result<Vec<u8>> {
-    use futures_lite::FutureExt;
-    fetch_inner(url)
-        .or(async {
-            async_io::Timer::after(Duration::from_secs(30)).await;
-            Err(io::Error::new(io::ErrorKind::TimedOut, "timed out"))
-        })
-        .await
-}
-
-async fn fetch_inner(url: &str) -> io::Result<Vec<u8>> {
-    let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
-        (true, r)
-    } else if let Some(r) = url.strip_prefix("http://") {
-        (false, r)
-    } else {
-        return Err(io::Error::other("unsupported URL scheme"));
-    };
-    let (hostport, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match hostport.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') || hostport.starts_with('[') => (
-            h.trim_matches(['[', ']']),
-            p.parse::<u16>().map_err(|_| io::Error::other("bad port"))?,
-        ),
-        _ => (
-            hostport.trim_matches(['[', ']']),
-            if tls { 443 } else { 80 },
-        ),
-    };
-    let addr = smol::net::resolve((host, port))
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| io::Error::other("no address"))?;
-    let tcp = async_io::Async::<std::net::TcpStream>::connect(addr).await?;
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\nUser-Agent: tinyscale\r\n\r\n");
-    if tls {
-        let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
-        for path in [
-            "/etc/ssl/certs/ca-certificates.crt",
-            "/etc/pki/tls/certs/ca-bundle.crt",
-        ] {
-            if let Ok(it) = rustls::pki_types::CertificateDer::pem_file_iter(path) {
-                for c in it.flatten() {
-                    let _ = roots.add(c);
-                }
-            }
-        }
-        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-        let cfg = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(io::Error::other)?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let name =
-            rustls::pki_types::ServerName::try_from(host.to_string()).map_err(io::Error::other)?;
-        let mut s = futures_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(name, tcp)
-            .await?;
-        s.write_all(req.as_bytes()).await?;
-        read_response(&mut s).await
-    } else {
-        let mut s = tcp;
-        s.write_all(req.as_bytes()).await?;
-        read_response(&mut s).await
-    }
-}
-
-async fn read_response<S: futures_lite::AsyncRead + Unpin>(s: &mut S) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    (&mut *s)
-        .take((MAX_DOC + 16 * 1024) as u64)
-        .read_to_end(&mut buf)
-        .await?;
-    let mut hdrs = [httparse::EMPTY_HEADER; 64];
-    let mut r = httparse::Response::new(&mut hdrs);
-    let n = match r.parse(&buf).map_err(io::Error::other)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Err(io::Error::other("truncated response")),
-    };
-    if r.code != Some(200) {
-        return Err(io::Error::other(format!("HTTP {}", r.code.unwrap_or(0))));
-    }
-    let chunked = r.headers.iter().any(|h| {
-        h.name.eq_ignore_ascii_case("transfer-encoding")
-            && String::from_utf8_lossy(h.value)
-                .to_ascii_lowercase()
-                .contains("chunked")
-    });
-    let body = buf.split_off(n);
-    if !chunked {
-        return Ok(body);
-    }
-    // De-chunk.
-    let mut out = Vec::new();
-    let mut rest = &body[..];
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or_else(|| io::Error::other("bad chunk"))?;
-        let size_str = String::from_utf8_lossy(&rest[..line_end]);
-        let size = usize::from_str_radix(size_str.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| io::Error::other("bad chunk size"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        if rest.len() < size + 2 || out.len() + size > MAX_DOC {
-            return Err(io::Error::other("bad chunk"));
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
+    crate::http::client::get_ok(url, MAX_DOC, Duration::from_secs(30)).await
 }
 
 #[cfg(test)]

@@ -136,17 +136,48 @@ impl Registry {
     }
 }
 
+/// Who a registration is approved for, decided while the state is locked.
+pub(crate) struct Approval {
+    pub user: u64,
+    /// A user record to write in the same batch as the node (a user created
+    /// or updated by an OIDC login), so a failure leaves neither behind.
+    pub write_user: Option<crate::state::User>,
+    /// The node's key expiry; None = the `node.expiry` default.
+    pub expiry: Option<i64>,
+}
+
 /// Approves pending registration `id` for user `user` (name or ID):
 /// creates the node, or re-authenticates this machine's existing node
 /// (same ID, IPs and name). Returns the node.
 pub fn approve(server: &Server, id: &str, user: &str) -> Result<Node, String> {
-    let req = server.pending.take_for_approval(id)?;
+    approve_with(server, id, |st| {
+        let uid = st
+            .find_user(user)
+            .map(|u| u.id)
+            .ok_or_else(|| format!("user {user:?} not found"))?;
+        Ok(Approval {
+            user: uid,
+            write_user: None,
+            expiry: None,
+        })
+    })
+}
+
+/// The one approval path (CLI and OIDC): `decide` names the owner once the
+/// registration is known to be pending; the node (and the owner, if new or
+/// changed) are stored in one batch, then the held follow-up is released.
+pub(crate) fn approve_with(
+    server: &Server,
+    id: &str,
+    decide: impl FnOnce(&crate::state::State) -> Result<Approval, String>,
+) -> Result<Node, String> {
     let t = now();
+    // State before pending (never the other way round anywhere): two
+    // approvals of one registration cannot both pass the check.
     let mut st = server.state();
-    let uid = st
-        .find_user(user)
-        .map(|u| u.id)
-        .ok_or_else(|| format!("user {user:?} not found"))?;
+    let req = server.pending.take_for_approval(id)?;
+    let a = decide(&st)?;
+    let uid = a.user;
     let existing = st
         .nodes
         .values()
@@ -155,7 +186,9 @@ pub fn approve(server: &Server, id: &str, user: &str) -> Result<Node, String> {
                 && (n.node_key == req.old_node_key || n.node_key == req.node_key || n.user == uid)
         })
         .cloned();
-    let expiry = crate::control::register::default_expiry(server, false, t);
+    let expiry = a
+        .expiry
+        .unwrap_or_else(|| crate::control::register::default_expiry(server, false, t));
     let node = match existing {
         Some(mut n) => {
             if n.node_key != req.node_key {
@@ -169,32 +202,46 @@ pub fn approve(server: &Server, id: &str, user: &str) -> Result<Node, String> {
             crate::control::register::apply_hostinfo(&mut n, &req.hostinfo);
             n
         }
-        None => crate::control::register::new_node(
-            server,
-            &st,
-            crate::control::register::NewNode {
-                machine_key: req.machine_key,
-                node_key: req.node_key,
-                user: uid,
-                tags: vec![],
-                hostinfo: &req.hostinfo,
-                ephemeral: req.ephemeral,
-                version: req.version,
-                auth_key: 0,
-            },
-            t,
-        )?,
+        None => {
+            let mut n = crate::control::register::new_node(
+                server,
+                &st,
+                crate::control::register::NewNode {
+                    machine_key: req.machine_key,
+                    node_key: req.node_key,
+                    user: uid,
+                    tags: vec![],
+                    hostinfo: &req.hostinfo,
+                    ephemeral: req.ephemeral,
+                    version: req.version,
+                    auth_key: 0,
+                },
+                t,
+            )?;
+            n.expiry = expiry;
+            n
+        }
     };
+    let mut ops = Vec::new();
+    if let Some(u) = a.write_user.as_ref() {
+        ops.push(Op::PutUser(u));
+    }
+    ops.push(Op::PutNode(&node));
     st.store
-        .apply(&[Op::PutNode(&node)])
+        .apply(&ops)
         .map_err(|e| format!("storage error: {e}"))?;
+    drop(ops);
+    if let Some(u) = a.write_user {
+        st.next_user_id = st.next_user_id.max(u.id + 1);
+        st.users.insert(u.id, u);
+    }
     st.next_node_id = st.next_node_id.max(node.id + 1);
     st.nodes.insert(node.id, node.clone());
     drop(st);
     server.pending.complete(id, node.id);
     server.hub.notify(Change::NodeUpsert(node.id));
     info!(
-        "registration {id} approved: node {} {} for user {user}",
+        "registration {id} approved: node {} {} for user {uid}",
         node.id, node.given_name
     );
     Ok(node)

@@ -42,6 +42,9 @@ pub struct Server {
     pub me: std::sync::Weak<Server>,
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
+    /// OpenID Connect login (`oidc.issuer` set).
+    #[cfg(feature = "oidc")]
+    pub oidc: Option<crate::oidc::Oidc>,
 }
 
 impl Server {
@@ -74,6 +77,18 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
         )
     })?;
     let noise_public = crate::keys::x25519_public(&noise_private);
+    #[cfg(feature = "oidc")]
+    let oidc = crate::oidc::from_config(&cfg)?;
+    #[cfg(not(feature = "oidc"))]
+    if let Some(o) = cfg.oidc.as_ref() {
+        let msg = "oidc.issuer is set but this tinyscale was built without the `oidc` feature";
+        if o.only_start_if_oidc_is_available {
+            return Err(Error::other(format!(
+                "{msg}; rebuild with --features oidc, or set oidc.only_start_if_oidc_is_available: false to approve logins with `tinyscale auth register`"
+            )));
+        }
+        log::warn!("{msg}; logins are approved with `tinyscale auth register`");
+    }
     let tls = match cfg.tls_listen_addr {
         Some(_) => Some(crate::http::tls::load_or_generate(
             cfg.tls_cert_path.as_deref(),
@@ -125,6 +140,8 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             me,
             derp_last_good: Mutex::new(Default::default()),
             dns_extra: Mutex::new(Vec::new()),
+            #[cfg(feature = "oidc")]
+            oidc,
         }
     });
     policy::load_initial(&server).map_err(Error::other)?;

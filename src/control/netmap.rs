@@ -82,7 +82,7 @@ pub fn profile_for(cfg: &Config, st: &State, n: &Node, self_view: bool) -> UserP
                 } else {
                     u.display_name.clone()
                 },
-                profile_pic_url: String::new(),
+                profile_pic_url: u.profile_pic_url.clone(),
             },
             None => UserProfile {
                 id,

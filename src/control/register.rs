@@ -139,7 +139,7 @@ fn success(server: &Server, st: &State, n: &Node) -> RegisterResponse {
         user: tailcfg::User {
             id: p.id,
             display_name: p.display_name.clone(),
-            profile_pic_url: String::new(),
+            profile_pic_url: p.profile_pic_url.clone(),
             created: rfc3339(
                 st.users
                     .get(&n.user)
@@ -152,7 +152,7 @@ fn success(server: &Server, st: &State, n: &Node) -> RegisterResponse {
             provider: String::new(),
             login_name: p.login_name,
             display_name: p.display_name,
-            profile_pic_url: String::new(),
+            profile_pic_url: p.profile_pic_url,
         },
         node_key_expired: false,
         machine_authorized: true,

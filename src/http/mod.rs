@@ -2,6 +2,7 @@
 //! HTTP/1.1 heads parsed with httparse, `GET /key`, the `/ts2021` upgrade
 //! into Noise, and HTTP/2 inside it (`h2srv`).
 
+pub mod client;
 pub mod h2srv;
 pub mod head;
 pub mod prefixed;
@@ -123,6 +124,33 @@ async fn respond_with<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
+#[cfg(feature = "oidc")]
+async fn respond_page<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    pg: crate::oidc::Page,
+) -> io::Result<()> {
+    let reason = match pg.status {
+        200 => "OK",
+        302 => "Found",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        410 => "Gone",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    };
+    respond_with(
+        stream,
+        &format!("{} {reason}", pg.status),
+        "text/html; charset=utf-8",
+        &pg.headers,
+        pg.body.as_bytes(),
+    )
+    .await
+}
+
 /// One front-door connection, plain or TLS.
 pub async fn handle_conn<S>(server: SharedServer, mut stream: S, tls: bool) -> io::Result<()>
 where
@@ -205,6 +233,26 @@ where
                 let head = format!("HTTP/1.1 204 No Content\r\n{extra}\r\n");
                 stream.write_all(head.as_bytes()).await?;
                 stream.flush().await?;
+            }
+            #[cfg(feature = "oidc")]
+            ("GET", p) if p.starts_with("/register/") && server.oidc.is_some() => {
+                if let Some(o) = server.oidc.as_ref() {
+                    let pg = o.start(&server, &p["/register/".len()..]).await;
+                    respond_page(&mut stream, pg).await?;
+                }
+            }
+            #[cfg(feature = "oidc")]
+            ("GET", "/oidc/callback") if server.oidc.is_some() => {
+                if let Some(o) = server.oidc.as_ref() {
+                    let cookies: Vec<&str> = h
+                        .headers
+                        .iter()
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+                        .map(|(_, v)| v.as_str())
+                        .collect();
+                    let pg = o.callback(&server, &h.query, &cookies.join("; ")).await;
+                    respond_page(&mut stream, pg).await?;
+                }
             }
             ("GET", p) if p.starts_with("/register/") => {
                 let id = &p["/register/".len()..];

@@ -16,6 +16,13 @@ pub struct User {
     pub display_name: String,
     pub email: String,
     pub created: Unix,
+    /// Stable identity at an OpenID Connect provider, `<issuer>/<sub>`
+    /// (Headscale's `providerId`); empty for users made with `users create`.
+    /// OIDC logins find their user by this, never by name or email, so a
+    /// provider account cannot take over a same-named local user.
+    pub provider_id: String,
+    /// Picture URL from the provider's `picture` claim, shown by clients.
+    pub profile_pic_url: String,
 }
 
 impl User {

@@ -49,6 +49,8 @@ impl State {
             display_name: display_name.to_string(),
             email: email.to_string(),
             created: now(),
+            provider_id: String::new(),
+            profile_pic_url: String::new(),
         };
         self.store.apply(&[Op::PutUser(&user)])?;
         self.next_user_id = user.id + 1;
@@ -442,7 +444,7 @@ pub fn validate_tag(t: &str) -> Result<(), OpError> {
     }
 }
 
-fn validate_user_name(name: &str) -> Result<(), OpError> {
+pub(crate) fn validate_user_name(name: &str) -> Result<(), OpError> {
     let ok = !name.is_empty()
         && name.len() <= 63
         && name

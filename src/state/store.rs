@@ -17,7 +17,7 @@ use std::path::Path;
 
 /// Version of the on-disk layout. Bump it whenever a model struct or a table
 /// changes, and teach [`migrate`] to convert the previous version.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 const KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("preauth_keys");
@@ -336,12 +336,14 @@ impl Drop for Store {
 /// Brings a database at schema version `from` (0 = brand new) up to
 /// [`SCHEMA_VERSION`] inside the caller's transaction. Add one arm per old
 /// version; each arm rewrites the tables it changed.
-fn migrate(_txn: &redb::WriteTransaction, from: u32) -> Result<(), StoreError> {
+fn migrate(txn: &redb::WriteTransaction, from: u32) -> Result<(), StoreError> {
     let mut v = from;
     while v < SCHEMA_VERSION {
         match v {
             // 0 → 1: new database, tables are created by the caller.
             0 => {}
+            // 1 → 2: users gained `provider_id` and `profile_pic_url` (OIDC).
+            1 => migrate_users_v1(txn)?,
             other => {
                 return Err(StoreError(format!(
                     "no migration from database schema version {other}"
@@ -349,6 +351,48 @@ fn migrate(_txn: &redb::WriteTransaction, from: u32) -> Result<(), StoreError> {
             }
         }
         v += 1;
+    }
+    Ok(())
+}
+
+/// The user record of schema 1, before OIDC identities.
+#[derive(serde::Deserialize)]
+struct UserV1 {
+    id: u64,
+    name: String,
+    display_name: String,
+    email: String,
+    created: super::model::Unix,
+}
+
+/// Rewrites every user row in the current layout. A row that already
+/// decodes completely as the current layout is kept (an unversioned early
+/// database may hold either).
+fn migrate_users_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut table = txn.open_table(USERS).map_err(err("open users"))?;
+    let mut rewrite = Vec::new();
+    for row in table.iter().map_err(err("iterate"))? {
+        let (k, v) = row.map_err(err("read row"))?;
+        if matches!(postcard::take_from_bytes::<User>(v.value()), Ok((_, rest)) if rest.is_empty())
+        {
+            continue;
+        }
+        let old: UserV1 = postcard::from_bytes(v.value())
+            .map_err(|e| StoreError(format!("migrating user {}: {e}", k.value())))?;
+        rewrite.push(User {
+            id: old.id,
+            name: old.name,
+            display_name: old.display_name,
+            email: old.email,
+            created: old.created,
+            provider_id: String::new(),
+            profile_pic_url: String::new(),
+        });
+    }
+    for u in rewrite {
+        table
+            .insert(u.id, encode(&u)?.as_slice())
+            .map_err(err("write user"))?;
     }
     Ok(())
 }
@@ -428,6 +472,8 @@ mod tests {
             display_name: format!("{name} display"),
             email: String::new(),
             created: 1_700_000_000,
+            provider_id: String::new(),
+            profile_pic_url: String::new(),
         }
     }
 
@@ -596,6 +642,54 @@ mod tests {
         let s = Store::open(&p).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.load().unwrap().users, vec![user(1, "old")]);
+        drop(s);
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn schema_1_users_gain_oidc_fields() {
+        #[derive(serde::Serialize)]
+        struct UserV1<'a> {
+            id: u64,
+            name: &'a str,
+            display_name: &'a str,
+            email: &'a str,
+            created: i64,
+        }
+        let p = tmp("v1");
+        {
+            let s = Store::open(&p).unwrap();
+            let mut txn = s.db.begin_write().unwrap();
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut users = txn.open_table(USERS).unwrap();
+                let old = UserV1 {
+                    id: 7,
+                    name: "amy",
+                    display_name: "Amy",
+                    email: "amy@example.com",
+                    created: 1_700_000_000,
+                };
+                users
+                    .insert(7, postcard::to_stdvec(&old).unwrap().as_slice())
+                    .unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_SCHEMA_VERSION, &1u32.to_le_bytes()[..])
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), 2);
+        let u = &s.load().unwrap().users[0];
+        assert_eq!(
+            (u.id, u.name.as_str(), u.email.as_str()),
+            (7, "amy", "amy@example.com")
+        );
+        assert_eq!(
+            (u.provider_id.as_str(), u.profile_pic_url.as_str()),
+            ("", "")
+        );
         drop(s);
         let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
     }

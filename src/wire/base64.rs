@@ -53,8 +53,47 @@ pub fn decode(input: &str) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Unpadded base64url (RFC 4648 §5), as JWTs and PKCE use it.
+pub fn encode_url(input: &[u8]) -> String {
+    encode(input)
+        .trim_end_matches('=')
+        .chars()
+        .map(|c| match c {
+            '+' => '-',
+            '/' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// Decodes unpadded base64url; None on padding, standard-alphabet `+`/`/`
+/// or any other invalid input.
+pub fn decode_url(input: &str) -> Option<Vec<u8>> {
+    if input.bytes().any(|b| matches!(b, b'+' | b'/' | b'=')) {
+        return None;
+    }
+    let std: String = input
+        .chars()
+        .map(|c| match c {
+            '-' => '+',
+            '_' => '/',
+            c => c,
+        })
+        .collect();
+    decode(&std)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn url_alphabet() {
+        assert_eq!(super::encode_url(&[0xfb, 0xff]), "-_8");
+        assert_eq!(super::decode_url("-_8"), Some(vec![0xfb, 0xff]));
+        assert_eq!(super::decode_url("+/8"), None);
+        assert_eq!(super::decode_url("AA=="), None);
+        assert_eq!(super::decode_url("A"), None);
+    }
+
     #[test]
     fn round_trip() {
         for n in 0..20usize {
