@@ -170,3 +170,42 @@ fn garbage_on_the_front_door_is_refused() {
     }
     block_on_timeout(10, async { client::fetch_key(ts.addr).await.unwrap() });
 }
+
+#[test]
+fn logout_deletes_ephemeral_and_expires_others() {
+    let ts = start("logout");
+    let key = ts.key("alice", true, false, &[]);
+    let ekey = ts.key("alice", true, true, &[]);
+    block_on_timeout(30, async {
+        let watcher = Node::new("watcher");
+        let (_cw, mut sw, mut nmw) = join(&ts, &watcher, &key).await;
+
+        // An ephemeral node logs out: deleted; the peer gets it removed.
+        let eph = Node::new("eph");
+        let (mut ce, _se, nme) = join(&ts, &eph, &ekey).await;
+        let eid = nme.self_node["ID"].as_u64().unwrap();
+        until(&mut sw, &mut nmw, |n| n.peers.contains_key(&eid)).await;
+        let r = ce.logout(&eph).await.unwrap();
+        assert_eq!(r.error, "");
+        assert!(r.node_key_expired);
+        until(&mut sw, &mut nmw, |n| !n.peers.contains_key(&eid)).await;
+        assert!(!ts.server.state().nodes.contains_key(&eid));
+
+        // A normal node logs out: kept, its key expired; the peer sees it Expired.
+        let lap = Node::new("laptop");
+        let (mut cl, _sl, nml) = join(&ts, &lap, &key).await;
+        let lid = nml.self_node["ID"].as_u64().unwrap();
+        until(&mut sw, &mut nmw, |n| n.peers.contains_key(&lid)).await;
+        let r = cl.logout(&lap).await.unwrap();
+        assert!(r.node_key_expired);
+        until(&mut sw, &mut nmw, |n| {
+            n.peers.get(&lid).is_some_and(|p| p["Expired"] == true)
+        })
+        .await;
+        let t = tinyscale::state::now();
+        assert!(ts.server.state().nodes[&lid].is_expired(t));
+        // Without a key it cannot come back by itself.
+        let again = cl.register(&lap.register_request(None)).await.unwrap();
+        assert!(again.node_key_expired && !again.machine_authorized);
+    });
+}

@@ -205,6 +205,13 @@ impl Conn {
         serde_json::from_slice(&body).map_err(other)
     }
 
+    /// Logs `node` out (register.md: a RegisterRequest for its current node
+    /// key with an `Expiry` in the past, as `tailscale logout` sends): the
+    /// server expires the node's key, or deletes the node if it is ephemeral.
+    pub async fn logout(&mut self, node: &Node) -> io::Result<RegisterResponse> {
+        self.register(&node.logout_request()).await
+    }
+
     /// Opens a map poll; with `Stream: true` messages keep coming.
     pub async fn map(&mut self, req: &MapRequest) -> io::Result<MapStream> {
         let (status, rx) = self
@@ -308,6 +315,17 @@ impl Node {
             auth: auth_key.map(|k| RegisterResponseAuth {
                 auth_key: k.to_string(),
             }),
+            hostinfo: Some(self.hostinfo(&[])),
+            ..Default::default()
+        }
+    }
+    /// What the Go client sends to log out: its node key and `Expiry` =
+    /// Unix time 123 (controlclient's doLogin with `Logout`).
+    pub fn logout_request(&self) -> RegisterRequest {
+        RegisterRequest {
+            version: CAPVER as u32,
+            node_key: self.node_key(),
+            expiry: Some(crate::timefmt::rfc3339(123)),
             hostinfo: Some(self.hostinfo(&[])),
             ..Default::default()
         }
