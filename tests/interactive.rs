@@ -79,3 +79,41 @@ fn authurl_followup_and_approval() {
             .contains("not found"));
     });
 }
+
+/// An expired node that was registered with a pre-auth key re-authenticates
+/// interactively (new node key, OldNodeKey = the expired one): the same node
+/// and IPs, now authorised by the CLI (no pre-auth key). Seen first with a
+/// real client (tests/e2e_lifecycle.rs 2b): the node kept its old key's ID.
+#[test]
+fn expired_key_node_reapproved_interactively() {
+    let ts = start("reapprove");
+    let key = ts.key("erin", false, false, &[]);
+    block_on_timeout(30, async {
+        let mut n = Node::new("box");
+        let (mut c, _s, nm) = join(&ts, &n, &key).await;
+        let id = nm.self_node["ID"].as_u64().unwrap();
+        let before = ts.server.state().nodes[&id].clone();
+        assert_ne!(before.auth_key, 0);
+        ts.server.state().expire_node(id).unwrap();
+
+        let old = n.node_key();
+        n.node_private = tinyscale::keys::random32();
+        let mut req = n.register_request(None);
+        req.old_node_key = old;
+        let r = c.register(&req).await.unwrap();
+        assert!(!r.machine_authorized);
+        let id_reg = interactive::id_from_url(&r.auth_url).unwrap().to_string();
+        interactive::approve(&ts.server, &id_reg, "erin").unwrap();
+        req.followup = r.auth_url.clone();
+        let r = c.register(&req).await.unwrap();
+        assert!(r.machine_authorized, "{r:?}");
+
+        let st = ts.server.state();
+        assert_eq!(st.nodes.len(), 1);
+        let after = &st.nodes[&id];
+        assert_eq!((after.ipv4, after.ipv6), (before.ipv4, before.ipv6));
+        assert_eq!(after.node_key, n.node_key().0);
+        assert!(!after.is_expired(tinyscale::state::now()));
+        assert_eq!(after.auth_key, 0, "re-approved by the CLI, not by a key");
+    });
+}

@@ -197,6 +197,9 @@ pub(crate) fn approve_with(
             }
             n.user = uid;
             n.tags.clear();
+            // Authorised by the CLI now, not by the pre-auth key it once used
+            // (`nodes list` shows REGISTER_METHOD_CLI and no key).
+            n.auth_key = 0;
             n.expiry = expiry;
             n.ephemeral = req.ephemeral;
             crate::control::register::apply_hostinfo(&mut n, &req.hostinfo);
