@@ -1,19 +1,27 @@
 #!/usr/bin/env bash
 # node.sh - run one real Tailscale client (tsnet inside caddy) in its own netns.
 #
-#   node.sh start NAME --control URL --authkey KEY [--role serve|proxy] [--upstream HOST[:PORT]]
+#   node.sh start NAME --control URL [--authkey KEY] [--role serve|proxy] [--upstream HOST[:PORT]]
 #                 [--proxy-port 8080] [--ts-port 41641] [--ephemeral] [--env K=V]... [--keep-state]
 #                 [--max-seconds 1800] [--proxy-no-keepalive]
 #                                     start NAME (a fresh node: its tailscale state dir is wiped
 #                                     unless --keep-state). --env adds client env for this node only
 #                                     (e.g. --env TS_DEBUG_MAP=1); --ephemeral registers it ephemeral.
+#                                     Without --authkey (or with an empty one) the Caddyfile has no
+#                                     auth_key: a new node logs in interactively, tsnet logs
+#                                     "To start this tsnet server, restart with TS_AUTHKEY set, or
+#                                     go to: <AuthURL>" (node.sh auth-url NAME prints the URL).
 #                                     --proxy-no-keepalive: the proxy sends `Connection: close` upstream,
 #                                     so every request dials anew over the tailnet (Tailscale's filter
 #                                     passes non-SYN TCP, so a pooled connection could outlive an ACL
 #                                     change; policy tests want every probe to be a new connection).
-#   node.sh restart NAME              stop NAME and start it again with the same options, KEEPING its
+#   node.sh restart NAME [START-OPTIONS...]
+#                                     stop NAME and start it again with the same options, KEEPING its
 #                                     state dir (same node key, so the same node on the server).
-#                                     The previous log is kept as caddy.log.N.
+#                                     The previous log is kept as caddy.log.N. START-OPTIONS are added
+#                                     for this start only (later ones win, --env adds), e.g. a forced
+#                                     re-login with a new key: --authkey NEW --env TSNET_FORCE_LOGIN=1;
+#                                     --authkey '' drops the key. Later restarts use the original options.
 #   node.sh stop NAME | stop-all      stop by the PID recorded at start (TERM, then KILL its process group)
 #   node.sh kill NAME                 simulate a crash: SIGKILL NAME's process group (no graceful logout)
 #   node.sh pid NAME                  print NAME's PID if it is running
@@ -22,6 +30,8 @@
 #   node.sh wait-http NAME URL [SECONDS] [CURL-ARGS...]
 #                                     curl URL from inside NAME's netns until it answers 2xx; print body
 #   node.sh log NAME                  path of the node's current log (JSON lines, tsnet logs under "tailscale")
+#   node.sh auth-url NAME [SECONDS]   wait (default 60 s) until the node's current log shows an AuthURL
+#                                     (interactive login), print the newest one
 #
 # Roles (both roles join the tailnet at startup and serve on tailnet port 80):
 #   serve  GET http://<tailnet-ip>/      -> "hello from NAME over the tailnet; you are <peer tailnet ip>"
@@ -37,7 +47,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$HERE/lib.sh"
 
-usage() { sed -n '2,35p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,45p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 2; }
 
 node_dir() { printf '%s/%s' "$RC_RUN" "$1"; }
 
@@ -141,6 +151,10 @@ start_node() {
 }"
   fi
   # caddy-tailscale node options: auth_key, hostname, state_dir, port, ephemeral (per node).
+  # No key: no auth_key line at all (caddy refuses an empty {env.RC_AUTH_KEY} placeholder), so
+  # tsnet starts an interactive login and logs the AuthURL.
+  local auth_line="# no auth_key: interactive login (AuthURL in the log)"
+  [ -z "$authkey" ] || auth_line="auth_key {env.RC_AUTH_KEY}"
   cat >"$d/Caddyfile" <<CADDY
 {
 	admin localhost:2019
@@ -155,7 +169,7 @@ start_node() {
 	tailscale {
 		control_url {env.RC_CONTROL_URL}
 		$name {
-			auth_key {env.RC_AUTH_KEY}
+			$auth_line
 			hostname $name
 			state_dir $d/ts-state
 			port $ts_port
@@ -208,11 +222,19 @@ CADDY
 }
 
 restart_node() {
-  local name="$1" d; d="$(node_dir "$name")"
+  local name="$1" d; d="$(node_dir "$name")"; shift
   [ -f "$d/args" ] || die "node $name was never started here ($d/args missing)"
   local -a args=()
   mapfile -d '' -t args <"$d/args"
-  start_node "$name" "${args[@]}" --keep-state
+  start_node "$name" "${args[@]}" --keep-state "$@"
+  # one-off options (e.g. TSNET_FORCE_LOGIN=1, a new key) are not remembered for later restarts
+  ( umask 077; printf '%s\0' "${args[@]}" >"$d/args" )
+}
+
+auth_url() {  # newest AuthURL in the node's current log ("... or go to: URL")
+  local f; f="$(node_dir "$1")/caddy.log"
+  [ -f "$f" ] || return 0
+  grep -oE 'or go to: [^" ]+' "$f" | tail -n 1 | sed 's/^or go to: //' || true
 }
 
 node_ips() {  # tailnet addresses from the node's own log lines (netmap self addresses)
@@ -226,12 +248,21 @@ node_ips() {  # tailnet addresses from the node's own log lines (netmap self add
 cmd="${1:-}"; shift || true
 case "$cmd" in
   start) start_node "$@" ;;
-  restart) rc_check_name "${1:-}"; restart_node "$1" ;;
+  restart) rc_check_name "${1:-}"; restart_node "$@" ;;
   stop) rc_check_name "${1:-}"; stop_node "$1" ;;
   kill) rc_check_name "${1:-}"; kill_node "$1" ;;
   stop-all) [ -d "$RC_RUN" ] && for d in "$RC_RUN"/*/; do [ -f "$d/Caddyfile" ] && stop_node "$(basename "$d")"; done; true ;;
   pid) rc_check_name "${1:-}"; node_pid "$1" ;;
   log) echo "$(node_dir "${1:?name}")/caddy.log" ;;
+  auth-url)
+    name="${1:?name}"; secs="${2:-60}"; end=$((SECONDS + secs))
+    while [ $SECONDS -lt $end ]; do
+      url="$(auth_url "$name")"
+      [ -n "$url" ] && { echo "$url"; exit 0; }
+      node_pid "$name" >/dev/null || die "node $name is not running (see $(node_dir "$name")/stdout.log)"
+      sleep 0.5
+    done
+    die "node $name logged no AuthURL within ${secs}s (see $(node_dir "$name")/caddy.log)" ;;
   ips) node_ips "${1:?name}" ;;
   wait-ip)
     name="${1:?name}"; secs="${2:-60}"; end=$((SECONDS + secs))
