@@ -198,6 +198,7 @@ fn real_clients_node_lifecycle() {
         tls_port: 0,
         derp_enabled: true,
         policy_path: None,
+        ..ServerOpts::default()
     });
     let control = h.control_url();
     h.cli(&["users", "create", "alice"]);
