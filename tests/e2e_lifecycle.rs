@@ -28,7 +28,6 @@
 mod realclient_common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use realclient_common::*;
@@ -75,7 +74,7 @@ fn until_reached(h: &Harness, what: &str, want: &str, limit: Duration) -> Durati
 
 /// The MapResponses node NAME dumped to its stdout.log (`TS_DEBUG_MAP=1`), in order.
 fn map_dumps(h: &Harness, name: &str) -> Vec<Value> {
-    let text = read_lossy(&h.run.join(name).join("stdout.log"));
+    let text = read_lossy(&h.node_stdout_path(name));
     text.lines()
         .filter_map(|l| {
             let msg = match serde_json::from_str::<Value>(l) {
@@ -129,14 +128,6 @@ fn until_peer_valid(h: &Harness, id: u64, key: &str) {
             (p["Key"] == key && p["Expired"] != true).then_some(())
         },
     );
-}
-
-/// Peer count from the newest `magicsock: got updated network map; N peers` line.
-fn peer_count(path: &Path) -> Option<usize> {
-    log_msgs(path, 0).iter().rev().find_map(|m| {
-        let rest = m.split("magicsock: got updated network map; ").nth(1)?;
-        rest.split_whitespace().next()?.parse().ok()
-    })
 }
 
 fn method(n: &Value) -> String {
@@ -499,12 +490,13 @@ fn real_clients_node_lifecycle() {
     );
     assert_eq!(peer["Key"], proto.node_key().to_string());
     let count = wait_for("b's magicsock has 2 peers", Duration::from_secs(30), || {
-        peer_count(&h.node_log_path("b")).filter(|n| *n == 2)
+        last_peer_count(&h.node_log_path("b"), 0).filter(|(n, _)| *n == 2)
     });
     say!(
-        "3. protocol client joined (id {proto_id}, {}); b's netmap has it {:.2}s later ({count} peers)",
+        "3. protocol client joined (id {proto_id}, {}); b's netmap has it {:.2}s later ({} peers)",
         self_node["Addresses"],
-        t_seen.elapsed().as_secs_f64()
+        t_seen.elapsed().as_secs_f64(),
+        count.0
     );
     assert!(
         h.nodes().iter().any(|n| node_id(n) == proto_id.to_string()),
@@ -533,7 +525,7 @@ fn real_clients_node_lifecycle() {
     let count = wait_for(
         "b's magicsock is back to 1 peer",
         Duration::from_secs(30),
-        || peer_count(&h.node_log_path("b")).filter(|n| *n == 1),
+        || last_peer_count(&h.node_log_path("b"), 0).filter(|(n, _)| *n == 1),
     );
     let nodes = h.nodes();
     assert!(
@@ -542,9 +534,10 @@ fn real_clients_node_lifecycle() {
         describe_all(&nodes)
     );
     say!(
-        "3. logout answered in {:.3}s (NodeKeyExpired); b's netmap dropped the node {:.2}s after the logout ({count} peer left); nodes list: {}",
+        "3. logout answered in {:.3}s (NodeKeyExpired); b's netmap dropped the node {:.2}s after the logout ({} peer left); nodes list: {}",
         answered.as_secs_f64(),
         dropped.as_secs_f64(),
+        count.0,
         describe_all(&nodes)
     );
     let (code, body) = fetch_a(&h);

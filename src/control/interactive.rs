@@ -197,8 +197,8 @@ pub(crate) fn approve_with(
             }
             n.user = uid;
             n.tags.clear();
-            // Authorised by the CLI now, not by the pre-auth key it once used
-            // (`nodes list` shows REGISTER_METHOD_CLI and no key).
+            // Authorised by this approval now (CLI or OIDC), not by the
+            // pre-auth key it once used: `nodes list` shows no spent key.
             n.auth_key = 0;
             n.expiry = expiry;
             n.ephemeral = req.ephemeral;
