@@ -338,13 +338,9 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
             }
             self.wpos += n;
         }
-        // Give back a buffer grown by a big write (a full map): idle
-        // connections must stay small.
-        if self.wbuf.capacity() > 16 * 1024 {
-            self.wbuf = Vec::new();
-        } else {
-            self.wbuf.clear();
-        }
+        // Everything is written: give the buffer back. Idle connections
+        // (most of them) then hold none; a write allocates one sized for it.
+        self.wbuf = Vec::new();
         self.wpos = 0;
         Poll::Ready(Ok(()))
     }
@@ -396,6 +392,10 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
         if self.wbuf.len() - self.wpos >= WRITE_HIGH_WATER {
             ready!(self.poll_flush_wbuf(cx))?;
         }
+        let room = WRITE_HIGH_WATER.saturating_sub(self.wbuf.len() - self.wpos);
+        let records = src.len().min(room).div_ceil(MAX_PLAINTEXT_LEN).max(1);
+        self.wbuf
+            .reserve(src.len().min(room) + records * (RECORD_HEADER_LEN + TAG_LEN));
         let mut taken = 0;
         for chunk in src.chunks(MAX_PLAINTEXT_LEN) {
             if self.wbuf.len() - self.wpos >= WRITE_HIGH_WATER {
