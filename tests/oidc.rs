@@ -694,16 +694,26 @@ fn refusals_change_nothing() {
         // Tampered state: unknown, refused before any provider call.
         let mut b = Browser::new(&ts);
         let u = url.clone();
-        let (page, b) = blocking(move || {
+        let page = blocking(move || {
             let cb = b.until_callback(&u);
             let tampered = cb.replacen("state=", "state=x", 1);
-            (b.get(&tampered), b)
+            b.get(&tampered)
         })
         .await;
         assert_eq!(page.status, 400, "{}", page.body);
         assert!(page.body.contains("Unknown"), "{}", page.body);
         unchanged("tampered state");
-        drop(b);
+        // A state that is not even ours in shape (multi-byte UTF-8).
+        let mut b = Browser::new(&ts);
+        let srv = ts.server.cfg.server_url.clone();
+        let page = blocking(move || {
+            b.get(&format!(
+                "{srv}/oidc/callback?code=c&state=a%C3%A9%C3%A9%C3%A9%C3%A9%C3%A9"
+            ))
+        })
+        .await;
+        assert_eq!(page.status, 400, "{}", page.body);
+        unchanged("garbage state");
 
         // The callback in a browser that did not start the login (no
         // cookie), then replayed in the right one: both refused.

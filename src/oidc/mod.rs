@@ -88,7 +88,9 @@ fn random_token() -> String {
 }
 
 fn cookie_name(state: &str) -> String {
-    format!("{COOKIE}{}", &state[..state.len().min(8)])
+    // By characters: the state comes from the query and may be any UTF-8.
+    let prefix: String = state.chars().take(8).collect();
+    format!("{COOKIE}{prefix}")
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -234,8 +236,14 @@ impl Oidc {
                 (pk == k).then(|| pct_decode(v)).flatten()
             })
         };
-        let Some(state) = param("state").filter(|s| !s.is_empty() && s.len() <= 128) else {
-            return fail(400, "The callback has no login state.");
+        // Ours are 43 base64url characters; refuse anything else early.
+        let Some(state) = param("state").filter(|s| {
+            !s.is_empty()
+                && s.len() <= 128
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        }) else {
+            return fail(400, "The callback has no valid login state.");
         };
         // Single use: a replayed or failed callback cannot try again.
         let Some(flow) = self.flows().remove(&state) else {
@@ -425,7 +433,7 @@ fn resolve_user(st: &State, c: &jwt::Claims, t: i64) -> Result<(u64, Option<User
         base.to_string()
     } else {
         (2..1000)
-            .map(|i| format!("{}-{i}", &base[..base.len().min(56)]))
+            .map(|i| format!("{}-{i}", base.chars().take(56).collect::<String>()))
             .find(|n| free(n))
             .ok_or("No free user name for this account.")?
     };
@@ -510,5 +518,7 @@ mod tests {
         assert_eq!(cookie("a=1; ts_oidc_abc=xyz", "ts_oidc_abc"), Some("xyz"));
         assert_eq!(cookie("a=1", "ts_oidc_abc"), None);
         assert_eq!(cookie_name("abcdefghijk"), "ts_oidc_abcdefgh");
+        // Multi-byte characters never split (a panic would end the server).
+        assert_eq!(cookie_name("aéééééééé"), "ts_oidc_aééééééé");
     }
 }

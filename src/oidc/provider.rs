@@ -197,7 +197,7 @@ impl Provider {
             return Err(format!(
                 "token endpoint answered HTTP {}: {} {}",
                 r.status,
-                &code[..code.len().min(64)],
+                code.chars().take(64).collect::<String>(),
                 desc.chars().take(200).collect::<String>()
             ));
         }
