@@ -551,6 +551,14 @@ fn parse_oidc(doc: &Value, data_dir: &Path) -> Result<Option<OidcConfig>, Config
             ))
         }
     };
+    let scope = get_list(doc, "oidc.scope")?
+        .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]);
+    if !scope.iter().any(|s| s == "openid") {
+        return Err(key_err(
+            "oidc.scope",
+            "must include \"openid\" (without it the provider sends no ID token)",
+        ));
+    }
     let lower = |v: Option<Vec<String>>| -> Vec<String> {
         v.unwrap_or_default()
             .into_iter()
@@ -561,8 +569,7 @@ fn parse_oidc(doc: &Value, data_dir: &Path) -> Result<Option<OidcConfig>, Config
         issuer,
         client_id,
         client_secret: Secret(secret),
-        scope: get_list(doc, "oidc.scope")?
-            .unwrap_or_else(|| vec!["openid".into(), "profile".into(), "email".into()]),
+        scope,
         extra_params,
         allowed_domains: lower(get_list(doc, "oidc.allowed_domains")?),
         allowed_users: lower(get_list(doc, "oidc.allowed_users")?),
@@ -1770,6 +1777,10 @@ oidc:
         assert!(e("oidc:\n  issuer: https://x\n  client_id: a")
             .starts_with("config: oidc.client_secret:"));
         assert!(e("oidc:\n  issuer: x\n  client_id: a").starts_with("config: oidc.issuer:"));
+        assert!(e(
+            "oidc:\n  issuer: https://x\n  client_id: a\n  client_secret: b\n  scope: [email]"
+        )
+        .starts_with("config: oidc.scope:"));
         assert!(e("oidc:\n  issuer: https://x\n  client_id: a\n  client_secret: b\n  pkce:\n    method: S512")
             .starts_with("config: oidc.pkce.method:"));
         assert!(e(

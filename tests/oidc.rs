@@ -36,6 +36,9 @@ enum Signer {
     Ec,
     /// Another P-256 key, claiming the real EC key's `kid`.
     Forged,
+    /// The key the provider rolls over to (`kid` ec2), published only once
+    /// `Provider::rotated` is set.
+    Rotated,
 }
 
 /// What the provider puts in the next login's ID token.
@@ -87,6 +90,10 @@ struct Provider {
     pkce_ok: Arc<AtomicUsize>,
     /// Token requests refused (bad secret, verifier, code or redirect).
     refused: Arc<AtomicUsize>,
+    /// Publish the rotated key (ec2) in the JWKS.
+    rotated: Arc<std::sync::atomic::AtomicBool>,
+    /// JWKS downloads served.
+    jwks_served: Arc<AtomicUsize>,
 }
 
 fn rsa_key() -> RsaKeyPair {
@@ -130,15 +137,21 @@ fn start_provider() -> Provider {
     let rsa = rsa_key();
     let ec = ec_key(&rng);
     let forged = ec_key(&rng);
+    let ec2 = ec_key(&rng);
     let comps = signature::RsaPublicKeyComponents::<Vec<u8>>::from(rsa.public());
-    let point = ec.public_key().as_ref().to_vec();
-    let jwks = json!({"keys": [
-        {"kty": "RSA", "kid": "rsa1", "use": "sig", "alg": "RS256",
-         "n": encode_url(&comps.n), "e": encode_url(&comps.e)},
-        {"kty": "EC", "kid": "ec1", "crv": "P-256", "use": "sig",
-         "x": encode_url(&point[1..33]), "y": encode_url(&point[33..65])},
-    ]})
-    .to_string();
+    let ec_jwk = |kid: &str, k: &EcdsaKeyPair| {
+        let point = k.public_key().as_ref();
+        json!({"kty": "EC", "kid": kid, "crv": "P-256", "use": "sig",
+               "x": encode_url(&point[1..33]), "y": encode_url(&point[33..65])})
+    };
+    let mut keys = vec![
+        json!({"kty": "RSA", "kid": "rsa1", "use": "sig", "alg": "RS256",
+               "n": encode_url(&comps.n), "e": encode_url(&comps.e)}),
+        ec_jwk("ec1", &ec),
+    ];
+    let jwks = json!({ "keys": keys }).to_string();
+    keys.push(ec_jwk("ec2", &ec2));
+    let jwks_rotated = json!({ "keys": keys }).to_string();
     let discovery = json!({
         "issuer": url,
         "authorization_endpoint": format!("{url}/authorize"),
@@ -151,11 +164,15 @@ fn start_provider() -> Provider {
     let next = Arc::new(Mutex::new(Login::default()));
     let pkce_ok = Arc::new(AtomicUsize::new(0));
     let refused = Arc::new(AtomicUsize::new(0));
+    let rotated = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let jwks_served = Arc::new(AtomicUsize::new(0));
     let p = Provider {
         url: url.clone(),
         next: next.clone(),
         pkce_ok: pkce_ok.clone(),
         refused: refused.clone(),
+        rotated: rotated.clone(),
+        jwks_served: jwks_served.clone(),
     };
     std::thread::spawn(move || {
         let mut grants: HashMap<String, Grant> = HashMap::new();
@@ -163,6 +180,7 @@ fn start_provider() -> Provider {
             let now = tinyscale::state::now();
             let (alg, kid) = match login.signer {
                 Signer::Rsa => ("RS256", "rsa1"),
+                Signer::Rotated => ("ES256", "ec2"),
                 _ => ("ES256", "ec1"),
             };
             let header = json!({"alg": alg, "kid": kid, "typ": "JWT"});
@@ -194,6 +212,7 @@ fn start_provider() -> Provider {
                     .unwrap()
                     .as_ref()
                     .to_vec(),
+                Signer::Rotated => ec2.sign(&rng, input.as_bytes()).unwrap().as_ref().to_vec(),
             };
             format!("{input}.{}", encode_url(&sig))
         };
@@ -211,7 +230,14 @@ fn start_provider() -> Provider {
             };
             let resp = match path {
                 "/.well-known/openid-configuration" => json_resp(200, discovery.clone()),
-                "/jwks" => json_resp(200, jwks.clone()),
+                "/jwks" => {
+                    jwks_served.fetch_add(1, Ordering::SeqCst);
+                    if rotated.load(Ordering::SeqCst) {
+                        json_resp(200, jwks_rotated.clone())
+                    } else {
+                        json_resp(200, jwks.clone())
+                    }
+                }
                 "/authorize" => {
                     let q = form(query);
                     let login = next.lock().unwrap().clone();
@@ -517,6 +543,36 @@ fn login_creates_user_and_registers_node() {
         let m = s.next().await.unwrap().unwrap();
         assert_eq!(m["Node"]["MachineAuthorized"], true);
         assert_eq!(m["Node"]["User"], json!(user.id));
+        drop(s);
+
+        // Its key expires; the client rotates to a new node key and logs in
+        // again through the provider: same node, addresses and user.
+        ts.server.state().expire_node(node.id).unwrap();
+        let mut n = n;
+        let old_key = n.node_key();
+        n.node_private = tinyscale::keys::random32();
+        let mut rotate = n.register_request(None);
+        rotate.old_node_key = old_key;
+        let r = c.register(&rotate).await.unwrap();
+        assert!(!r.auth_url.is_empty() && !r.machine_authorized, "{r:?}");
+        rotate.followup = r.auth_url.clone();
+        let held = smol::spawn(async move { c.register(&rotate).await.unwrap() });
+        let mut b = Browser::new(&ts);
+        let u = r.auth_url.clone();
+        let t1 = tinyscale::state::now();
+        let page = blocking(move || b.login(&u)).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(held.await.machine_authorized);
+        {
+            let st = ts.server.state();
+            let again = st.node_by_node_key(&n.node_key().0).unwrap();
+            assert_eq!(again.id, node.id);
+            assert_eq!((again.ipv4, again.ipv6), (node.ipv4, node.ipv6));
+            assert_eq!(again.old_node_key, old_key.0);
+            assert_eq!(again.user, user.id);
+            assert!(again.expiry >= t1 + 30 * 86400, "{}", again.expiry);
+            assert_eq!(st.users.len(), 1);
+        }
 
         // Same account, second machine, ES256 this time: the user is reused.
         p.next.lock().unwrap().signer = Signer::Ec;
@@ -531,6 +587,42 @@ fn login_creates_user_and_registers_node() {
         let st = ts.server.state();
         assert_eq!(st.users.len(), 1, "second login made another user");
         assert_eq!(st.node_by_node_key(&n2.node_key().0).unwrap().user, user.id);
+    });
+}
+
+#[test]
+fn provider_key_rotation() {
+    let p = start_provider();
+    let ts = start_oidc("oidc-rot", oidc_config(&p));
+    // Start-up read the key set once.
+    assert_eq!(p.jwks_served.load(Ordering::SeqCst), 1);
+    block_on_timeout(60, async {
+        let server_pub = client::fetch_key(ts.addr).await.unwrap();
+        let n = Node::new("rot");
+        let mut c = client::connect(ts.addr, &server_pub, &n.machine_private)
+            .await
+            .unwrap();
+        let url = pending(&ts, &mut c, &n).await;
+        // The provider rolls over to a new key. A token naming it within
+        // seconds of the last download is refused without another download
+        // (a stream of unknown `kid`s cannot make us hammer the provider)...
+        p.rotated.store(true, Ordering::SeqCst);
+        p.next.lock().unwrap().signer = Signer::Rotated;
+        let mut b = Browser::new(&ts);
+        let u = url.clone();
+        let page = blocking(move || b.login(&u)).await;
+        assert_eq!(page.status, 403, "{}", page.body);
+        assert!(page.body.contains("does not publish"), "{}", page.body);
+        assert_eq!(p.jwks_served.load(Ordering::SeqCst), 1);
+        assert!(ts.server.state().users.is_empty());
+        // ...and once the cached set is 10 s old, the unknown key makes us
+        // fetch the set again, and the login passes.
+        async_io::Timer::after(Duration::from_millis(10_500)).await;
+        let mut b = Browser::new(&ts);
+        let page = blocking(move || b.login(&url)).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert_eq!(p.jwks_served.load(Ordering::SeqCst), 2);
+        assert_eq!(ts.server.state().users.len(), 1);
     });
 }
 
@@ -825,6 +917,8 @@ fn unreachable_provider_stops_start_unless_allowed() {
         next: Default::default(),
         pkce_ok: Default::default(),
         refused: Default::default(),
+        rotated: Default::default(),
+        jwks_served: Default::default(),
     };
     let dir = tempdir("oidc-down");
     let mut cfg = config(&dir);

@@ -154,7 +154,8 @@ impl Parts<'_> {
     }
 }
 
-fn check_claims(c: &Value, expect: &Expect<'_>) -> Result<Claims, Error> {
+/// The claim rules alone (public for the fuzz target; callers use [`Parts::verify`]).
+pub fn check_claims(c: &Value, expect: &Expect<'_>) -> Result<Claims, Error> {
     let iss = string(c, "iss", 1024);
     if iss.trim_end_matches('/') != expect.issuer.trim_end_matches('/') {
         return Err(Error::Claim("issued by another issuer (iss)"));
