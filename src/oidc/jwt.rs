@@ -174,13 +174,13 @@ pub fn check_claims(c: &Value, expect: &Expect<'_>) -> Result<Claims, Error> {
         }
     }
     let exp = date(c, "exp")?.ok_or(Error::Claim("no expiry (exp)"))?;
-    if exp + LEEWAY <= expect.now {
+    if exp.saturating_add(LEEWAY) <= expect.now {
         return Err(Error::Claim("the token has expired (exp)"));
     }
-    if date(c, "iat")?.is_some_and(|t| t > expect.now + LEEWAY) {
+    if date(c, "iat")?.is_some_and(|t| t > expect.now.saturating_add(LEEWAY)) {
         return Err(Error::Claim("issued in the future (iat)"));
     }
-    if date(c, "nbf")?.is_some_and(|t| t > expect.now + LEEWAY) {
+    if date(c, "nbf")?.is_some_and(|t| t > expect.now.saturating_add(LEEWAY)) {
         return Err(Error::Claim("not valid yet (nbf)"));
     }
     if c.get("nonce").and_then(Value::as_str) != Some(expect.nonce) {
@@ -286,5 +286,12 @@ mod tests {
         for b in bad {
             assert!(ok(b).is_err(), "{b}");
         }
+        // Found by fuzz/oidc_parse: dates at the ends of the range must not
+        // overflow the leeway arithmetic.
+        let far = r#"{"iss":"https://i","aud":"c","exp":8.8e30,"iat":-9.3e18,"nbf":9.3e18,"nonce":"n","sub":"s"}"#;
+        assert!(ok(far).is_err());
+        let far =
+            r#"{"iss":"https://i","aud":"c","exp":18446744073709551615,"nonce":"n","sub":"s"}"#;
+        assert_eq!(ok(far).unwrap().exp, i64::MAX);
     }
 }

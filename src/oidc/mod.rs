@@ -79,7 +79,12 @@ fn page(status: u16, title: &str, msg: &str) -> Page {
 }
 
 fn fail(status: u16, msg: &str) -> Page {
-    info!("oidc: login refused ({status}): {msg}");
+    // The message may quote the provider or the query: one log line only.
+    let line: String = msg
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    info!("oidc: login refused ({status}): {line}");
     page(status, "login failed", msg)
 }
 
