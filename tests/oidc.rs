@@ -56,6 +56,10 @@ struct Login {
     nonce: Option<String>,
     /// Redirect back with `error=` instead of a code.
     error: Option<String>,
+    /// Leave `groups` out of the ID token; the userinfo endpoint has them.
+    groups_only_in_userinfo: bool,
+    /// The subject the userinfo endpoint claims (default: the token's).
+    userinfo_sub: Option<String>,
 }
 
 impl Default for Login {
@@ -72,6 +76,8 @@ impl Default for Login {
             exp_in: 3600,
             nonce: None,
             error: None,
+            groups_only_in_userinfo: false,
+            userinfo_sub: None,
         }
     }
 }
@@ -157,6 +163,7 @@ fn start_provider() -> Provider {
         "authorization_endpoint": format!("{url}/authorize"),
         "token_endpoint": format!("{url}/token"),
         "jwks_uri": format!("{url}/jwks"),
+        "userinfo_endpoint": format!("{url}/userinfo"),
         "token_endpoint_auth_methods_supported": ["client_secret_basic"],
         "code_challenge_methods_supported": ["S256"],
     })
@@ -176,6 +183,8 @@ fn start_provider() -> Provider {
     };
     std::thread::spawn(move || {
         let mut grants: HashMap<String, Grant> = HashMap::new();
+        // Access token -> the login it was issued for.
+        let mut access: HashMap<String, Login> = HashMap::new();
         let sign = |login: &Login, nonce: &str| -> String {
             let now = tinyscale::state::now();
             let (alg, kid) = match login.signer {
@@ -190,9 +199,13 @@ fn start_provider() -> Provider {
                 "iat": now, "exp": now + login.exp_in,
                 "nonce": login.nonce.clone().unwrap_or_else(|| nonce.to_string()),
                 "email": login.email, "email_verified": login.email_verified,
-                "groups": login.groups, "preferred_username": login.preferred_username,
+                "preferred_username": login.preferred_username,
                 "name": "Amy Example", "picture": "https://pics.example.com/amy.png",
             });
+            let mut claims = claims;
+            if !login.groups_only_in_userinfo {
+                claims["groups"] = json!(login.groups);
+            }
             let input = format!(
                 "{}.{}",
                 encode_url(header.to_string().as_bytes()),
@@ -300,9 +313,11 @@ fn start_provider() -> Provider {
                             if encode_url(d.as_ref()) == g.challenge {
                                 pkce_ok.fetch_add(1, Ordering::SeqCst);
                                 let tok = sign(&g.login, &g.nonce);
+                                let at = encode_url(&tinyscale::keys::random32());
+                                access.insert(at.clone(), g.login.clone());
                                 json_resp(
                                     200,
-                                    json!({"access_token": "at", "token_type": "Bearer", "id_token": tok}).to_string(),
+                                    json!({"access_token": at, "token_type": "Bearer", "id_token": tok}).to_string(),
                                 )
                             } else {
                                 refused.fetch_add(1, Ordering::SeqCst);
@@ -313,6 +328,25 @@ fn start_provider() -> Provider {
                             refused.fetch_add(1, Ordering::SeqCst);
                             json_resp(400, json!({"error": "invalid_client"}).to_string())
                         }
+                    }
+                }
+                "/userinfo" => {
+                    let bearer = req
+                        .headers()
+                        .iter()
+                        .find(|h| h.field.equiv("Authorization"))
+                        .and_then(|h| h.value.as_str().strip_prefix("Bearer "))
+                        .map(str::to_string);
+                    match bearer.and_then(|b| access.get(&b).cloned()) {
+                        Some(l) => json_resp(
+                            200,
+                            json!({
+                                "sub": l.userinfo_sub.clone().unwrap_or(l.sub.clone()),
+                                "groups": l.groups,
+                            })
+                            .to_string(),
+                        ),
+                        None => json_resp(401, json!({"error": "invalid_token"}).to_string()),
                     }
                 }
                 _ => json_resp(404, "{}".into()),
@@ -587,6 +621,39 @@ fn login_creates_user_and_registers_node() {
         let st = ts.server.state();
         assert_eq!(st.users.len(), 1, "second login made another user");
         assert_eq!(st.node_by_node_key(&n2.node_key().0).unwrap().user, user.id);
+    });
+}
+
+#[test]
+fn groups_from_userinfo() {
+    let p = start_provider();
+    let ts = start_oidc("oidc-ui", oidc_config(&p));
+    block_on_timeout(60, async {
+        let server_pub = client::fetch_key(ts.addr).await.unwrap();
+        let n = Node::new("ui");
+        let mut c = client::connect(ts.addr, &server_pub, &n.machine_private)
+            .await
+            .unwrap();
+        let url = pending(&ts, &mut c, &n).await;
+        let before = snapshot(&ts);
+        // Userinfo about someone else is ignored: no groups, refused.
+        *p.next.lock().unwrap() = Login {
+            groups_only_in_userinfo: true,
+            userinfo_sub: Some("sub-mallory".into()),
+            ..Default::default()
+        };
+        let mut b = Browser::new(&ts);
+        let u = url.clone();
+        let page = blocking(move || b.login(&u)).await;
+        assert_eq!(page.status, 403, "{}", page.body);
+        assert!(page.body.contains("group"), "{}", page.body);
+        assert_eq!(snapshot(&ts), before);
+        // The same subject's userinfo supplies the groups the token lacks.
+        p.next.lock().unwrap().userinfo_sub = None;
+        let mut b = Browser::new(&ts);
+        let page = blocking(move || b.login(&url)).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert_eq!(ts.server.state().users.len(), 1);
     });
 }
 

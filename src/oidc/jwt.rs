@@ -190,34 +190,50 @@ pub fn check_claims(c: &Value, expect: &Expect<'_>) -> Result<Claims, Error> {
     if sub.is_empty() {
         return Err(Error::Claim("no subject (sub)"));
     }
-    let email_verified = match c.get("email_verified") {
+    let mut claims = Claims {
+        iss,
+        sub,
+        exp,
+        ..Default::default()
+    };
+    merge_profile(&mut claims, c);
+    Ok(claims)
+}
+
+/// Reads the profile claims (email, name, groups, …) from `v` over what
+/// `c` already has: a claim present in `v` wins, an absent one keeps the
+/// old value. Used for the ID token, then for the userinfo response (as
+/// Headscale does, since some providers send `groups` only there).
+pub fn merge_profile(c: &mut Claims, v: &Value) {
+    let set = |dst: &mut String, name: &str, max: usize| {
+        let s = string(v, name, max);
+        if !s.is_empty() {
+            *dst = s;
+        }
+    };
+    set(&mut c.email, "email", 320);
+    set(&mut c.name, "name", 256);
+    set(&mut c.preferred_username, "preferred_username", 256);
+    set(&mut c.picture, "picture", 2048);
+    c.email_verified |= match v.get("email_verified") {
         Some(Value::Bool(b)) => *b,
         // Some providers (Cognito, older Azure) send a string.
         Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
         _ => false,
     };
-    let groups = match c.get("groups") {
-        Some(Value::Array(a)) => a
-            .iter()
-            .filter_map(Value::as_str)
-            .filter(|g| g.len() <= 256)
-            .take(1024)
-            .map(str::to_string)
-            .collect(),
-        Some(Value::String(g)) if g.len() <= 256 => vec![g.clone()],
-        _ => vec![],
-    };
-    Ok(Claims {
-        iss,
-        sub,
-        exp,
-        email: string(c, "email", 320),
-        email_verified,
-        name: string(c, "name", 256),
-        preferred_username: string(c, "preferred_username", 256),
-        picture: string(c, "picture", 2048),
-        groups,
-    })
+    match v.get("groups") {
+        Some(Value::Array(a)) => {
+            c.groups = a
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|g| g.len() <= 256)
+                .take(1024)
+                .map(str::to_string)
+                .collect()
+        }
+        Some(Value::String(g)) if g.len() <= 256 => c.groups = vec![g.clone()],
+        _ => {}
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +286,14 @@ mod tests {
         let c = ok(r#"{"iss":"https://i/","aud":["x","c"],"exp":1000001,"iat":999999,"nonce":"n","sub":"s","email":"a@b","email_verified":"true","groups":"g"}"#).unwrap();
         assert_eq!((c.sub.as_str(), c.email_verified), ("s", true));
         assert_eq!(c.groups, ["g"]);
+        let mut c2 = c.clone();
+        merge_profile(
+            &mut c2,
+            &serde_json::json!({"groups": ["a", "b"], "email_verified": false, "name": "N"}),
+        );
+        assert_eq!(c2.groups, ["a", "b"]);
+        assert_eq!((c2.email.as_str(), c2.name.as_str()), ("a@b", "N"));
+        assert!(c2.email_verified, "a verified email stays verified");
         let bad = [
             r#"{"iss":"https://j","aud":"c","exp":1000001,"nonce":"n","sub":"s"}"#,
             r#"{"iss":"https://i","aud":"d","exp":1000001,"nonce":"n","sub":"s"}"#,

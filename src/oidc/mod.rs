@@ -293,7 +293,7 @@ impl Oidc {
                 )
             }
         }
-        let raw = match self
+        let (raw, access) = match self
             .provider
             .exchange(&code, &Self::redirect_uri(server), flow.verifier.as_deref())
             .await
@@ -301,10 +301,11 @@ impl Oidc {
             Ok(t) => t,
             Err(e) => return fail(502, &format!("Could not redeem the login code: {e}")),
         };
-        let claims = match self.verify(&raw, &flow.nonce).await {
+        let mut claims = match self.verify(&raw, &flow.nonce).await {
             Ok(c) => c,
             Err((status, e)) => return fail(status, &e),
         };
+        self.add_userinfo(&mut claims, access.as_deref()).await;
         if let Err(e) = authorize(&self.provider.cfg, &claims) {
             return fail(403, &e);
         }
@@ -349,6 +350,27 @@ impl Oidc {
             Err(e) if e.contains("expired") || e.contains("not found") => fail(410, &e),
             Err(e) if e.contains("already") => fail(409, &e),
             Err(e) => fail(500, &e),
+        }
+    }
+
+    /// Completes the profile from the userinfo endpoint, as Headscale does
+    /// (some providers send `groups` only there). Only a document about the
+    /// same subject counts (OpenID Connect Core §5.3.2); failure is logged
+    /// and the ID token's claims stand alone.
+    async fn add_userinfo(&self, claims: &mut jwt::Claims, access: Option<&str>) {
+        let Some(access) = access else { return };
+        let Ok(meta) = self.provider.metadata().await else {
+            return;
+        };
+        let Some(ep) = meta.userinfo_endpoint.as_deref() else {
+            return;
+        };
+        match self.provider.userinfo(ep, access).await {
+            Ok(v) if v.get("sub").and_then(|s| s.as_str()) == Some(claims.sub.as_str()) => {
+                jwt::merge_profile(claims, &v)
+            }
+            Ok(_) => warn!("oidc: userinfo is about another subject; ignored"),
+            Err(e) => info!("oidc: {e}; using the ID token's claims only"),
         }
     }
 

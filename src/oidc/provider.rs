@@ -28,6 +28,8 @@ pub struct Metadata {
     pub authorization_endpoint: String,
     pub token_endpoint: String,
     pub jwks_uri: String,
+    /// Where the profile can be read with the access token (optional).
+    pub userinfo_endpoint: Option<String>,
     /// Send the client secret as HTTP Basic (the spec's default) rather than
     /// in the form body (`client_secret_post`).
     pub basic_auth: bool,
@@ -68,9 +70,13 @@ pub fn parse_discovery(doc: &[u8], issuer: &str) -> Result<Metadata, String> {
         authorization_endpoint: field("authorization_endpoint")?,
         token_endpoint: field("token_endpoint")?,
         jwks_uri: field("jwks_uri")?,
+        userinfo_endpoint: field("userinfo_endpoint").ok(),
         basic_auth: true,
     };
-    for u in [&m.authorization_endpoint, &m.token_endpoint, &m.jwks_uri] {
+    for u in [&m.authorization_endpoint, &m.token_endpoint, &m.jwks_uri]
+        .into_iter()
+        .chain(m.userinfo_endpoint.as_ref())
+    {
         let ok = u.starts_with("https://") || (!tls_only && u.starts_with("http://"));
         if !ok || u.bytes().any(|b| b <= b' ' || b == b'#') {
             return Err(format!("discovery document has an unusable endpoint {u:?}"));
@@ -137,13 +143,14 @@ impl Provider {
         Ok(keys)
     }
 
-    /// Trades an authorization code for the raw ID token.
+    /// Trades an authorization code for the raw ID token and the access
+    /// token (if any, for the userinfo endpoint).
     pub async fn exchange(
         &self,
         code: &str,
         redirect_uri: &str,
         verifier: Option<&str>,
-    ) -> Result<String, String> {
+    ) -> Result<(String, Option<String>), String> {
         let m = self.metadata().await?;
         let secret = self.cfg.client_secret.0.as_str();
         let mut pairs = vec![
@@ -201,10 +208,36 @@ impl Provider {
                 desc.chars().take(200).collect::<String>()
             ));
         }
-        v.get("id_token")
+        let id_token = v
+            .get("id_token")
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| "token endpoint sent no id_token".to_string())
+            .ok_or_else(|| "token endpoint sent no id_token".to_string())?;
+        let access = v
+            .get("access_token")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty() && a.len() <= 8192 && a.bytes().all(|b| b > b' ' && b < 0x7f))
+            .map(str::to_string);
+        Ok((id_token, access))
+    }
+
+    /// The userinfo document (a JSON object), read with the access token.
+    pub async fn userinfo(&self, endpoint: &str, access_token: &str) -> Result<Value, String> {
+        let auth = format!("Bearer {access_token}");
+        let r = client::send(&Request {
+            headers: &[("Authorization", auth.as_str())],
+            ca_file: self.cfg.ca_cert_path.as_deref(),
+            ..Request::get(endpoint, MAX_DISCOVERY, TIMEOUT)
+        })
+        .await
+        .map_err(|e| format!("userinfo: {e}"))?;
+        if r.status != 200 {
+            return Err(format!("userinfo: HTTP {}", r.status));
+        }
+        serde_json::from_slice::<Value>(&r.body)
+            .ok()
+            .filter(Value::is_object)
+            .ok_or_else(|| "userinfo: not a JSON object".to_string())
     }
 }
 
@@ -221,6 +254,7 @@ mod tests {
         };
         let m = parse_discovery(doc("https://i/", "").as_bytes(), "https://i").unwrap();
         assert!(m.basic_auth);
+        assert_eq!(m.userinfo_endpoint, None);
         let m = parse_discovery(
             doc(
                 "https://i",
