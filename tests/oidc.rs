@@ -383,6 +383,10 @@ impl Browser {
     }
 
     fn get(&mut self, url: &str) -> Resp {
+        self.request("GET", url)
+    }
+
+    fn request(&mut self, method: &str, url: &str) -> Resp {
         // The control server listens on an ephemeral port; server_url names
         // the configured one, so its URLs are sent to the real address.
         let (addr, path) = if let Some(p) = url.strip_prefix(&self.server_url) {
@@ -407,7 +411,7 @@ impl Browser {
             .join("; ");
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nCookie: {cookie}\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nCookie: {cookie}\r\nContent-Length: 0\r\n\r\n"
         )
         .unwrap();
         let mut buf = Vec::new();
@@ -452,11 +456,26 @@ impl Browser {
         cb
     }
 
-    /// The whole login: AuthURL → provider → callback; the final page.
+    /// The whole login: AuthURL → provider → callback → the click on the
+    /// confirmation page, if the callback showed one; the final page.
     fn login(&mut self, auth_url: &str) -> Resp {
         let cb = self.until_callback(auth_url);
-        self.get(&cb)
+        let r = self.get(&cb);
+        match confirm_url(&r) {
+            Some(action) => {
+                assert_eq!(r.status, 200);
+                self.request("POST", &format!("{}{action}", self.server_url))
+            }
+            None => r,
+        }
     }
+}
+
+/// The confirmation form's action on a callback page.
+fn confirm_url(r: &Resp) -> Option<String> {
+    let i = r.body.find("action=\"/oidc/confirm?t=")?;
+    let rest = &r.body[i + "action=\"".len()..];
+    Some(rest[..rest.find('"')?].to_string())
 }
 
 // ------------------------------------------------------------------ server
@@ -536,12 +555,53 @@ fn login_creates_user_and_registers_node() {
         async_io::Timer::after(Duration::from_millis(200)).await;
         assert!(!held.is_finished(), "follow-up answered before login");
 
+        // The callback shows the confirmation page; nothing is registered
+        // until the click, which only counts from this browser, once.
         let mut b = Browser::new(&ts);
         let t0 = tinyscale::state::now();
-        let page = blocking(move || b.login(&url)).await;
+        let srv = ts.server.cfg.server_url.clone();
+        let addr = ts.addr;
+        let url_again = url.clone();
+        let (ask, b) = blocking(move || {
+            let cb = b.until_callback(&url);
+            (b.get(&cb), b)
+        })
+        .await;
+        assert_eq!(ask.status, 200, "{}", ask.body);
+        assert!(
+            ask.body.contains("Register the machine <b>laptop</b>"),
+            "{}",
+            ask.body
+        );
+        assert!(ask.body.contains("amy@example.com"), "{}", ask.body);
+        assert!(
+            ts.server.state().users.is_empty(),
+            "user made before the click"
+        );
+        assert_eq!(ts.server.pending.status(&id), Some((false, None)));
+        let action = format!("{srv}{}", confirm_url(&ask).unwrap());
+        let (stranger, late) = blocking(move || {
+            let mut b = b;
+            let mut stranger = Browser {
+                server_url: srv,
+                server_addr: addr,
+                cookies: vec![],
+            };
+            let s = stranger.request("POST", &action);
+            // The stranger's attempt used the token up, even for the
+            // browser that owned it: it has to start over.
+            (s, b.request("POST", &action))
+        })
+        .await;
+        assert_eq!(stranger.status, 403, "{}", stranger.body);
+        assert_eq!(late.status, 400, "{}", late.body);
+        assert!(ts.server.state().users.is_empty());
+        assert_eq!(ts.server.pending.status(&id), Some((false, None)));
+        let mut b = Browser::new(&ts);
+        let page = blocking(move || b.login(&url_again)).await;
         assert_eq!(page.status, 200, "{}", page.body);
         assert!(page.body.contains("Logged in as amy"), "{}", page.body);
-        assert_eq!(p.pkce_ok.load(Ordering::SeqCst), 1);
+        assert_eq!(p.pkce_ok.load(Ordering::SeqCst), 2);
 
         let (mut c, r) = held.await;
         assert_eq!(r.error, "");
@@ -922,14 +982,22 @@ fn refusals_change_nothing() {
             .unwrap();
         let mut b = Browser::new(&ts);
         let short_url = format!("{}/register/{short}", ts.server.cfg.server_url);
-        let (page, again) = blocking(move || {
+        let srv = ts.server.cfg.server_url.clone();
+        let (page, confirm, again) = blocking(move || {
+            // One login still at the provider, one at the confirmation page.
             let cb = b.until_callback(&short_url);
+            let cb2 = b.until_callback(&short_url);
+            let ask = b.get(&cb2);
+            let action = confirm_url(&ask).expect("confirmation page");
             std::thread::sleep(Duration::from_millis(3100));
-            (b.get(&cb), b.get(&short_url))
+            let confirm = b.request("POST", &format!("{srv}{action}"));
+            (b.get(&cb), confirm, b.get(&short_url))
         })
         .await;
         assert_eq!(page.status, 410, "{}", page.body);
         assert!(page.body.contains("expired"), "{}", page.body);
+        assert_eq!(confirm.status, 410, "{}", confirm.body);
+        assert!(confirm.body.contains("expired"), "{}", confirm.body);
         assert_eq!(again.status, 410, "{}", again.body);
         assert_eq!(snapshot(&ts), before, "expired registration changed state");
 

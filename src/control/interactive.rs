@@ -91,6 +91,14 @@ impl Registry {
             .map(|p| (p.done.is_none() && p.expires <= now(), p.done))
     }
 
+    /// The hostname a pending registration reported (for the OIDC
+    /// confirmation page).
+    pub fn hostname(&self, id: &str) -> Option<String> {
+        let g = self.lock();
+        let p = g.get(id)?;
+        Some(crate::tailcfg::hostinfo_str(&p.req.hostinfo, "Hostname").to_string())
+    }
+
     /// Holds a follow-up until approval or expiry. None = unknown or
     /// expired (the client then gets a fresh AuthURL).
     pub async fn wait(&self, id: &str, machine_key: &[u8; 32]) -> Option<u64> {

@@ -124,6 +124,18 @@ async fn respond_with<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
+/// Every `Cookie` header of a request, joined.
+#[cfg(feature = "oidc")]
+fn cookies(h: &head::Head) -> String {
+    let v: Vec<&str> = h
+        .headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
+        .map(|(_, v)| v.as_str())
+        .collect();
+    v.join("; ")
+}
+
 #[cfg(feature = "oidc")]
 async fn respond_page<S: AsyncWrite + Unpin>(
     stream: &mut S,
@@ -244,13 +256,14 @@ where
             #[cfg(feature = "oidc")]
             ("GET", "/oidc/callback") if server.oidc.is_some() => {
                 if let Some(o) = server.oidc.as_ref() {
-                    let cookies: Vec<&str> = h
-                        .headers
-                        .iter()
-                        .filter(|(k, _)| k.eq_ignore_ascii_case("cookie"))
-                        .map(|(_, v)| v.as_str())
-                        .collect();
-                    let pg = o.callback(&server, &h.query, &cookies.join("; ")).await;
+                    let pg = o.callback(&server, &h.query, &cookies(&h)).await;
+                    respond_page(&mut stream, pg).await?;
+                }
+            }
+            #[cfg(feature = "oidc")]
+            ("POST", "/oidc/confirm") if server.oidc.is_some() => {
+                if let Some(o) = server.oidc.as_ref() {
+                    let pg = o.confirm(&server, &h.query, &cookies(&h));
                     respond_page(&mut stream, pg).await?;
                 }
             }

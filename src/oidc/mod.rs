@@ -3,10 +3,14 @@
 //! sends the browser to the provider (authorization code flow with state,
 //! nonce and PKCE); `/oidc/callback` trades the code for an ID token,
 //! verifies it (signature against the provider's keys, issuer, audience,
-//! lifetime, nonce), applies the allow-lists, finds or creates the user by
-//! its stable provider identity (`<issuer>/<sub>`) and approves the pending
-//! registration through the same path as `tinyscale auth register`, which
-//! releases the client's held follow-up.
+//! lifetime, nonce), applies the allow-lists and shows a confirmation page
+//! naming the machine and the account. Only the click on it (`POST
+//! /oidc/confirm`) finds or creates the user by its stable provider identity
+//! (`<issuer>/<sub>`) and approves the pending registration through the same
+//! path as `tinyscale auth register`, which releases the client's held
+//! follow-up. The click exists because a provider that signs the user in
+//! silently would otherwise let anyone who gets a victim to open their
+//! AuthURL join the tailnet as the victim (Headscale added the same page).
 //!
 //! Every refusal answers an error page and changes nothing: the login
 //! state is single-use, and the user and node are written in one batch only
@@ -36,6 +40,20 @@ const MAX_CODE: usize = 4096;
 /// that started it (login CSRF).
 const COOKIE: &str = "ts_oidc_";
 
+/// How long the confirmation page stays valid.
+const CONFIRM_TTL: i64 = 5 * 60;
+/// Prefix of the cookie that binds the confirmation to the browser.
+const CONFIRM_COOKIE: &str = "ts_oidc_c_";
+
+/// A verified login waiting for the user's click, keyed by a random token.
+struct Confirm {
+    reg_id: String,
+    claims: jwt::Claims,
+    /// The node's key expiry decided at login.
+    expiry: i64,
+    expires: i64,
+}
+
 /// A login in progress, keyed by its `state`.
 struct Flow {
     reg_id: String,
@@ -48,6 +66,7 @@ struct Flow {
 pub struct Oidc {
     pub provider: Provider,
     flows: Mutex<HashMap<String, Flow>>,
+    confirms: Mutex<HashMap<String, Confirm>>,
 }
 
 /// An HTTP answer for the front door.
@@ -93,9 +112,43 @@ fn random_token() -> String {
 }
 
 fn cookie_name(state: &str) -> String {
-    // By characters: the state comes from the query and may be any UTF-8.
-    let prefix: String = state.chars().take(8).collect();
-    format!("{COOKIE}{prefix}")
+    cookie_name_with(COOKIE, state)
+}
+
+fn cookie_name_with(prefix: &str, token: &str) -> String {
+    // By characters: the token comes from the query and may be any UTF-8.
+    let head: String = token.chars().take(8).collect();
+    format!("{prefix}{head}")
+}
+
+/// A query parameter, percent-decoded.
+fn param(query: &str, k: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (pk, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (pk == k).then(|| pct_decode(v)).flatten()
+    })
+}
+
+/// A state or confirmation token from the query, if it looks like ours
+/// (43 base64url characters; refuse anything else early).
+fn token_param(query: &str, k: &str) -> Option<String> {
+    param(query, k).filter(|s| {
+        !s.is_empty()
+            && s.len() <= 128
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
+}
+
+fn set_cookie(server: &Server, name: &str, value: &str, path: &str, max_age: i64) -> String {
+    let secure = if server.cfg.server_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    format!(
+        "Set-Cookie: {name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}\r\n"
+    )
 }
 
 /// The value of cookie `name` in a `Cookie` header.
@@ -111,6 +164,7 @@ impl Oidc {
         Oidc {
             provider: Provider::new(cfg),
             flows: Mutex::new(HashMap::new()),
+            confirms: Mutex::new(HashMap::new()),
         }
     }
 
@@ -220,15 +274,14 @@ impl Oidc {
                 },
             );
         }
-        let secure = if server.cfg.server_url.starts_with("https://") {
-            "; Secure"
-        } else {
-            ""
-        };
         let mut p = page(302, "redirecting", "Redirecting to the identity provider.");
-        p.headers.push_str(&format!(
-            "Location: {url}\r\nSet-Cookie: {}={state}; Path=/oidc/callback; Max-Age={FLOW_TTL}; HttpOnly; SameSite=Lax{secure}\r\n",
-            cookie_name(&state)
+        p.headers.push_str(&format!("Location: {url}\r\n"));
+        p.headers.push_str(&set_cookie(
+            server,
+            &cookie_name(&state),
+            &state,
+            "/oidc/callback",
+            FLOW_TTL,
         ));
         p
     }
@@ -310,16 +363,97 @@ impl Oidc {
             return fail(403, &e);
         }
         let cfg = &self.provider.cfg;
-        let t = now();
         let expiry = if cfg.use_expiry_from_token {
             claims.exp
         } else if cfg.expiry.is_zero() {
             0
         } else {
-            t.saturating_add(cfg.expiry.as_secs().min(i64::MAX as u64) as i64)
+            now().saturating_add(cfg.expiry.as_secs().min(i64::MAX as u64) as i64)
         };
+        // Verified; now the user says whether this machine is theirs.
+        let token = random_token();
+        {
+            let t = now();
+            let mut m = self.confirms();
+            m.retain(|_, c| c.expires > t);
+            if m.len() >= MAX_FLOWS {
+                return fail(
+                    503,
+                    "Too many logins in progress; try again in a few minutes.",
+                );
+            }
+            m.insert(
+                token.clone(),
+                Confirm {
+                    reg_id: flow.reg_id.clone(),
+                    claims: claims.clone(),
+                    expiry,
+                    expires: t + CONFIRM_TTL,
+                },
+            );
+        }
+        let machine = server.pending.hostname(&flow.reg_id).unwrap_or_default();
+        let account = [&claims.email, &claims.preferred_username, &claims.sub]
+            .into_iter()
+            .find(|s| !s.is_empty())
+            .cloned()
+            .unwrap_or_default();
+        let mut p = Page {
+            status: 200,
+            headers: "Cache-Control: no-store\r\n".into(),
+            body: String::new(),
+        };
+        p.body = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>tinyscale: register this machine?</title></head><body><h1>Register this machine?</h1>\n\
+             <p>Signed in as <b>{}</b>. Register the machine <b>{}</b> to this account?</p>\n\
+             <form method=\"post\" action=\"/oidc/confirm?t={token}\"><button type=\"submit\">Register this machine</button></form>\n\
+             <p>If you did not just run <code>tailscale up</code> on that machine, close this page: someone may be trying to join your network as you.</p>\n\
+             </body></html>\n",
+            esc(&account),
+            esc(&machine)
+        );
+        p.headers.push_str(&set_cookie(
+            server,
+            &cookie_name_with(CONFIRM_COOKIE, &token),
+            &token,
+            "/oidc/confirm",
+            CONFIRM_TTL,
+        ));
+        p
+    }
+
+    fn confirms(&self) -> std::sync::MutexGuard<'_, HashMap<String, Confirm>> {
+        self.confirms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `POST /oidc/confirm?t=…`: the click on the confirmation page. Creates
+    /// or updates the user and registers the machine.
+    pub fn confirm(&self, server: &Server, query: &str, cookies: &str) -> Page {
+        let Some(token) = token_param(query, "t") else {
+            return fail(400, "The confirmation has no valid token.");
+        };
+        let Some(c) = self.confirms().remove(&token) else {
+            return fail(
+                400,
+                "Unknown or already used confirmation. Start again from the link `tailscale up` printed.",
+            );
+        };
+        if cookie(cookies, &cookie_name_with(CONFIRM_COOKIE, &token)) != Some(token.as_str()) {
+            return fail(
+                403,
+                "This login was not confirmed in the browser that made it.",
+            );
+        }
+        if c.expires <= now() {
+            return fail(
+                410,
+                "The confirmation took too long. Start again from the link `tailscale up` printed.",
+            );
+        }
+        let t = now();
+        let claims = c.claims;
         let mut who = String::new();
-        let r = interactive::approve_with(server, &flow.reg_id, |st| {
+        let r = interactive::approve_with(server, &c.reg_id, |st| {
             let (user, write_user) = resolve_user(st, &claims, t)?;
             who = write_user
                 .as_ref()
@@ -329,7 +463,7 @@ impl Oidc {
             Ok(Approval {
                 user,
                 write_user,
-                expiry: Some(expiry),
+                expiry: Some(c.expiry),
             })
         });
         match r {
