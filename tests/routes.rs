@@ -9,6 +9,22 @@ use tinyscale::client::{netmap::NetMap, Node};
 
 const NET: &str = "10.9.0.0/24";
 
+/// `subnetRoutes` of node `id` in the admin API's node list (what `nodes list-routes` shows as
+/// "Serving (Primary)"): the routes the node actually serves, like Headscale's.
+fn serving(ts: &TestServer, id: u64) -> Vec<String> {
+    let r = tinyscale::admin::api::handle(&ts.server, "GET", "/api/v1/node", b"");
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let n = v["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"].as_str().and_then(|s| s.parse().ok()) == Some(id))
+        .unwrap_or_else(|| panic!("node {id} not listed: {v}"))
+        .clone();
+    serde_json::from_value(n["subnetRoutes"].clone()).unwrap()
+}
+
 fn carries(nm: &NetMap, name: &str) -> bool {
     nm.peer_by_name(name).is_some_and(|p| {
         p["AllowedIPs"]
@@ -46,20 +62,28 @@ fn approval_and_ha_failover() {
             let st = ts.server.state();
             (id("router1", &st), id("router2", &st))
         };
-        for i in [id1, id2] {
-            ts.server
-                .state()
-                .set_approved_routes(i, vec![NET.into()])
-                .unwrap();
-            ts.server
-                .hub
-                .notify(tinyscale::control::Change::NodeUpsert(i));
+        // Approved through the admin API (what `nodes approve-routes` calls): its answer says
+        // what the node serves right away, the primary only.
+        for (i, serves) in [(id1, vec![NET.to_string()]), (id2, vec![])] {
+            let r = tinyscale::admin::api::handle(
+                &ts.server,
+                "POST",
+                &format!("/api/v1/node/{i}/approve_routes"),
+                format!(r#"{{"routes": ["{NET}"]}}"#).as_bytes(),
+            );
+            assert_eq!(r.status, 200, "{}", r.body);
+            let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+            assert_eq!(v["node"]["approvedRoutes"], serde_json::json!([NET]));
+            assert_eq!(v["node"]["subnetRoutes"], serde_json::json!(serves), "{v}");
         }
         until(&mut sv, &mut nmv, |n| carries(n, "router1")).await;
         assert!(
             !carries(&nmv, "router2"),
             "a prefix must be in one peer's AllowedIPs only"
         );
+        // The admin API says who serves it: the primary only, not the approved standby.
+        assert_eq!(serving(&ts, id1), [NET]);
+        assert!(serving(&ts, id2).is_empty(), "router2 is a standby");
 
         // The primary goes away: the standby takes over.
         let t0 = Instant::now();
@@ -73,10 +97,15 @@ fn approval_and_ha_failover() {
             t0.elapsed().as_secs_f64()
         );
 
+        assert_eq!(serving(&ts, id2), [NET]);
+        assert!(serving(&ts, id1).is_empty(), "router1 is offline");
+
         // router1 returns: no flapping back.
         let (_c1b, _s1b, _) = join_with(&ts, &r1, &key, &[NET], &[]).await;
         async_io::Timer::after(std::time::Duration::from_millis(500)).await;
         assert!(ts.server.is_primary(id2, NET) && !ts.server.is_primary(id1, NET));
+        assert_eq!(serving(&ts, id2), [NET]);
+        assert!(serving(&ts, id1).is_empty(), "router1 is a standby again");
     });
 }
 

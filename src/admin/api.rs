@@ -119,7 +119,11 @@ fn key_json(st: &State, k: &crate::state::PreAuthKey, full: Option<&str>) -> Api
 
 fn node_json(server: &Server, st: &State, n: &crate::state::Node) -> ApiNode {
     let online = server.hub.is_online(n.id);
-    ApiNode::new(n, st.users.get(&n.user), st.keys.get(&n.auth_key), online)
+    let mut a = ApiNode::new(n, st.users.get(&n.user), st.keys.get(&n.auth_key), online);
+    // Serving = what peers are given: approved exit routes, and subnet routes only where this
+    // node is the elected primary (Headscale's subnetRoutes); a standby serves nothing.
+    a.subnet_routes = server.routes_in_effect(n);
+    a
 }
 
 fn parse_id(s: &str, what: &str) -> Result<u64, Reply> {
@@ -311,9 +315,14 @@ fn route(
         ("POST", ["api", "v1", "node", id, "approve_routes"]) => {
             let id = parse_id(id, "node")?;
             let r: SetApprovedRoutesRequest = body(b)?;
-            let mut st = server.state();
-            let n = st.set_approved_routes(id, r.routes).map_err(op_err)?;
+            let n = server
+                .state()
+                .set_approved_routes(id, r.routes)
+                .map_err(op_err)?;
             changes.push(Change::NodeUpsert(id));
+            // Elect now (not at the next map), so the answer says what the node serves.
+            changes.extend(server.reelect().into_iter().map(Change::NodeUpsert));
+            let st = server.state();
             Ok(ok(json!({ "node": node_json(server, &st, &n) })))
         }
 

@@ -95,6 +95,9 @@ pub struct ApiNode {
     pub online: bool,
     pub approved_routes: Vec<String>,
     pub available_routes: Vec<String>,
+    /// Routes the node serves (`list-routes`' "Serving (Primary)"): the admin API sets them from
+    /// the HA election (`Server::routes_in_effect`); [`ApiNode::new`] alone can only say
+    /// approved ∩ advertised.
     pub subnet_routes: Vec<String>,
     pub tags: Vec<String>,
     /// The client's version as it reports it (Hostinfo.IPNVersion), e.g.
