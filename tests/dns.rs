@@ -56,6 +56,11 @@ fn dns_config_and_extra_records_file() {
         assert_eq!(d["Resolvers"][0]["Addr"], "1.1.1.1");
         assert_eq!(d["Routes"]["lab.example."][0]["Addr"], "10.0.0.53");
         assert!(has(&nm, "nas.tail.test."));
+        // A/AAAA records go out untyped (tailcfg: "" = A or AAAA by value), which tsnet's
+        // dialer needs to use them; quad-100 treats "", "A" and "AAAA" alike.
+        for r in d["ExtraRecords"].as_array().unwrap() {
+            assert!(r.get("Type").is_none(), "{r}");
+        }
         assert_eq!(nm.self_node["Name"], "box.tail.test.");
 
         // Hot reload: a new record arrives without reconnecting.

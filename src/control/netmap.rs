@@ -231,7 +231,13 @@ pub fn dns_config(server: &Server) -> Option<tailcfg::DnsConfig> {
     for (name, ty, value) in cfg.extra_records.iter().chain(file.iter()) {
         d.extra_records.push(tailcfg::DnsRecord {
             name: format!("{name}."),
-            r#type: ty.clone(),
+            // A and AAAA go out with Type "" ("A or AAAA, depending on value", tailcfg): the
+            // same to quad-100, but tsnet's dialer (every tsnet app: caddy-tailscale, …) only
+            // takes untyped records into its name table, so only then can it dial the name.
+            r#type: match ty.as_str() {
+                "A" | "AAAA" => String::new(),
+                other => other.to_owned(),
+            },
             value: value.clone(),
         });
         // A name outside the MagicDNS suffix needs a route to be answered
