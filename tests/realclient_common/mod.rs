@@ -11,6 +11,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use tinyscale::client::netmap::NetMap;
 
 /// Prints straight to stderr, past libtest's output capture, so the figures show in `cargo test` logs.
 macro_rules! say {
@@ -165,6 +166,9 @@ pub struct ServerOpts {
     pub policy_path: Option<PathBuf>,
     /// `node.ephemeral.inactivity_timeout` in seconds (None = the server's default).
     pub ephemeral_timeout_secs: Option<u64>,
+    /// The body of the config's `dns:` section, each line indented by two spaces (None = MagicDNS
+    /// on with `base_domain: e2e.internal`).
+    pub dns: Option<String>,
 }
 
 /// Spawns `bin serve --config cfg` in its own process group, bounded by `timeout` and tied to the
@@ -410,6 +414,23 @@ impl Harness {
         self.run.join(name).join("stdout.log")
     }
 
+    /// The MapResponses node NAME dumped (`--env TS_DEBUG_MAP=1`: tsnet's `MapResponse: {…}`
+    /// lines in its stdout.log, plain or inside a JSON log line's `msg`), in order.
+    pub fn map_dumps(&self, name: &str) -> Vec<Value> {
+        map_dumps_in(&read_lossy(&self.node_stdout_path(name)))
+    }
+
+    /// What node NAME believes from its dumped MapResponses, applied in order as the client
+    /// applies them (`tinyscale::client::netmap`, map.md §5); and how many there were.
+    pub fn dumped_netmap(&self, name: &str) -> (NetMap, usize) {
+        let dumps = self.map_dumps(name);
+        let mut nm = NetMap::default();
+        for m in &dumps {
+            nm.apply(m);
+        }
+        (nm, dumps.len())
+    }
+
     pub fn server_log(&self) -> PathBuf {
         self.dir.join("server.log")
     }
@@ -443,6 +464,10 @@ impl Harness {
         if let Some(secs) = opts.ephemeral_timeout_secs {
             policy += &format!("node:\n  ephemeral:\n    inactivity_timeout: {secs}s\n");
         }
+        let dns = opts
+            .dns
+            .clone()
+            .unwrap_or_else(|| "  magic_dns: true\n  base_domain: e2e.internal\n".into());
         let config = format!(
             "# tinyscale e2e test config (written by tests/realclient_common)
 data_dir: {data}
@@ -466,9 +491,7 @@ database:
   path: db.redb
 unix_socket: tinyscale.sock
 dns:
-  magic_dns: true
-  base_domain: e2e.internal
-{policy}log:
+{dns}{policy}log:
   level: debug
 ",
             data = data.display(),
@@ -731,6 +754,42 @@ pub fn curl_in(ns: &str, url: &str, max_secs: u32) -> (u16, Vec<u8>) {
         .unwrap_or(0);
     body.truncate(nl);
     (code, body)
+}
+
+/// `MapResponse: {…}` dumps in `text` (Go's `log.Printf` of indented JSON: the JSON runs over
+/// several lines; or one JSON log line whose `msg` holds it), in order.
+pub fn map_dumps_in(text: &str) -> Vec<Value> {
+    const TAG: &str = "MapResponse: ";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(at) = rest.find(TAG) {
+        let line_start = rest[..at].rfind('\n').map_or(0, |i| i + 1);
+        let after = &rest[at + TAG.len()..];
+        if rest[line_start..].starts_with('{') {
+            // a JSON log line: the dump is inside its `msg`
+            let line_end = rest[at..].find('\n').map_or(rest.len(), |i| at + i);
+            let msg = serde_json::from_str::<Value>(&rest[line_start..line_end])
+                .ok()
+                .and_then(|v| v.get("msg").and_then(Value::as_str).map(str::to_owned));
+            if let Some(m) = msg.as_deref().and_then(|m| m.split_once(TAG)) {
+                if let Ok(v) = serde_json::from_str(m.1) {
+                    out.push(v);
+                }
+            }
+            rest = &rest[line_end..];
+            continue;
+        }
+        let mut it = serde_json::Deserializer::from_str(after).into_iter::<Value>();
+        match it.next() {
+            Some(Ok(v)) => {
+                out.push(v);
+                rest = &after[it.byte_offset()..];
+            }
+            // a dump still being written, or garbage: skip this tag
+            _ => rest = after,
+        }
+    }
+    out
 }
 
 pub fn sha256_hex(data: &[u8]) -> String {
