@@ -14,7 +14,8 @@
 //!  1. MagicDNS: b reaches a by short name, c by FQDN; b's DNSConfig carries the global
 //!     nameserver, the split route, the search domains and the extra records (inline and from the
 //!     records file), and its `dns: Set:` line shows them installed (hosts table: 3 nodes + 3
-//!     records). A record naming a, written to the records file, reaches b without a restart, and
+//!     records), its `dns: Resolvercfg:` line its resolver forwarding `.` to the global and the
+//!     split domain to the split nameserver and answering the base domain itself. A record naming a, written to the records file, reaches b without a restart, and
 //!     d reaches a by that name.
 //!  2. Routes: router r1 advertises 10.77.0.0/24 (list-routes: available, not approved): not in
 //!     b's netmap until `nodes approve-routes`, then in r1's AllowedIPs and PrimaryRoutes.
@@ -264,6 +265,15 @@ fn dns_set_line(log: &Path) -> Option<String> {
     })
 }
 
+/// The newest `dns: Resolvercfg: {…}`: what the client's own resolver (quad-100) forwards where
+/// (`.` = everything else) and which domains it answers itself (`LocalDomains`).
+fn resolver_cfg_line(log: &Path) -> Option<String> {
+    log_msgs(log, 0).into_iter().rev().find_map(|m| {
+        let at = m.find("Resolvercfg: {")?;
+        Some(m[at..].trim().to_owned())
+    })
+}
+
 /// `Hosts:N` of a `dns: Set:` line.
 fn hosts_count(set_line: &str) -> Option<usize> {
     let rest = set_line.split("Hosts:").nth(1)?;
@@ -465,6 +475,15 @@ fn routes_and_magicdns_reach_real_clients() {
     );
     let search = format!("SearchDomains:[{BASE}. {}.]", SEARCH.join(". "));
     assert!(set.contains(&search), "want {search}: {set}");
+    let rcfg = resolver_cfg_line(&b_log).expect("b logs `dns: Resolvercfg: {…}`");
+    say!("b's resolver: {rcfg}");
+    for want in [
+        format!(".:[{GLOBAL_NS}]"),
+        format!("{SPLIT_DOMAIN}.:[{SPLIT_NS}]"),
+        format!("LocalDomains:[{BASE}.]"),
+    ] {
+        assert!(rcfg.contains(&want), "want {want}: {rcfg}");
+    }
 
     // a record for a added to the records file reaches b without a restart; then a new real
     // node d reaches a by that name
