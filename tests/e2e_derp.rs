@@ -155,18 +155,10 @@ fn both_online(h: &Harness, ip_a: &str, ip_b: &str) -> Option<Vec<Value>> {
 
 #[test]
 fn real_clients_relay_over_derp_and_survive_server_restart() {
-    if preflight("DERP real-client e2e").is_none() {
+    let Some(mut h) = Harness::begin("DERP real-client e2e", PREFIX, &["a", "b"]) else {
         return;
-    }
+    };
     let t_start = Instant::now();
-    let mut h = Harness::new(PREFIX);
-    say!(
-        "temp dir {} (server binary {})",
-        h.dir.display(),
-        h.bin.display()
-    );
-    let topo = h.netns_up(&["a", "b"]);
-    say!("topology: {}", topo.replace('\n', " "));
 
     // No direct path between the nodes.
     let nft_a = block_direct_udp(&h, "a");

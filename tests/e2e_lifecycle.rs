@@ -171,18 +171,10 @@ fn check_page(url: &str, id: &str) -> String {
 
 #[test]
 fn real_clients_node_lifecycle() {
-    if preflight("lifecycle real-client e2e").is_none() {
+    let Some(mut h) = Harness::begin("lifecycle real-client e2e", PREFIX, &["a", "b"]) else {
         return;
-    }
+    };
     let t_start = Instant::now();
-    let mut h = Harness::new(PREFIX);
-    say!(
-        "temp dir {} (server binary {})",
-        h.dir.display(),
-        h.bin.display()
-    );
-    let topo = h.netns_up(&["a", "b"]);
-    say!("topology: {}", topo.replace('\n', " "));
     let port = h.free_port();
     h.start_server(ServerOpts {
         port,

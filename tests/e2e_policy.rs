@@ -109,18 +109,10 @@ fn server_logged(h: &Harness, mark: usize, needle: &str, limit: Duration) -> (St
 
 #[test]
 fn policy_changes_reach_real_clients_live() {
-    if preflight("policy real-client e2e").is_none() {
+    let Some(mut h) = Harness::begin("policy real-client e2e", PREFIX, &["a", "b"]) else {
         return;
-    }
+    };
     let t_start = Instant::now();
-    let mut h = Harness::new(PREFIX);
-    say!(
-        "temp dir {} (server binary {})",
-        h.dir.display(),
-        h.bin.display()
-    );
-    let topo = h.netns_up(&["a", "b"]);
-    say!("topology: {}", topo.replace('\n', " "));
 
     let policy = h.dir.join("policy.hujson");
     write_policy(&policy, B_TO_A);

@@ -38,21 +38,11 @@ const EPHEMERAL_TIMEOUT_SECS: u64 = 5;
 
 #[test]
 fn real_clients_end_to_end() {
-    if preflight("real-client e2e").is_none() {
-        return;
-    }
-    let t_start = Instant::now();
-
-    let mut h = Harness::new(PREFIX);
-    say!(
-        "temp dir {} (server binary {})",
-        h.dir.display(),
-        h.bin.display()
-    );
-
     // 1. network: bridge with .1 in the root namespace, one namespace per node, no default routes
-    let topo = h.netns_up(&["a", "b", "c"]);
-    say!("topology: {}", topo.replace('\n', " "));
+    let Some(mut h) = Harness::begin("real-client e2e", PREFIX, &["a", "b", "c"]) else {
+        return;
+    };
+    let t_start = Instant::now();
     let a_underlay = h.underlay_ip(0);
 
     // 2. server: a free TCP port on the bridge address, STUN on :3478

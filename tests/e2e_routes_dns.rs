@@ -334,18 +334,14 @@ fn has_record(dns: &Value, rec: (&str, &str, &str)) -> bool {
 
 #[test]
 fn routes_and_magicdns_reach_real_clients() {
-    if preflight("routes/MagicDNS real-client e2e").is_none() {
+    let Some(mut h) = Harness::begin(
+        "routes/MagicDNS real-client e2e",
+        PREFIX,
+        &["a", "b", "c", "d"],
+    ) else {
         return;
-    }
+    };
     let t_start = Instant::now();
-    let mut h = Harness::new(PREFIX);
-    say!(
-        "temp dir {} (server binary {})",
-        h.dir.display(),
-        h.bin.display()
-    );
-    let topo = h.netns_up(&["a", "b", "c", "d"]);
-    say!("topology: {}", topo.replace('\n', " "));
 
     let records_file = h.dir.join("extra-records.json");
     std::fs::write(&records_file, records_json(&[FILE_RECORD])).unwrap();

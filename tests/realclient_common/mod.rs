@@ -293,6 +293,21 @@ pub struct Harness {
 }
 
 impl Harness {
+    /// The start of every real-client test: [`preflight`] (None = skip, said why), then the
+    /// harness with namespaces `nodes` up; prints the temp dir and the topology.
+    pub fn begin(what: &str, prefix: &'static str, nodes: &[&str]) -> Option<Harness> {
+        preflight(what)?;
+        let mut h = Harness::new(prefix);
+        say!(
+            "{what}: temp dir {} (server binary {})",
+            h.dir.display(),
+            h.bin.display()
+        );
+        let topo = h.netns_up(nodes);
+        say!("topology: {}", topo.replace('\n', " "));
+        Some(h)
+    }
+
     /// `prefix`: netns `PREFIX-NAME`, bridge `PREFIXbr0` (at most 3 characters).
     pub fn new(prefix: &'static str) -> Harness {
         let lock = RunLock::take();
