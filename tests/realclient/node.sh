@@ -245,6 +245,22 @@ node_ips() {  # tailnet addresses from the node's own log lines (netmap self add
     | sort -u | head -n 4 || true
 }
 
+node_ipv4() { node_ips "$1" | grep -m1 -E '^100\.' | cut -d/ -f1 || true; }
+
+# wait_node_value NAME SECS WHAT FUNC: print FUNC NAME's output once it is non-empty; fail when the
+# node exits or SECS pass ("node NAME WHAT within SECS").
+wait_node_value() {
+  local name="$1" secs="$2" what="$3" fn="$4" end v
+  end=$((SECONDS + secs))
+  while [ $SECONDS -lt $end ]; do
+    v="$("$fn" "$name")"
+    [ -n "$v" ] && { echo "$v"; exit 0; }
+    node_pid "$name" >/dev/null || die "node $name is not running (see $(node_dir "$name")/stdout.log)"
+    sleep 0.5
+  done
+  die "node $name $what within ${secs}s (see $(node_dir "$name")/caddy.log)"
+}
+
 cmd="${1:-}"; shift || true
 case "$cmd" in
   start) start_node "$@" ;;
@@ -254,25 +270,9 @@ case "$cmd" in
   stop-all) [ -d "$RC_RUN" ] && for d in "$RC_RUN"/*/; do [ -f "$d/Caddyfile" ] && stop_node "$(basename "$d")"; done; true ;;
   pid) rc_check_name "${1:-}"; node_pid "$1" ;;
   log) echo "$(node_dir "${1:?name}")/caddy.log" ;;
-  auth-url)
-    name="${1:?name}"; secs="${2:-60}"; end=$((SECONDS + secs))
-    while [ $SECONDS -lt $end ]; do
-      url="$(auth_url "$name")"
-      [ -n "$url" ] && { echo "$url"; exit 0; }
-      node_pid "$name" >/dev/null || die "node $name is not running (see $(node_dir "$name")/stdout.log)"
-      sleep 0.5
-    done
-    die "node $name logged no AuthURL within ${secs}s (see $(node_dir "$name")/caddy.log)" ;;
+  auth-url) wait_node_value "${1:?name}" "${2:-60}" "logged no AuthURL" auth_url ;;
   ips) node_ips "${1:?name}" ;;
-  wait-ip)
-    name="${1:?name}"; secs="${2:-60}"; end=$((SECONDS + secs))
-    while [ $SECONDS -lt $end ]; do
-      ip4="$(node_ips "$name" | grep -m1 -E '^100\.' | cut -d/ -f1 || true)"
-      [ -n "$ip4" ] && { echo "$ip4"; exit 0; }
-      node_pid "$name" >/dev/null || die "node $name is not running (see $(node_dir "$name")/stdout.log)"
-      sleep 0.5
-    done
-    die "node $name got no tailnet IPv4 within ${secs}s (see $(node_dir "$name")/caddy.log)" ;;
+  wait-ip) wait_node_value "${1:?name}" "${2:-60}" "got no tailnet IPv4" node_ipv4 ;;
   wait-http)
     name="${1:?name}"; url="${2:?url}"; secs="${3:-60}"; shift 3 || shift $#
     ns="$(rc_ns "$name")"; end=$((SECONDS + secs))
