@@ -169,6 +169,8 @@ pub struct ServerOpts {
     /// The body of the config's `dns:` section, each line indented by two spaces (None = MagicDNS
     /// on with `base_domain: e2e.internal`).
     pub dns: Option<String>,
+    /// More top-level YAML appended to the config as is (e.g. an `oidc:` section); "" = none.
+    pub extra_yaml: String,
 }
 
 /// Spawns `bin serve --config cfg` in its own process group, bounded by `timeout` and tied to the
@@ -508,7 +510,8 @@ unix_socket: tinyscale.sock
 dns:
 {dns}{policy}log:
   level: debug
-",
+{extra}",
+            extra = opts.extra_yaml,
             data = data.display(),
             port = opts.port,
             tls_port = opts.tls_port,
