@@ -107,6 +107,7 @@ impl Env {
             auth_key: 0,
             advertised_routes: vec![],
             approved_routes: vec![],
+            register_method: Default::default(),
         })
         .unwrap();
         id

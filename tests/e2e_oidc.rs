@@ -247,6 +247,11 @@ fn real_client_logs_in_through_oidc() {
         Some(format!("{}/sub-amy", p.url).as_str()),
         "a's owner: {node_a}"
     );
+    assert_eq!(
+        str_field(node_a, &["registerMethod"]),
+        Some("REGISTER_METHOD_OIDC"),
+        "{node_a}"
+    );
     let expiry = str_field(node_a, &["expiry"]).expect("a has a key expiry");
     let expiry_unix = tinyscale::timefmt::parse_rfc3339(expiry).expect("RFC 3339 expiry");
     let want = t_click_unix + EXPIRY_DAYS * 86400;

@@ -169,6 +169,7 @@ fn login_creates_user_and_registers_node() {
         assert_eq!(user.display_name, "Amy Example");
         assert_eq!(user.provider_id, format!("{}/sub-amy", p.url));
         assert_eq!(node.user, user.id);
+        assert_eq!(node.register_method, tinyscale::state::RegisterMethod::Oidc);
         let want = t0 + 30 * 86400;
         assert!(
             (want..=want + 5).contains(&node.expiry),

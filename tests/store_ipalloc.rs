@@ -30,6 +30,7 @@ fn node(id: u64, v4: Ipv4Addr, v6: Ipv6Addr) -> Node {
         auth_key: 0,
         advertised_routes: vec![],
         approved_routes: vec![],
+        register_method: Default::default(),
     }
 }
 

@@ -3,7 +3,7 @@
 //! zero values emitted). Shared by the server (serialise) and the CLI
 //! (deserialise for tables).
 
-use crate::state::{Node, PreAuthKey, User};
+use crate::state::{Node, PreAuthKey, RegisterMethod, User};
 use crate::timefmt::rfc3339;
 use serde::{Deserialize, Serialize};
 
@@ -128,10 +128,13 @@ impl ApiNode {
             expiry: opt_time(n.expiry),
             pre_auth_key: key.map(|k| ApiPreAuthKey::new(k, user, None)),
             created_at: rfc3339(n.created),
-            register_method: if n.auth_key != 0 {
-                "REGISTER_METHOD_AUTH_KEY"
-            } else {
-                "REGISTER_METHOD_CLI"
+            register_method: match n.register_method {
+                RegisterMethod::AuthKey => "REGISTER_METHOD_AUTH_KEY",
+                RegisterMethod::Cli => "REGISTER_METHOD_CLI",
+                RegisterMethod::Oidc => "REGISTER_METHOD_OIDC",
+                // Rows from before schema 3: as they were shown then.
+                RegisterMethod::Unknown if n.auth_key != 0 => "REGISTER_METHOD_AUTH_KEY",
+                RegisterMethod::Unknown => "REGISTER_METHOD_CLI",
             }
             .into(),
             given_name: n.given_name.clone(),

@@ -152,6 +152,8 @@ pub(crate) struct Approval {
     pub write_user: Option<crate::state::User>,
     /// The node's key expiry; None = the `node.expiry` default.
     pub expiry: Option<i64>,
+    /// What authorised it (CLI or OIDC), shown by `nodes list`.
+    pub method: crate::state::RegisterMethod,
 }
 
 /// Approves pending registration `id` for user `user` (name or ID):
@@ -167,6 +169,7 @@ pub fn approve(server: &Server, id: &str, user: &str) -> Result<Node, String> {
             user: uid,
             write_user: None,
             expiry: None,
+            method: crate::state::RegisterMethod::Cli,
         })
     })
 }
@@ -208,6 +211,7 @@ pub(crate) fn approve_with(
             // Authorised by this approval now (CLI or OIDC), not by the
             // pre-auth key it once used: `nodes list` shows no spent key.
             n.auth_key = 0;
+            n.register_method = a.method;
             n.expiry = expiry;
             n.ephemeral = req.ephemeral;
             crate::control::register::apply_hostinfo(&mut n, &req.hostinfo);
@@ -230,6 +234,7 @@ pub(crate) fn approve_with(
                 t,
             )?;
             n.expiry = expiry;
+            n.register_method = a.method;
             n
         }
     };

@@ -7,7 +7,7 @@ use crate::control::{Change, Server};
 use crate::http::h2srv::ConnCtx;
 use crate::http::MIN_CAPVER;
 use crate::keys::NodeKey;
-use crate::state::{now, Node, Op, State};
+use crate::state::{now, Node, Op, RegisterMethod, State};
 use crate::tailcfg::{self, RegisterRequest, RegisterResponse};
 use crate::timefmt::{parse_rfc3339, rfc3339};
 use http::StatusCode;
@@ -361,6 +361,11 @@ pub(crate) fn new_node(
         auth_key: f.auth_key,
         advertised_routes: vec![],
         approved_routes: vec![],
+        register_method: if f.auth_key != 0 {
+            RegisterMethod::AuthKey
+        } else {
+            RegisterMethod::Unknown
+        },
     };
     apply_hostinfo(&mut n, f.hostinfo);
     Ok(n)
@@ -418,6 +423,7 @@ fn reauth(
     n2.tags = key.tags.clone();
     n2.expiry = default_expiry(server, !key.tags.is_empty(), t);
     n2.auth_key = key.id;
+    n2.register_method = RegisterMethod::AuthKey;
     n2.ephemeral = n.ephemeral || req.ephemeral || key.ephemeral;
     apply_hostinfo(&mut n2, hostinfo);
     let id = n2.id;

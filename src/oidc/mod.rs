@@ -464,6 +464,7 @@ impl Oidc {
                 user,
                 write_user,
                 expiry: Some(c.expiry),
+                method: crate::state::RegisterMethod::Oidc,
             })
         });
         match r {

@@ -13,7 +13,7 @@ pub mod store;
 
 use std::collections::BTreeMap;
 
-pub use model::{Node, PreAuthKey, Unix, User};
+pub use model::{Node, PreAuthKey, RegisterMethod, Unix, User};
 pub use store::{Op, Store, StoreError};
 
 /// Everything the server knows, mirrored in redb.

@@ -86,6 +86,21 @@ pub struct Node {
     pub auth_key: u64,
     pub advertised_routes: Vec<String>,
     pub approved_routes: Vec<String>,
+    /// How the node was last authorised (schema 3; older rows read as
+    /// `Unknown` and are shown by their pre-auth key as before).
+    pub register_method: RegisterMethod,
+}
+
+/// How a node was (last) authorised, for `nodes list` (Headscale's
+/// `registerMethod`). Appended to [`Node`] last: postcard encodes a variant
+/// as its index, so an old row plus one zero byte is a valid new row.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegisterMethod {
+    #[default]
+    Unknown,
+    AuthKey,
+    Cli,
+    Oidc,
 }
 
 impl Node {

@@ -529,6 +529,7 @@ mod tests {
             auth_key: 0,
             advertised_routes: vec![],
             approved_routes: vec![],
+            register_method: Default::default(),
         }
     }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 
 /// Version of the on-disk layout. Bump it whenever a model struct or a table
 /// changes, and teach [`migrate`] to convert the previous version.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 const KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("preauth_keys");
@@ -353,6 +353,8 @@ fn migrate(txn: &redb::WriteTransaction, from: u32) -> Result<(), StoreError> {
             0 => {}
             // 1 → 2: users gained `provider_id` and `profile_pic_url` (OIDC).
             1 => migrate_users_v1(txn)?,
+            // 2 → 3: nodes gained `register_method` (appended last).
+            2 => migrate_nodes_v2(txn)?,
             other => {
                 return Err(StoreError(format!(
                     "no migration from database schema version {other}"
@@ -402,6 +404,33 @@ fn migrate_users_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         table
             .insert(u.id, encode(&u)?.as_slice())
             .map_err(err("write user"))?;
+    }
+    Ok(())
+}
+
+/// Appends `RegisterMethod::Unknown` (variant 0, one zero byte in postcard)
+/// to every node row of schema 2, checking that each then decodes whole.
+fn migrate_nodes_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut table = txn.open_table(NODES).map_err(err("open nodes"))?;
+    let mut rewrite = Vec::new();
+    for row in table.iter().map_err(err("iterate"))? {
+        let (k, v) = row.map_err(err("read row"))?;
+        let mut bytes = v.value().to_vec();
+        bytes.push(0);
+        match postcard::take_from_bytes::<Node>(&bytes) {
+            Ok((_, [])) => rewrite.push((k.value(), bytes)),
+            _ => {
+                return Err(StoreError(format!(
+                    "migrating node {}: not a schema 2 node record",
+                    k.value()
+                )))
+            }
+        }
+    }
+    for (id, bytes) in rewrite {
+        table
+            .insert(id, bytes.as_slice())
+            .map_err(err("write node"))?;
     }
     Ok(())
 }
@@ -510,6 +539,7 @@ mod tests {
             auth_key: 7,
             advertised_routes: vec![],
             approved_routes: vec![],
+            register_method: Default::default(),
         }
     }
 
@@ -689,7 +719,7 @@ mod tests {
             txn.commit().unwrap();
         }
         let s = Store::open(&p).unwrap();
-        assert_eq!(s.schema_version().unwrap(), 2);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         let u = &s.load().unwrap().users[0];
         assert_eq!(
             (u.id, u.name.as_str(), u.email.as_str()),
@@ -698,6 +728,38 @@ mod tests {
         assert_eq!(
             (u.provider_id.as_str(), u.profile_pic_url.as_str()),
             ("", "")
+        );
+        drop(s);
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn schema_2_nodes_gain_register_method() {
+        let p = tmp("v2");
+        let old = node(3);
+        {
+            let s = Store::open(&p).unwrap();
+            let mut txn = s.db.begin_write().unwrap();
+            txn.set_durability(Durability::Immediate);
+            {
+                // A schema 2 row: today's encoding without the last field.
+                let mut bytes = postcard::to_stdvec(&old).unwrap();
+                assert_eq!(bytes.pop(), Some(0));
+                let mut nodes = txn.open_table(NODES).unwrap();
+                nodes.insert(3, bytes.as_slice()).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_SCHEMA_VERSION, &2u32.to_le_bytes()[..])
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let nodes = s.load().unwrap().nodes;
+        assert_eq!(nodes, vec![old]);
+        assert_eq!(
+            nodes[0].register_method,
+            super::super::RegisterMethod::Unknown
         );
         drop(s);
         let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
