@@ -915,33 +915,44 @@ fn split_list(v: &[String]) -> Vec<String> {
         .collect()
 }
 
+/// POSTs to `/api/v1/node/{id}{path}` and prints the node it returns
+/// (`-o json…`) or `done` (a table format).
+fn node_change(
+    api: &Api,
+    output: &str,
+    id: impl std::fmt::Display,
+    path: &str,
+    body: Option<Value>,
+    done: &str,
+) -> Result<(), String> {
+    let f = Format::parse(output)?;
+    let res = api.call("POST", &format!("/api/v1/node/{id}{path}"), body)?;
+    let n: ApiNode = field(&res, "node")?;
+    if !output::machine(f, &n) {
+        outln!("{done}");
+    }
+    Ok(())
+}
+
 fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
     match cmd {
         NodesSub::Register(r) => register(api, &r.key, &r.user, &r.output)?,
-        NodesSub::Tag(t) => {
-            let f = Format::parse(&t.output)?;
-            let res = api.call(
-                "POST",
-                &format!("/api/v1/node/{}/tags", t.identifier),
-                Some(json!({ "tags": split_list(&t.tags) })),
-            )?;
-            let n: ApiNode = field(&res, "node")?;
-            if !output::machine(f, &n) {
-                outln!("Node updated");
-            }
-        }
-        NodesSub::ApproveRoutes(r) => {
-            let f = Format::parse(&r.output)?;
-            let res = api.call(
-                "POST",
-                &format!("/api/v1/node/{}/approve_routes", r.identifier),
-                Some(json!({ "routes": split_list(&r.routes) })),
-            )?;
-            let n: ApiNode = field(&res, "node")?;
-            if !output::machine(f, &n) {
-                outln!("Node updated");
-            }
-        }
+        NodesSub::Tag(t) => node_change(
+            api,
+            &t.output,
+            t.identifier,
+            "/tags",
+            Some(json!({ "tags": split_list(&t.tags) })),
+            "Node updated",
+        )?,
+        NodesSub::ApproveRoutes(r) => node_change(
+            api,
+            &r.output,
+            r.identifier,
+            "/approve_routes",
+            Some(json!({ "routes": split_list(&r.routes) })),
+            "Node updated",
+        )?,
         NodesSub::ListRoutes(l) => {
             let f = Format::parse(&l.output)?;
             let list: Vec<ApiNode> = match l.identifier {
@@ -1056,20 +1067,15 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
                 outln!("Node deleted");
             }
         }
-        NodesSub::Rename(r) => {
-            let f = Format::parse(&r.output)?;
-            let res = api.call(
-                "POST",
-                &format!("/api/v1/node/{}/rename/{}", r.identifier, enc(&r.new_name)),
-                None,
-            )?;
-            let n: ApiNode = field(&res, "node")?;
-            if !output::machine(f, &n) {
-                outln!("Node renamed");
-            }
-        }
+        NodesSub::Rename(r) => node_change(
+            api,
+            &r.output,
+            r.identifier,
+            &format!("/rename/{}", enc(&r.new_name)),
+            None,
+            "Node renamed",
+        )?,
         NodesSub::Expire(e) => {
-            let f = Format::parse(&e.output)?;
             let mut body = json!({});
             if e.disable {
                 body["disableExpiry"] = Value::Bool(true);
@@ -1079,15 +1085,14 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
                 }
                 body["expiry"] = Value::String(t);
             }
-            let res = api.call(
-                "POST",
-                &format!("/api/v1/node/{}/expire", e.identifier),
+            node_change(
+                api,
+                &e.output,
+                e.identifier,
+                "/expire",
                 Some(body),
-            )?;
-            let n: ApiNode = field(&res, "node")?;
-            if !output::machine(f, &n) {
-                outln!("Node expired");
-            }
+                "Node expired",
+            )?
         }
     }
     Ok(())

@@ -55,6 +55,20 @@ impl From<hujson::SyntaxError> for PolicyError {
     }
 }
 
+/// A filter section (`acls`, `grants`): an array of rules, each parsed by
+/// `parse`; `null` is an empty section, anything else an error.
+fn rule_list<T>(
+    v: &Value,
+    name: &str,
+    mut parse: impl FnMut(&Value) -> Result<T, PolicyError>,
+) -> Result<Vec<T>, PolicyError> {
+    match v {
+        Value::Array(items) => items.iter().map(&mut parse).collect(),
+        Value::Null => Ok(Vec::new()),
+        _ => inv(format!("{name} must be an array")),
+    }
+}
+
 fn inv<T>(msg: impl Into<String>) -> Result<T, PolicyError> {
     Err(PolicyError::Invalid(msg.into()))
 }
@@ -651,26 +665,10 @@ impl Policy {
         }
         // acls
         if let Some(a) = f.get("acls") {
-            let mut acls = Vec::new();
-            if let Value::Array(items) = a {
-                for it in items {
-                    acls.push(p.parse_acl(it)?);
-                }
-            } else if !a.is_null() {
-                return inv("acls must be an array");
-            }
-            p.acls = Some(acls);
+            p.acls = Some(rule_list(a, "acls", |it| p.parse_acl(it))?);
         }
         if let Some(g) = f.get("grants") {
-            let mut grants = Vec::new();
-            if let Value::Array(items) = g {
-                for it in items {
-                    grants.push(p.parse_grant(it)?);
-                }
-            } else if !g.is_null() {
-                return inv("grants must be an array");
-            }
-            p.grants = Some(grants);
+            p.grants = Some(rule_list(g, "grants", |it| p.parse_grant(it))?);
         }
         if let Some(s) = f.get("ssh") {
             let mut rules = Vec::new();
