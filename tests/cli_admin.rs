@@ -88,7 +88,6 @@ impl Env {
             id,
             machine_key: [id as u8; 32],
             node_key: [id as u8 + 100; 32],
-            old_node_key: [0; 32],
             disco_key: [7; 32],
             user,
             tags: tags.iter().map(|t| t.to_string()).collect(),
@@ -97,17 +96,9 @@ impl Env {
             hostname: host.into(),
             given_name: name,
             hostinfo: r#"{"IPNVersion":"1.90.9-test"}"#.into(),
-            endpoints: vec![],
-            home_derp: 0,
             cap: 100,
             created: tinyscale::state::now(),
-            expiry: 0,
-            last_seen: 0,
-            ephemeral: false,
-            auth_key: 0,
-            advertised_routes: vec![],
-            approved_routes: vec![],
-            register_method: Default::default(),
+            ..Default::default()
         })
         .unwrap();
         id

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tinyscale::client::{self, netmap::NetMap, Node};
+use tinyscale::client::{netmap::NetMap, Node};
 
 fn region_json(code: &str) -> String {
     format!(
@@ -57,28 +57,13 @@ fn url_and_file_sources_merge_and_refresh() {
     let ts = start_with(cfg, dir);
     let key = ts.key("ivy", true, false, &[]);
     block_on_timeout(30, async {
-        let n = Node::new("watcher");
-        let server_pub = client::fetch_key(ts.addr).await.unwrap();
-        let mut c = client::connect(ts.addr, &server_pub, &n.machine_private)
-            .await
-            .unwrap();
-        assert_eq!(
-            c.register(&n.register_request(Some(&key)))
-                .await
-                .unwrap()
-                .error,
-            ""
-        );
-        let mut s = c.map(&n.map_request(true, &[])).await.unwrap();
-        let mut nm = NetMap::default();
+        let (_conn, mut s, mut nm) = join(&ts, &Node::new("watcher"), &key).await;
         let code = |nm: &NetMap| {
             nm.derp_map["Regions"]["901"]["RegionCode"]
                 .as_str()
                 .map(String::from)
         };
-        while code(&nm).as_deref() != Some("first") {
-            nm.apply(&s.next().await.unwrap().unwrap());
-        }
+        until(&mut s, &mut nm, |nm| code(nm).as_deref() == Some("first")).await;
         let regions = nm.derp_map["Regions"].as_object().unwrap();
         assert!(
             regions.contains_key("999"),
@@ -92,9 +77,7 @@ fn url_and_file_sources_merge_and_refresh() {
 
         // The URL now serves a changed map: pushed to the connected client.
         *body.lock().unwrap() = region_json("second");
-        while code(&nm).as_deref() != Some("second") {
-            nm.apply(&s.next().await.unwrap().unwrap());
-        }
+        until(&mut s, &mut nm, |nm| code(nm).as_deref() == Some("second")).await;
         // A broken document: the source's last good regions stay.
         *body.lock().unwrap() = "{not json".into();
         async_io::Timer::after(Duration::from_millis(2500)).await;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use tinyscale::client::{self, netmap::NetMap, Node};
+use tinyscale::client::{netmap::NetMap, Node};
 
 #[test]
 fn dns_config_and_extra_records_file() {
@@ -26,29 +26,14 @@ fn dns_config_and_extra_records_file() {
     let ts = start_with(cfg, dir);
     let key = ts.key("hal", true, false, &[]);
     block_on_timeout(30, async {
-        let n = Node::new("box");
-        let server_pub = client::fetch_key(ts.addr).await.unwrap();
-        let mut c = client::connect(ts.addr, &server_pub, &n.machine_private)
-            .await
-            .unwrap();
-        assert_eq!(
-            c.register(&n.register_request(Some(&key)))
-                .await
-                .unwrap()
-                .error,
-            ""
-        );
-        let mut s = c.map(&n.map_request(true, &[])).await.unwrap();
-        let mut nm = NetMap::default();
+        let (_conn, mut s, mut nm) = join(&ts, &Node::new("box"), &key).await;
         let has = |nm: &NetMap, name: &str| {
             nm.dns["ExtraRecords"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|r| r["Name"] == name))
         };
         // The file is read by a watcher shortly after start.
-        while !has(&nm, "grafana.tail.test.") {
-            nm.apply(&s.next().await.unwrap().unwrap());
-        }
+        until(&mut s, &mut nm, |nm| has(nm, "grafana.tail.test.")).await;
         let d = &nm.dns;
         assert_eq!(d["Proxied"], true);
         assert_eq!(d["Domains"][0], "tail.test");
@@ -70,9 +55,7 @@ fn dns_config_and_extra_records_file() {
             r#"[{"name": "wiki.tail.test", "type": "A", "value": "100.64.7.8"}]"#,
         )
         .unwrap();
-        while !has(&nm, "wiki.tail.test.") {
-            nm.apply(&s.next().await.unwrap().unwrap());
-        }
+        until(&mut s, &mut nm, |nm| has(nm, "wiki.tail.test.")).await;
         assert!(!has(&nm, "grafana.tail.test."));
         // A broken file keeps the previous records.
         std::fs::write(&rec, "not json").unwrap();

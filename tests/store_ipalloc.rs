@@ -9,28 +9,11 @@ use tinyscale::state::{ipalloc, Node, State, Store};
 fn node(id: u64, v4: Ipv4Addr, v6: Ipv6Addr) -> Node {
     Node {
         id,
-        machine_key: [0; 32],
-        node_key: [0; 32],
-        old_node_key: [0; 32],
-        disco_key: [0; 32],
         user: 1,
-        tags: vec![],
         ipv4: Some(v4),
         ipv6: Some(v6),
-        hostname: String::new(),
         given_name: format!("n{id}"),
-        hostinfo: String::new(),
-        endpoints: vec![],
-        home_derp: 0,
-        cap: 0,
-        created: 0,
-        expiry: 0,
-        last_seen: 0,
-        ephemeral: false,
-        auth_key: 0,
-        advertised_routes: vec![],
-        approved_routes: vec![],
-        register_method: Default::default(),
+        ..Default::default()
     }
 }
 

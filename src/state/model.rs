@@ -55,7 +55,7 @@ pub struct PreAuthKey {
     pub tags: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Node {
     pub id: u64,
     pub machine_key: [u8; 32],

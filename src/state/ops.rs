@@ -510,26 +510,10 @@ mod tests {
             id,
             machine_key: [id as u8; 32],
             node_key: [id as u8 + 1; 32],
-            old_node_key: [0; 32],
-            disco_key: [0; 32],
             user,
-            tags: vec![],
-            ipv4: None,
-            ipv6: None,
             hostname: name.into(),
             given_name: name.into(),
-            hostinfo: String::new(),
-            endpoints: vec![],
-            home_derp: 0,
-            cap: 0,
-            created: 0,
-            expiry: 0,
-            last_seen: 0,
-            ephemeral: false,
-            auth_key: 0,
-            advertised_routes: vec![],
-            approved_routes: vec![],
-            register_method: Default::default(),
+            ..Default::default()
         }
     }
 
