@@ -66,7 +66,8 @@ pub async fn handle(
             // Lite update: stored and fanned out above; the body is ignored.
             return h2srv::reply(&mut respond, StatusCode::OK, "text/plain", Vec::new()).await;
         }
-        let msg = full_map(&server, node_id, &Known::default(), false).map(|m| frame(&m, zstd));
+        let msg = full_map(&server, node_id, &Known::default(), &mut None, false)
+            .map(|m| frame(&m, zstd));
         let Some(msg) = msg else {
             return h2srv::reply(
                 &mut respond,
@@ -228,6 +229,16 @@ impl Vis {
     fn sees(&self, peer: u64) -> bool {
         peer != self.me && (self.all || self.peers.binary_search(&peer).is_ok())
     }
+
+    /// The session's visibility for policy generation `gen`, computed once
+    /// per generation instead of once per message (it allocates and sorts
+    /// the peer list).
+    fn cached<'a>(cache: &'a mut Option<(u64, Vis)>, view: &View, gen: u64, me: u64) -> &'a Vis {
+        if !matches!(cache, Some((g, _)) if *g == gen) {
+            *cache = Some((gen, Vis::new(view, me)));
+        }
+        &cache.as_ref().expect("just set").1
+    }
 }
 
 /// A peer's JSON for this viewer: the shared cached render unless the
@@ -296,12 +307,18 @@ fn frame(m: &MapResponse, zstd: bool) -> Bytes {
 }
 
 /// A complete snapshot for `id`; fills `known` with the peers sent.
-fn full_map(server: &Server, id: u64, known: &Known, resync: bool) -> Option<MapResponse> {
-    let (view, _) = server.policy_view();
+fn full_map(
+    server: &Server,
+    id: u64,
+    known: &Known,
+    vis_cache: &mut Option<(u64, Vis)>,
+    resync: bool,
+) -> Option<MapResponse> {
+    let (view, gen) = server.policy_view();
     let t = now();
     let st = server.state();
     let me = st.nodes.get(&id)?;
-    let vis = Vis::new(&view, id);
+    let vis = Vis::cached(vis_cache, &view, gen, id);
     let mut profiles = BTreeMap::new();
     let p = netmap::profile_for(&server.cfg, &st, me, true);
     profiles.insert(p.id, p);
@@ -371,6 +388,7 @@ fn delta(
     id: u64,
     changes: &[Change],
     known: &Known,
+    vis_cache: &mut Option<(u64, Vis)>,
     seen_gen: &mut u64,
     sent: &mut Sent,
 ) -> Option<MapResponse> {
@@ -378,7 +396,7 @@ fn delta(
     let t = now();
     let st = server.state();
     let me = st.nodes.get(&id)?;
-    let vis = Vis::new(&view, id);
+    let vis = Vis::cached(vis_cache, &view, gen, id);
     let mut m = MapResponse::default();
     let mut changed: BTreeMap<u64, SharedRaw> = BTreeMap::new();
     let mut removed = BTreeSet::new();
@@ -579,8 +597,9 @@ async fn stream(
     let id = sub.node_id;
     let mut tx = h2srv::start(respond, StatusCode::OK, "application/octet-stream", false)?;
     let known = &*sub.known;
+    let mut vis_cache = None;
     let mut seen_gen = server.policy_view().1;
-    let Some(first) = full_map(server, id, known, false) else {
+    let Some(first) = full_map(server, id, known, &mut vis_cache, false) else {
         return Ok(());
     };
     let mut sent = Sent::from_map(&first);
@@ -613,13 +632,21 @@ async fn stream(
             Event::Changes(changes) => {
                 let msg = if sub.take_resync() || changes.contains(&Change::Everything) {
                     seen_gen = server.policy_view().1;
-                    let m = full_map(server, id, known, true);
+                    let m = full_map(server, id, known, &mut vis_cache, true);
                     if let Some(m) = &m {
                         sent = Sent::from_map(m);
                     }
                     m
                 } else {
-                    delta(server, id, &changes, known, &mut seen_gen, &mut sent)
+                    delta(
+                        server,
+                        id,
+                        &changes,
+                        known,
+                        &mut vis_cache,
+                        &mut seen_gen,
+                        &mut sent,
+                    )
                 };
                 if let Some(m) = msg {
                     h2srv::send_all(&mut tx, frame(&m, zstd), false).await?;
