@@ -173,8 +173,13 @@ fn went_offline(server: SharedServer, id: u64, _seq: u64) {
             n.last_seen = now();
         }
     }
+    // Holds the server weakly: a server shutting down (or restarting in the
+    // same process) must not be kept alive for the grace period.
+    let weak = std::sync::Arc::downgrade(&server);
+    drop(server);
     smol::spawn(async move {
         Timer::after(OFFLINE_GRACE).await;
+        let Some(server) = weak.upgrade() else { return };
         if server.hub.is_online(id) {
             return;
         }
@@ -188,7 +193,9 @@ fn went_offline(server: SharedServer, id: u64, _seq: u64) {
             .cfg
             .ephemeral_inactivity_timeout
             .saturating_sub(OFFLINE_GRACE);
+        drop(server);
         Timer::after(wait).await;
+        let Some(server) = weak.upgrade() else { return };
         if server.hub.is_online(id) {
             return;
         }
