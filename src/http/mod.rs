@@ -37,22 +37,33 @@ pub fn serve(cfg: Config) -> io::Result<()> {
 
 /// Accepts connections forever on `listener`.
 pub async fn accept_loop(server: SharedServer, listener: Async<TcpListener>) {
+    accept_each(listener, "accept", move |stream, peer| {
+        let server = server.clone();
+        async move {
+            if let Err(e) = handle_conn(server, stream, false).await {
+                debug!("connection from {peer}: {e}");
+            }
+        }
+    })
+    .await
+}
+
+/// The accept loop both listeners share: each connection gets its own task.
+async fn accept_each<F, Fut>(listener: Async<TcpListener>, what: &str, serve: F)
+where
+    F: Fn(Async<std::net::TcpStream>, std::net::SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 // Without NODELAY, h2 setups measured 190x slower (design.md).
                 let _ = stream.get_ref().set_nodelay(true);
-                let server = server.clone();
-                smol::spawn(async move {
-                    if let Err(e) = handle_conn(server, stream, false).await {
-                        debug!("connection from {peer}: {e}");
-                    }
-                })
-                .detach();
+                smol::spawn(serve(stream, peer)).detach();
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
-                warn!("accept: {e}");
+                warn!("{what}: {e}");
                 Timer::after(Duration::from_millis(100)).await;
             }
         }
@@ -445,34 +456,23 @@ pub async fn accept_loop_tls(
     listener: Async<TcpListener>,
     acceptor: futures_rustls::TlsAcceptor,
 ) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.get_ref().set_nodelay(true);
-                let server = server.clone();
-                let acceptor = acceptor.clone();
-                smol::spawn(async move {
-                    let tls = match timeout(HEAD_TIMEOUT, async { acceptor.accept(stream).await })
-                        .await
-                    {
-                        Ok(t) => t,
-                        Err(e) => {
-                            debug!("TLS handshake from {peer}: {e}");
-                            return;
-                        }
-                    };
-                    if let Err(e) = handle_conn(server, tls, true).await {
-                        debug!("TLS connection from {peer}: {e}");
-                    }
-                })
-                .detach();
-            }
-            Err(e) => {
-                warn!("accept (TLS): {e}");
-                Timer::after(Duration::from_millis(100)).await;
+    accept_each(listener, "accept (TLS)", move |stream, peer| {
+        let server = server.clone();
+        let acceptor = acceptor.clone();
+        async move {
+            let tls = match timeout(HEAD_TIMEOUT, async { acceptor.accept(stream).await }).await {
+                Ok(t) => t,
+                Err(e) => {
+                    debug!("TLS handshake from {peer}: {e}");
+                    return;
+                }
+            };
+            if let Err(e) = handle_conn(server, tls, true).await {
+                debug!("TLS connection from {peer}: {e}");
             }
         }
-    }
+    })
+    .await
 }
 
 /// Binds the control listener.
