@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 use tinyscale::client::{self, netmap::NetMap, Node};
 
 #[test]
@@ -204,8 +205,44 @@ fn logout_deletes_ephemeral_and_expires_others() {
         .await;
         let t = tinyscale::state::now();
         assert!(ts.server.state().nodes[&lid].is_expired(t));
+        // Told once: the expiry watcher (a 5 s tick) does not announce the
+        // same expiry again.
+        let later = messages_within(&mut sw, &mut nmw, Duration::from_secs(6)).await;
+        let repeats = later
+            .iter()
+            .filter(|m| {
+                m["PeersChanged"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p["ID"] == lid))
+            })
+            .count();
+        assert_eq!(repeats, 0, "expiry announced again: {later:?}");
         // Without a key it cannot come back by itself.
         let again = cl.register(&lap.register_request(None)).await.unwrap();
         assert!(again.node_key_expired && !again.machine_authorized);
+
+        // `nodes expire` (the admin API): the peer sees it Expired, once.
+        let desk = Node::new("desk");
+        let (_cd, _sd, nmd) = join(&ts, &desk, &key).await;
+        let did = nmd.self_node["ID"].as_u64().unwrap();
+        until(&mut sw, &mut nmw, |n| n.peers.contains_key(&did)).await;
+        let r = tinyscale::admin::api::handle(
+            &ts.server,
+            "POST",
+            &format!("/api/v1/node/{did}/expire"),
+            b"{}",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let later = messages_within(&mut sw, &mut nmw, Duration::from_secs(6)).await;
+        assert!(nmw.peers[&did]["Expired"] == true, "{later:?}");
+        let told = later
+            .iter()
+            .filter(|m| {
+                m["PeersChanged"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p["ID"] == did))
+            })
+            .count();
+        assert_eq!(told, 1, "expiry told {told} times: {later:?}");
     });
 }

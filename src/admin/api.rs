@@ -293,6 +293,9 @@ fn route(
                 }
             }
             .map_err(op_err)?;
+            if n.is_expired(crate::state::now()) {
+                server.mark_expiry_announced(id);
+            }
             changes.push(Change::NodeUpsert(id));
             Ok(ok(json!({ "node": node_json(server, &st, &n) })))
         }

@@ -40,6 +40,10 @@ pub struct Server {
     pub derp_last_good: Mutex<std::collections::HashMap<String, crate::tailcfg::DerpMap>>,
     /// A handle on itself for tasks spawned from `&self` methods.
     pub me: std::sync::Weak<Server>,
+    /// Nodes whose key expiry peers have been told of, by the expiry
+    /// watcher or by the operation that expired them, so each expiry is
+    /// announced once.
+    pub expiry_announced: Mutex<std::collections::BTreeSet<u64>>,
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
     /// OpenID Connect login (`oidc.issuer` set).
@@ -52,6 +56,16 @@ impl Server {
     /// because every mutation is applied to the store before memory.
     pub fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records that an operation has just expired node `id` and announces
+    /// it (itself or through the caller), so the expiry watcher does not
+    /// announce the same expiry a second time.
+    pub fn mark_expiry_announced(&self, id: u64) {
+        self.expiry_announced
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
     }
 }
 
@@ -137,6 +151,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             derp_map: Mutex::new(None),
             pending: interactive::Registry::default(),
             primaries: Mutex::new(Default::default()),
+            expiry_announced: Mutex::new(Default::default()),
             me,
             derp_last_good: Mutex::new(Default::default()),
             dns_extra: Mutex::new(Vec::new()),

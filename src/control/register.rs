@@ -454,6 +454,7 @@ fn logout(
         Ok(()) => {
             st.nodes.insert(id, n2);
             server.hub.disconnect(id);
+            server.mark_expiry_announced(id);
             server.hub.notify(Change::NodeUpsert(id));
             RegisterResponse {
                 node_key_expired: true,

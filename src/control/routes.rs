@@ -150,7 +150,6 @@ pub fn spawn_expiry_watcher(server: crate::control::SharedServer) {
     let weak = std::sync::Arc::downgrade(&server);
     drop(server);
     smol::spawn(async move {
-        let mut announced: BTreeSet<u64> = BTreeSet::new();
         loop {
             async_io::Timer::after(std::time::Duration::from_secs(5)).await;
             let Some(server) = weak.upgrade() else { return };
@@ -162,11 +161,20 @@ pub fn spawn_expiry_watcher(server: crate::control::SharedServer) {
                 .filter(|n| n.is_expired(t))
                 .map(|n| n.id)
                 .collect();
-            for id in expired.difference(&announced) {
+            let fresh: Vec<u64> = {
+                let mut announced = server
+                    .expiry_announced
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner());
+                let fresh = expired.difference(&announced).copied().collect();
+                // Re-authenticated or deleted nodes leave the set.
+                *announced = expired;
+                fresh
+            };
+            for id in fresh {
                 info!("node {id}: key expired");
-                server.hub.notify(Change::NodeUpsert(*id));
+                server.hub.notify(Change::NodeUpsert(id));
             }
-            announced = expired;
         }
     })
     .detach();

@@ -155,3 +155,33 @@ pub async fn until(
         nm.apply(&m);
     }
 }
+
+/// Collects the messages `stream` delivers within `window` (keepalives
+/// included), applying each to `nm`.
+pub async fn messages_within(
+    stream: &mut client::MapStream,
+    nm: &mut NetMap,
+    window: Duration,
+) -> Vec<serde_json::Value> {
+    use futures_lite::FutureExt;
+    let end = std::time::Instant::now() + window;
+    let mut got = vec![];
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return got;
+        }
+        let next = async { Some(stream.next().await.unwrap().expect("stream ended")) };
+        let quiet = async {
+            async_io::Timer::after(left).await;
+            None
+        };
+        match next.or(quiet).await {
+            Some(m) => {
+                nm.apply(&m);
+                got.push(m);
+            }
+            None => return got,
+        }
+    }
+}
