@@ -2,7 +2,7 @@
 //! map, then deltas and keep-alives), lite updates of endpoints / hostinfo /
 //! disco key, and one-shot full maps.
 
-use crate::control::hub::{Known, Subscription};
+use crate::control::hub::{IdSet, Known, Subscription};
 use crate::control::netmap::{self, peer_json, render_node, to_raw};
 use crate::control::policy::View;
 use crate::control::{Change, Server, SharedServer};
@@ -330,18 +330,22 @@ fn full_map(
     let p = netmap::profile_for(&server.cfg, &st, me, true);
     profiles.insert(p.id, p);
     let mut peers = Vec::new();
-    let mut now_known = BTreeSet::new();
+    let mut now_known = Vec::new();
     for n in st.nodes.values() {
         if !vis.sees(n.id) {
             continue;
         }
         peers.push(peer_for(server, &view, id, n, t));
-        now_known.insert(n.id);
+        now_known.push(n.id);
         let p = netmap::profile_for(&server.cfg, &st, n, false);
         profiles.entry(p.id).or_insert(p);
     }
+    let now_known: IdSet = now_known.into_iter().collect();
     let previously = known.replace(now_known.clone());
-    let removed: Vec<u64> = previously.difference(&now_known).copied().collect();
+    let removed: Vec<u64> = previously
+        .iter()
+        .filter(|x| !now_known.contains(*x))
+        .collect();
     let self_node = self_for(server, &view, me, t);
     drop(st);
     let peers_empty = peers.is_empty();
