@@ -1,12 +1,15 @@
 //! Fan-out of state changes to connected map sessions.
 //!
-//! Each streaming map session subscribes with a bounded queue. A change is
-//! offered to every session without blocking; a session whose queue is full
-//! is flagged for a resync and later gets one fresh full map instead of an
-//! unbounded backlog (design.md, performance principles).
+//! Each streaming map session subscribes with a set of pending changes and
+//! a wake-up signal. A change is recorded in every session that needs it
+//! without blocking, and coalesces with what the session has not read yet:
+//! a node that changed ten times while the session was busy is one entry,
+//! so a slow session costs neither an unbounded backlog nor a full resync
+//! (design.md, performance principles), and its memory stays bounded by
+//! the number of nodes.
 
 use crate::tailcfg::SharedRaw;
-use smol::channel::{self, Receiver, Sender, TrySendError};
+use smol::channel::{self, Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,14 +35,79 @@ pub enum Change {
     PolicyRefresh,
 }
 
-/// Deltas a session may have queued before it is resynced instead.
-const QUEUE: usize = 64;
-
 struct Slot {
     seq: u64,
-    tx: Sender<Change>,
-    resync: Arc<AtomicBool>,
+    /// Capacity 1: a token means "look at `pending`"; closed ends the session.
+    wake: Sender<()>,
+    pending: Arc<Mutex<Pending>>,
     known: Arc<Known>,
+}
+
+/// Changes a session has not read yet, coalesced by kind and node.
+#[derive(Default)]
+struct Pending {
+    everything: bool,
+    policy_refresh: bool,
+    removed: IdSet,
+    upsert: IdSet,
+    info: IdSet,
+    patch: IdSet,
+    users: IdSet,
+}
+
+impl Pending {
+    fn add(&mut self, c: &Change) {
+        match *c {
+            Change::Everything => self.everything = true,
+            Change::PolicyRefresh => self.policy_refresh = true,
+            Change::NodeRemoved(x) => {
+                self.removed.insert(x);
+            }
+            Change::NodeUpsert(x) => {
+                self.upsert.insert(x);
+            }
+            Change::NodeInfo(x) => {
+                self.info.insert(x);
+            }
+            Change::NodePatch(x) => {
+                self.patch.insert(x);
+            }
+            Change::UserChanged(u) => {
+                self.users.insert(u);
+            }
+        }
+    }
+
+    /// The coalesced changes in an order a session can apply one by one:
+    /// removals, then full upserts, Hostinfo changes and patches (a node in
+    /// a stronger set is not repeated in a weaker one). Sessions read each
+    /// node's current state, so only what changed matters, not how often.
+    fn drain(&mut self) -> Vec<Change> {
+        let p = std::mem::take(self);
+        let mut v = Vec::new();
+        if p.everything {
+            v.push(Change::Everything);
+        }
+        v.extend(p.removed.iter().map(Change::NodeRemoved));
+        v.extend(p.upsert.iter().map(Change::NodeUpsert));
+        v.extend(
+            p.info
+                .iter()
+                .filter(|x| !p.upsert.contains(*x))
+                .map(Change::NodeInfo),
+        );
+        v.extend(
+            p.patch
+                .iter()
+                .filter(|x| !p.upsert.contains(*x) && !p.info.contains(*x))
+                .map(Change::NodePatch),
+        );
+        v.extend(p.users.iter().map(Change::UserChanged));
+        if p.policy_refresh {
+            v.push(Change::PolicyRefresh);
+        }
+        v
+    }
 }
 
 /// The peers a session has told its node about. The hub reads it to offer
@@ -192,15 +260,26 @@ impl Default for Hub {
 pub struct Subscription {
     pub node_id: u64,
     pub seq: u64,
-    pub rx: Receiver<Change>,
-    pub resync: Arc<AtomicBool>,
+    wake: Receiver<()>,
+    pending: Arc<Mutex<Pending>>,
     pub known: Arc<Known>,
 }
 
 impl Subscription {
-    /// True once, after the queue overflowed.
-    pub fn take_resync(&self) -> bool {
-        self.resync.swap(false, Ordering::AcqRel)
+    /// Waits for changes and takes all that are pending; None once the
+    /// session was replaced or disconnected.
+    pub async fn changes(&self) -> Option<Vec<Change>> {
+        self.wake.recv().await.ok()?;
+        Some(self.take())
+    }
+
+    /// Takes what is pending without waiting (empty if nothing is).
+    pub fn take(&self) -> Vec<Change> {
+        let _ = self.wake.try_recv();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain()
     }
 }
 
@@ -212,8 +291,8 @@ impl Hub {
     /// Registers the node's streaming session, replacing (and thereby
     /// ending) an older one. Returns whether the node was already online.
     pub fn subscribe(&self, node_id: u64) -> (Subscription, bool) {
-        let (tx, rx) = channel::bounded(QUEUE);
-        let resync = Arc::new(AtomicBool::new(false));
+        let (wake_tx, wake) = channel::bounded(1);
+        let pending = Arc::new(Mutex::new(Pending::default()));
         let known = Arc::new(Known::default());
         let mut g = self.lock();
         g.next_seq += 1;
@@ -222,21 +301,21 @@ impl Hub {
             node_id,
             Slot {
                 seq,
-                tx,
-                resync: resync.clone(),
+                wake: wake_tx,
+                pending: pending.clone(),
                 known: known.clone(),
             },
         );
         g.peer_cache.remove(&node_id);
         if let Some(old) = &old {
-            old.tx.close();
+            old.wake.close();
         }
         (
             Subscription {
                 node_id,
                 seq,
-                rx,
-                resync,
+                wake,
+                pending,
                 known,
             },
             old.is_some(),
@@ -258,7 +337,7 @@ impl Hub {
     /// Ends the node's session (deleted node, expired key).
     pub fn disconnect(&self, node_id: u64) {
         if let Some(s) = self.lock().sessions.remove(&node_id) {
-            s.tx.close();
+            s.wake.close();
         }
     }
 
@@ -319,11 +398,9 @@ impl Hub {
                     continue;
                 }
             }
-            match s.tx.try_send(c.clone()) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => s.resync.store(true, Ordering::Release),
-                Err(TrySendError::Closed(_)) => {}
-            }
+            s.pending.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
+            // Full: a wake-up is already on its way, and will see this too.
+            let _ = s.wake.try_send(());
         }
     }
 
@@ -349,11 +426,11 @@ mod tests {
         a.known.insert(3);
         // A patch of 3: its own session and a (which has 3), not b.
         hub.notify(Change::NodePatch(3));
-        assert_eq!(a.rx.try_recv().ok(), Some(Change::NodePatch(3)));
-        assert!(b.rx.try_recv().is_err(), "b does not know node 3");
-        assert_eq!(c.rx.try_recv().ok(), Some(Change::NodePatch(3)));
+        assert_eq!(a.take(), vec![Change::NodePatch(3)]);
+        assert!(b.take().is_empty(), "b does not know node 3");
+        assert_eq!(c.take(), vec![Change::NodePatch(3)]);
         hub.notify(Change::NodeInfo(3));
-        assert!(a.rx.try_recv().is_ok() && b.rx.try_recv().is_err());
+        assert!(!a.take().is_empty() && b.take().is_empty());
         // Upserts, removals and refreshes can change who sees what: everyone.
         for ch in [
             Change::NodeUpsert(3),
@@ -362,12 +439,55 @@ mod tests {
             Change::Everything,
         ] {
             hub.notify(ch.clone());
-            assert_eq!(b.rx.try_recv().ok(), Some(ch));
+            assert_eq!(b.take(), vec![ch]);
         }
         // Once b has been told about 3, it gets 3's patches too.
         b.known.insert(3);
         hub.notify(Change::NodePatch(3));
-        assert_eq!(b.rx.try_recv().ok(), Some(Change::NodePatch(3)));
+        assert_eq!(b.take(), vec![Change::NodePatch(3)]);
+    }
+
+    #[test]
+    fn unread_changes_coalesce() {
+        let hub = Hub::default();
+        let (s, _) = hub.subscribe(1);
+        for x in [7, 5, 7, 9] {
+            s.known.insert(x);
+        }
+        // Thousands of changes while the session is busy: bounded, no loss.
+        for round in 0..1000 {
+            hub.notify(Change::NodePatch(7));
+            hub.notify(Change::NodePatch(5));
+            hub.notify(Change::NodeInfo(9));
+            if round == 500 {
+                hub.notify(Change::NodeUpsert(5));
+                hub.notify(Change::NodeRemoved(8));
+                hub.notify(Change::UserChanged(2));
+            }
+        }
+        hub.notify(Change::PolicyRefresh);
+        let got = smol::block_on(s.changes()).expect("open");
+        assert_eq!(
+            got,
+            vec![
+                Change::NodeRemoved(8),
+                Change::NodeUpsert(5),
+                Change::NodeInfo(9),
+                Change::NodePatch(7),
+                Change::UserChanged(2),
+                Change::PolicyRefresh,
+            ]
+        );
+        assert!(s.take().is_empty(), "all taken at once");
+        // A replaced session ends once it has read what was pending.
+        hub.notify(Change::NodePatch(7));
+        let (_newer, was_online) = hub.subscribe(1);
+        assert!(was_online);
+        assert_eq!(
+            smol::block_on(s.changes()),
+            Some(vec![Change::NodePatch(7)])
+        );
+        assert_eq!(smol::block_on(s.changes()), None);
     }
 
     #[test]

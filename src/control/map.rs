@@ -576,15 +576,9 @@ enum Event {
 
 async fn next_event(sub: &Subscription, tx: &mut SendStream<Bytes>, keepalive: Duration) -> Event {
     let recv = async {
-        match sub.rx.recv().await {
-            Ok(c) => {
-                let mut v = vec![c];
-                while let Ok(c) = sub.rx.try_recv() {
-                    v.push(c);
-                }
-                Event::Changes(v)
-            }
-            Err(_) => Event::Closed,
+        match sub.changes().await {
+            Some(v) => Event::Changes(v),
+            None => Event::Closed,
         }
     };
     let ka = async {
@@ -640,8 +634,10 @@ async fn stream(
                 return Ok(());
             }
             Event::KeepAlive => h2srv::send_all(&mut tx, ka_msg.clone(), false).await?,
+            // A wake-up whose changes an earlier read already took.
+            Event::Changes(changes) if changes.is_empty() => {}
             Event::Changes(changes) => {
-                let msg = if sub.take_resync() || changes.contains(&Change::Everything) {
+                let msg = if changes.contains(&Change::Everything) {
                     seen_gen = server.policy_view().1;
                     let m = full_map(server, id, known, &mut vis_cache, true);
                     if let Some(m) = &m {
