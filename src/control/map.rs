@@ -29,6 +29,14 @@ use std::time::Duration;
 const KEEPALIVE: Duration = Duration::from_secs(50);
 /// How long a node may be gone before peers are told it is offline.
 const OFFLINE_GRACE: Duration = Duration::from_secs(10);
+/// Full maps built or being sent at once. A full map is O(peers): ~1.5 MB
+/// at 2,000 allow-all peers, and it stays in memory until the client has
+/// read it, so when every node reconnects at once (a server restart) the
+/// peak is this many maps instead of one per node.
+pub const FULL_MAPS_IN_FLIGHT: usize = 16;
+/// A slow reader gives its full-map slot up after this and finishes its
+/// map without one, so stalled clients cannot hold every other node back.
+const FULL_MAP_SLOT_HOLD: Duration = Duration::from_secs(5);
 
 pub async fn handle(
     server: SharedServer,
@@ -568,6 +576,39 @@ impl Sent {
     }
 }
 
+/// Builds a full map and sends it while holding a full-map slot (for at
+/// most `FULL_MAP_SLOT_HOLD`). None if the node is gone.
+async fn send_full_map(
+    server: &Server,
+    tx: &mut SendStream<Bytes>,
+    id: u64,
+    known: &Known,
+    vis_cache: &mut Option<(u64, Vis)>,
+    resync: bool,
+    zstd: bool,
+) -> io::Result<Option<Sent>> {
+    let slot = server.full_maps.acquire().await;
+    let Some(m) = full_map(server, id, known, vis_cache, resync) else {
+        return Ok(None);
+    };
+    let sent = Sent::from_map(&m);
+    let bytes = frame(&m, zstd);
+    drop(m);
+    let mut send = std::pin::pin!(h2srv::send_all(tx, bytes, false));
+    let within = async { Some(send.as_mut().await) }
+        .or(async {
+            Timer::after(FULL_MAP_SLOT_HOLD).await;
+            None
+        })
+        .await;
+    drop(slot);
+    match within {
+        Some(r) => r?,
+        None => send.await?,
+    }
+    Ok(Some(sent))
+}
+
 enum Event {
     Changes(Vec<Change>),
     KeepAlive,
@@ -604,12 +645,11 @@ async fn stream(
     let known = &*sub.known;
     let mut vis_cache = None;
     let mut seen_gen = server.policy_view().1;
-    let Some(first) = full_map(server, id, known, &mut vis_cache, false) else {
+    let Some(mut sent) =
+        send_full_map(server, &mut tx, id, known, &mut vis_cache, false, zstd).await?
+    else {
         return Ok(());
     };
-    let mut sent = Sent::from_map(&first);
-    h2srv::send_all(&mut tx, frame(&first, zstd), false).await?;
-    drop(first);
     // 50 s plus a per-session jitter, so keep-alives of many nodes do not
     // align (picked once: no random-number syscall per message).
     let jitter = Duration::from_millis(u64::from(crate::keys::random32()[0]) * 35);
@@ -636,25 +676,26 @@ async fn stream(
             Event::KeepAlive => h2srv::send_all(&mut tx, ka_msg.clone(), false).await?,
             // A wake-up whose changes an earlier read already took.
             Event::Changes(changes) if changes.is_empty() => {}
-            Event::Changes(changes) => {
-                let msg = if changes.contains(&Change::Everything) {
-                    seen_gen = server.policy_view().1;
-                    let m = full_map(server, id, known, &mut vis_cache, true);
-                    if let Some(m) = &m {
-                        sent = Sent::from_map(m);
+            Event::Changes(changes) if changes.contains(&Change::Everything) => {
+                seen_gen = server.policy_view().1;
+                match send_full_map(server, &mut tx, id, known, &mut vis_cache, true, zstd).await? {
+                    Some(s) => sent = s,
+                    None => {
+                        let _ = tx.send_data(Bytes::new(), true);
+                        return Ok(()); // deleted
                     }
-                    m
-                } else {
-                    delta(
-                        server,
-                        id,
-                        &changes,
-                        known,
-                        &mut vis_cache,
-                        &mut seen_gen,
-                        &mut sent,
-                    )
-                };
+                }
+            }
+            Event::Changes(changes) => {
+                let msg = delta(
+                    server,
+                    id,
+                    &changes,
+                    known,
+                    &mut vis_cache,
+                    &mut seen_gen,
+                    &mut sent,
+                );
                 if let Some(m) = msg {
                     h2srv::send_all(&mut tx, frame(&m, zstd), false).await?;
                 } else if !server.state().nodes.contains_key(&id) {

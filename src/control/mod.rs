@@ -44,6 +44,8 @@ pub struct Server {
     /// watcher or by the operation that expired them, so each expiry is
     /// announced once.
     pub expiry_announced: Mutex<std::collections::BTreeSet<u64>>,
+    /// Full maps being built or sent at once (see `map::send_full_map`).
+    pub full_maps: smol::lock::Semaphore,
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
     /// OpenID Connect login (`oidc.issuer` set).
@@ -152,6 +154,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             pending: interactive::Registry::default(),
             primaries: Mutex::new(Default::default()),
             expiry_announced: Mutex::new(Default::default()),
+            full_maps: smol::lock::Semaphore::new(map::FULL_MAPS_IN_FLIGHT),
             me,
             derp_last_good: Mutex::new(Default::default()),
             dns_extra: Mutex::new(Vec::new()),

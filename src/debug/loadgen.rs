@@ -781,9 +781,11 @@ impl Loadgen {
             first_bytes as f64 / KIB / firsts.max(1) as f64
         ));
         self.cpu_line("map opening", secs, cpu0);
-        // Let the fan-out of "X came online" settle before measuring.
+        // Let the fan-out of "X came online" settle before measuring: a
+        // second without a message other than keep-alives (those start
+        // 50-59 s after each stream's last message and never stop).
         let q = Instant::now();
-        let mut prev = sh.bytes.load(Ordering::Relaxed);
+        let mut prev = sh.msgs.load(Ordering::Relaxed);
         loop {
             if until(
                 self.deadline,
@@ -794,7 +796,7 @@ impl Loadgen {
             {
                 return false;
             }
-            let now = sh.bytes.load(Ordering::Relaxed);
+            let now = sh.msgs.load(Ordering::Relaxed);
             if now == prev || q.elapsed() > Duration::from_secs(60) {
                 break;
             }
