@@ -404,9 +404,26 @@ where
         MachineKey(ctx.machine_key),
         ctx.version
     );
-    // Boxed: the long-lived HTTP/2 future must not carry the upgrade's
-    // locals (head buffers) for the life of the connection.
-    Box::pin(h2srv::serve(server, conn, ctx)).await
+    spawn_long_lived("control connection", h2srv::serve(server, conn, ctx));
+    Ok(())
+}
+
+/// Runs what an upgraded connection does for the rest of its life (HTTP/2
+/// inside Noise, DERP) as a task of its own, and lets the task that read
+/// the request head and did the handshake end. A task's allocation is the
+/// size of its future's largest state; the accepting task's is ~8.8 KB
+/// (head buffers, the handshake), which would otherwise stay allocated
+/// beside every connected node for as long as it stays connected.
+fn spawn_long_lived<F>(what: &'static str, f: F)
+where
+    F: std::future::Future<Output = io::Result<()>> + Send + 'static,
+{
+    smol::spawn(async move {
+        if let Err(e) = f.await {
+            debug!("{what}: {e}");
+        }
+    })
+    .detach();
 }
 
 /// `GET /derp` with `Upgrade: DERP`: hijack the HTTP/1.1 connection and
@@ -447,7 +464,11 @@ where
     );
     stream.write_all(head.as_bytes()).await?;
     stream.flush().await?;
-    crate::derp::server::serve_derp_conn(prefixed::Prefixed::new(leftover, stream), derp).await
+    spawn_long_lived(
+        "DERP connection",
+        crate::derp::server::serve_derp_conn(prefixed::Prefixed::new(leftover, stream), derp),
+    );
+    Ok(())
 }
 
 /// Accepts TLS connections forever: DERP and the HTTPS control fallback.
