@@ -208,14 +208,7 @@ fn logout_deletes_ephemeral_and_expires_others() {
         // Told once: the expiry watcher (a 5 s tick) does not announce the
         // same expiry again.
         let later = messages_within(&mut sw, &mut nmw, Duration::from_secs(6)).await;
-        let repeats = later
-            .iter()
-            .filter(|m| {
-                m["PeersChanged"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|p| p["ID"] == lid))
-            })
-            .count();
+        let repeats = full_updates_of(&later, lid);
         assert_eq!(repeats, 0, "expiry announced again: {later:?}");
         // Without a key it cannot come back by itself.
         let again = cl.register(&lap.register_request(None)).await.unwrap();
@@ -235,14 +228,18 @@ fn logout_deletes_ephemeral_and_expires_others() {
         assert_eq!(r.status, 200, "{}", r.body);
         let later = messages_within(&mut sw, &mut nmw, Duration::from_secs(6)).await;
         assert!(nmw.peers[&did]["Expired"] == true, "{later:?}");
-        let told = later
-            .iter()
-            .filter(|m| {
-                m["PeersChanged"]
-                    .as_array()
-                    .is_some_and(|a| a.iter().any(|p| p["ID"] == did))
-            })
-            .count();
+        let told = full_updates_of(&later, did);
         assert_eq!(told, 1, "expiry told {told} times: {later:?}");
     });
+}
+
+/// How many of `msgs` carry node `id` in full (PeersChanged).
+fn full_updates_of(msgs: &[serde_json::Value], id: u64) -> usize {
+    msgs.iter()
+        .filter(|m| {
+            m["PeersChanged"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|p| p["ID"] == id))
+        })
+        .count()
 }

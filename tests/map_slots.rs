@@ -19,22 +19,12 @@ fn stalled_readers_do_not_hold_back_first_maps() {
         // than the 64 KiB HTTP/2 connection window a client that never
         // reads leaves the server, so its send blocks while holding a slot.
         for i in 0..200 {
-            let n = Node::new(&format!("n{i}"));
-            let mut c = client::connect(ts.addr, &server_pub, &n.machine_private)
-                .await
-                .unwrap();
-            let r = c.register(&n.register_request(Some(&key))).await.unwrap();
-            assert_eq!(r.error, "");
+            register(&ts, &server_pub, &format!("n{i}"), &key).await;
         }
         // More stalled readers than there are slots.
         let mut stalled = vec![];
         for i in 0..=FULL_MAPS_IN_FLIGHT {
-            let n = Node::new(&format!("stalled{i}"));
-            let mut c = client::connect(ts.addr, &server_pub, &n.machine_private)
-                .await
-                .unwrap();
-            let r = c.register(&n.register_request(Some(&key))).await.unwrap();
-            assert_eq!(r.error, "");
+            let (mut c, n) = register(&ts, &server_pub, &format!("stalled{i}"), &key).await;
             let s = c.map(&n.map_request(true, &[])).await.unwrap();
             stalled.push((c, s));
         }
@@ -54,4 +44,20 @@ fn stalled_readers_do_not_hold_back_first_maps() {
         let peers = first["Peers"].as_array().map_or(0, |p| p.len());
         assert!(peers > 200, "{peers} peers");
     });
+}
+
+/// A new node registered with `key` on a connection of its own.
+async fn register(
+    ts: &TestServer,
+    server_pub: &[u8; 32],
+    name: &str,
+    key: &str,
+) -> (client::Conn, Node) {
+    let n = Node::new(name);
+    let mut c = client::connect(ts.addr, server_pub, &n.machine_private)
+        .await
+        .unwrap();
+    let r = c.register(&n.register_request(Some(key))).await.unwrap();
+    assert_eq!(r.error, "");
+    (c, n)
 }
