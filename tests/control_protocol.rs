@@ -243,3 +243,31 @@ fn full_updates_of(msgs: &[serde_json::Value], id: u64) -> usize {
         })
         .count()
 }
+
+#[test]
+fn ephemeral_timeout_shorter_than_the_offline_grace() {
+    // The inactivity timeout is honoured as configured even when it is
+    // shorter than the 10 s grace after which peers are told a node is
+    // offline (it used to act as max(grace, timeout)).
+    let dir = tempdir("eph-short");
+    let mut cfg = config(&dir);
+    cfg.ephemeral_inactivity_timeout = Duration::from_secs(1);
+    let ts = start_with(cfg, dir);
+    let key = ts.key("alice", true, true, &[]);
+    let eid = block_on_timeout(30, async {
+        let (c, s, nm) = join(&ts, &Node::new("eph"), &key).await;
+        drop((c, s));
+        nm.self_node["ID"].as_u64().unwrap()
+    });
+    let t = std::time::Instant::now();
+    while ts.server.state().nodes.contains_key(&eid) && t.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("ephemeral node deleted {secs:.2} s after its connection closed (timeout 1 s)");
+    assert!(!ts.server.state().nodes.contains_key(&eid), "never deleted");
+    assert!(
+        secs < 9.0,
+        "deleted after {secs:.1} s: the 10 s grace, not the 1 s timeout"
+    );
+}

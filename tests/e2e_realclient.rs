@@ -260,8 +260,10 @@ fn real_clients_end_to_end() {
     // 6b. crash (SIGKILL, no logout): deleted only after node.ephemeral.inactivity_timeout
     let ip_c2 = start_c("ephemeral node c (second, fresh state)");
     let c_pid = h.node(&["pid", "c"], 10);
-    h.node(&["kill", "c"], 30);
+    // From before the kill: the server sees the connection close at once,
+    // while the kill command returns only after the process is reaped.
     let t0 = Instant::now();
+    h.node(&["kill", "c"], 30);
     std::thread::sleep(Duration::from_secs(1));
     assert!(!gone(&ip_c2), "crashed ephemeral node was deleted at once, before inactivity_timeout ({EPHEMERAL_TIMEOUT_SECS}s)");
     say!("killed c (pid {c_pid}, SIGKILL): still listed 1s later; waiting for inactivity_timeout {EPHEMERAL_TIMEOUT_SECS}s");

@@ -175,45 +175,49 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) {
 /// After a stream ends: peers learn the node is offline after a grace
 /// period; an ephemeral node is deleted after the inactivity timeout.
 fn went_offline(server: SharedServer, id: u64, _seq: u64) {
-    {
+    let ephemeral = {
         let mut st = server.state();
-        if let Some(n) = st.nodes.get_mut(&id) {
+        st.nodes.get_mut(&id).is_some_and(|n| {
             n.last_seen = now();
-        }
+            n.ephemeral
+        })
+    };
+    // What follows, in time order: peers learn the node is offline after
+    // the grace period; an ephemeral node is deleted after the inactivity
+    // timeout, which may be the shorter of the two.
+    let mut steps = vec![(OFFLINE_GRACE, false)];
+    if ephemeral {
+        steps.push((server.cfg.ephemeral_inactivity_timeout, true));
+        steps.sort();
     }
     // Holds the server weakly: a server shutting down (or restarting in the
     // same process) must not be kept alive for the grace period.
     let weak = std::sync::Arc::downgrade(&server);
     drop(server);
     smol::spawn(async move {
-        Timer::after(OFFLINE_GRACE).await;
-        let Some(server) = weak.upgrade() else { return };
-        if server.hub.is_online(id) {
+        let mut waited = Duration::ZERO;
+        for (at, delete) in steps {
+            Timer::after(at.saturating_sub(waited)).await;
+            waited = at;
+            let Some(server) = weak.upgrade() else { return };
+            if server.hub.is_online(id) {
+                return;
+            }
+            if !delete {
+                server.hub.notify(Change::NodePatch(id));
+                server.reelect_and_notify();
+                continue;
+            }
+            let deleted = {
+                let mut st = server.state();
+                st.nodes.get(&id).is_some_and(|n| n.ephemeral) && st.delete_node(id).is_ok()
+            };
+            if deleted {
+                info!("ephemeral node {id} removed after inactivity");
+                server.hub.notify(Change::NodeRemoved(id));
+                server.reelect_and_notify();
+            }
             return;
-        }
-        server.hub.notify(Change::NodePatch(id));
-        server.reelect_and_notify();
-        let ephemeral = server.state().nodes.get(&id).is_some_and(|n| n.ephemeral);
-        if !ephemeral {
-            return;
-        }
-        let wait = server
-            .cfg
-            .ephemeral_inactivity_timeout
-            .saturating_sub(OFFLINE_GRACE);
-        drop(server);
-        Timer::after(wait).await;
-        let Some(server) = weak.upgrade() else { return };
-        if server.hub.is_online(id) {
-            return;
-        }
-        let deleted = {
-            let mut st = server.state();
-            st.nodes.get(&id).is_some_and(|n| n.ephemeral) && st.delete_node(id).is_ok()
-        };
-        if deleted {
-            info!("ephemeral node {id} removed after inactivity");
-            server.hub.notify(Change::NodeRemoved(id));
         }
     })
     .detach();
