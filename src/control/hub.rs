@@ -200,7 +200,8 @@ impl IdSet {
             })
         })
     }
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.0.iter().map(|w| w.1.count_ones() as usize).sum()
     }
     pub fn is_empty(&self) -> bool {

@@ -353,11 +353,7 @@ fn full_map(
         profiles.entry(p.id).or_insert(p);
     }
     let now_known: IdSet = now_known.into_iter().collect();
-    let previously = known.replace(now_known.clone());
-    let removed: Vec<u64> = previously
-        .iter()
-        .filter(|x| !now_known.contains(*x))
-        .collect();
+    let previously = known.replace(now_known);
     let self_node = self_for(server, &view, me, t);
     drop(st);
     let peers_empty = peers.is_empty();
@@ -367,7 +363,9 @@ fn full_map(
         // A non-empty Peers replaces the set; an empty one means "no
         // change" (trap 10), so vanished peers go in PeersRemoved.
         peers: (!peers_empty).then_some(peers),
-        peers_removed: (peers_empty && resync && !removed.is_empty()).then_some(removed),
+        // With no peers left, every peer known before is one that vanished.
+        peers_removed: (peers_empty && resync && !previously.is_empty())
+            .then(|| previously.iter().collect()),
         dns_config: netmap::dns_config(server).map(|d| to_raw(&d)),
         domain: netmap::dns_suffix(&server.cfg),
         collect_services: Some(false),
