@@ -25,24 +25,18 @@
 
 #[macro_use]
 mod realclient_common;
+mod derp_tls;
+
+use derp_tls::derp_over_tls;
 
 use std::fs;
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_io::Async;
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use futures_rustls::rustls;
 use realclient_common::*;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 use serde_json::Value;
-use tinyscale::derp::client::{ClientOptions, DerpClient};
 
 const PREFIX: &str = "tsd"; // netns tsd-a, tsd-b; bridge tsdbr0
 
@@ -101,26 +95,6 @@ fn dropped_udp(h: &Harness, node: &str) -> String {
             })
         })
         .unwrap_or_else(|| "?".into())
-}
-
-/// The node's log lines saying it sends to a peer through our DERP region (magicsock logs this when
-/// it starts writing to the peer via DERP; that the bytes really crossed the relay follows from the
-/// blocked UDP, the successful transfer, and the outage while the server is down).
-fn derp_route_lines(path: &Path) -> Vec<String> {
-    log_msgs(path, 0)
-        .into_iter()
-        .filter(|m| m.contains("derp route for") && m.contains("derp-999"))
-        .map(|m| m.trim().to_owned())
-        .collect()
-}
-
-/// Direct-path lines (`now using <underlay ip>:<port>`) towards a node of the test /24.
-fn direct_lines(h: &Harness, path: &Path) -> Vec<String> {
-    let needle = format!("now using {}.", h.subnet);
-    log_msgs(path, 0)
-        .into_iter()
-        .filter(|m| m.contains(&needle))
-        .collect()
 }
 
 /// Who listens on TCP `port` (from `ss`), for messages.
@@ -367,118 +341,6 @@ fn real_clients_relay_over_derp_and_survive_server_restart() {
 
 // ---------------------------------------------------------------------------------------------
 // Protocol level: who may use the relay
-
-/// Accepts exactly one certificate (rustls' signature checks still apply): what a Tailscale
-/// client does with `CertName: sha256-raw:<hex>`.
-#[derive(Debug)]
-struct Pinned {
-    sha256_hex: String,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Pinned {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let d = ring::digest::digest(&ring::digest::SHA256, end_entity.as_ref());
-        let hex: String = d.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        if hex == self.sha256_hex {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            Err(rustls::Error::General(format!(
-                "certificate sha256 {hex} is not the pinned {}",
-                self.sha256_hex
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-type Tls = futures_rustls::client::TlsStream<Async<TcpStream>>;
-
-/// TLS to `addr` (certificate pinned), `GET /derp` with `Upgrade: DERP`, then the DERP handshake
-/// with `node_private`.
-async fn derp_over_tls(
-    addr: SocketAddr,
-    pin: &str,
-    node_private: [u8; 32],
-) -> std::io::Result<DerpClient<Tls>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(std::io::Error::other)?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(Pinned {
-            sha256_hex: pin.to_owned(),
-            provider,
-        }))
-        .with_no_client_auth();
-    let tcp = Async::<TcpStream>::connect(addr).await?;
-    let name = ServerName::IpAddress(addr.ip().into());
-    let mut tls = futures_rustls::TlsConnector::from(Arc::new(cfg))
-        .connect(name, tcp)
-        .await?;
-    let req = format!(
-        "GET /derp HTTP/1.1\r\nHost: {addr}\r\nUpgrade: DERP\r\nConnection: Upgrade\r\n\r\n"
-    );
-    tls.write_all(req.as_bytes()).await?;
-    tls.flush().await?;
-    // The head byte by byte: the server's first DERP frame follows it at once.
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut b = [0u8; 1];
-        if tls.read(&mut b).await? == 0 || head.len() > 8192 {
-            return Err(std::io::Error::other(format!(
-                "bad /derp response head: {:?}",
-                String::from_utf8_lossy(&head)
-            )));
-        }
-        head.push(b[0]);
-    }
-    let status = String::from_utf8_lossy(&head).into_owned();
-    if !status.starts_with("HTTP/1.1 101") {
-        return Err(std::io::Error::other(format!("/derp: {status:?}")));
-    }
-    DerpClient::connect(tls, node_private, ClientOptions::default()).await
-}
 
 async fn with_timeout<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
     futures_lite::future::or(f, async {

@@ -16,8 +16,18 @@ use std::time::Duration;
 /// Largest DERP map document accepted from a file or URL.
 pub const MAX_DOC: usize = 1 << 20;
 
+/// The embedded relay as it is actually served: the port the TLS listener
+/// is bound to and the `CertName` clients must verify against (a
+/// `sha256-raw:` pin for our self-signed certificate, empty for one that
+/// chains to a root the client trusts).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Served {
+    pub port: u16,
+    pub cert_name: String,
+}
+
 /// The embedded region, as clients must dial it.
-pub fn embedded_region(cfg: &Config, pin: Option<&str>) -> DerpRegion {
+pub fn embedded_region(cfg: &Config, served: &Served) -> DerpRegion {
     let host = crate::control::netmap::server_host(cfg);
     let is_ip = host.parse::<std::net::IpAddr>().is_ok();
     let ipv4 = cfg.derp_ipv4.clone().unwrap_or_else(|| {
@@ -40,8 +50,8 @@ pub fn embedded_region(cfg: &Config, pin: Option<&str>) -> DerpRegion {
             }
         }),
         stun_port: cfg.stun_listen_addr.map(|a| a.port() as i32).unwrap_or(-1),
-        derp_port: cfg.tls_listen_addr.map(|a| a.port() as i32).unwrap_or(443),
-        cert_name: pin.unwrap_or_default().to_string(),
+        derp_port: served.port as i32,
+        cert_name: served.cert_name.clone(),
         ..Default::default()
     };
     DerpRegion {
@@ -122,11 +132,15 @@ pub fn parse_doc(text: &str) -> Result<DerpMap, String> {
     Ok(m)
 }
 
-/// Merges the sources in order; later regions replace earlier ones.
-pub fn merge(cfg: &Config, pin: Option<&str>, extra: &[DerpMap]) -> DerpMap {
+/// Merges the sources in order; later regions replace earlier ones. The
+/// embedded region is offered only while it is `served`: clients dial DERP
+/// over TLS, so a relay whose TLS listener could not bind (`:443` as a
+/// non-root user) must not be in the map, or clients would pick a home
+/// region that is not there.
+pub fn merge(cfg: &Config, served: Option<&Served>, extra: &[DerpMap]) -> DerpMap {
     let mut regions = BTreeMap::new();
-    if cfg.derp_server_enabled {
-        regions.insert(cfg.derp_region_id.to_string(), embedded_region(cfg, pin));
+    if let Some(s) = served.filter(|_| cfg.derp_server_enabled) {
+        regions.insert(cfg.derp_region_id.to_string(), embedded_region(cfg, s));
     }
     for m in extra {
         for (k, r) in &m.regions {
@@ -200,8 +214,7 @@ pub async fn load_sources(cfg: &Config) -> Vec<(String, Option<DerpMap>)> {
 /// Rebuilds the map; if it changed, stores it and tells every client.
 pub async fn refresh(server: &Server) {
     let extra = load_sources_keeping(server).await;
-    let pin = server.tls.as_ref().and_then(|t| t.pin.as_deref());
-    let m = merge(&server.cfg, pin, &extra);
+    let m = merge(&server.cfg, server.derp_served().as_ref(), &extra);
     let raw = crate::control::netmap::to_raw(&m);
     let changed = {
         let mut cur = server.derp_map.lock().unwrap_or_else(|e| e.into_inner());
@@ -226,8 +239,7 @@ pub fn current(server: &Server) -> SharedRaw {
     {
         return m;
     }
-    let pin = server.tls.as_ref().and_then(|t| t.pin.as_deref());
-    crate::control::netmap::to_raw(&merge(&server.cfg, pin, &[]))
+    crate::control::netmap::to_raw(&merge(&server.cfg, server.derp_served().as_ref(), &[]))
 }
 
 /// Loads the sources now and then every `derp.update_frequency`.
@@ -288,18 +300,23 @@ mod tests {
         let d = std::env::temp_dir();
         let mut cfg = Config::defaults(&d);
         cfg.server_url = "http://198.18.0.1:8080".into();
-        cfg.tls_listen_addr = Some("198.18.0.1:8443".parse().unwrap());
+        let served = Served {
+            port: 8443,
+            cert_name: "sha256-raw:ab".into(),
+        };
         let extra = parse_doc(r#"{"Regions":{"999":{"RegionID":999,"RegionCode":"over","RegionName":"o","Nodes":[]},"5":{"RegionID":5,"RegionCode":"five","RegionName":"f","Nodes":[]}}}"#).unwrap();
-        let m = merge(&cfg, Some("sha256-raw:ab"), &[]);
+        let m = merge(&cfg, Some(&served), &[]);
         let n = &m.regions["999"].nodes[0];
         assert_eq!(
             (n.derp_port, n.cert_name.as_str(), n.ipv4.as_str()),
             (8443, "sha256-raw:ab", "198.18.0.1")
         );
-        let m = merge(&cfg, None, &[extra]);
+        let m = merge(&cfg, Some(&served), &[extra]);
         assert_eq!(m.regions["999"].region_code, "over");
         assert!(m.regions.contains_key("5"));
-        cfg.derp_server_enabled = false;
+        // Not served (the TLS listener did not bind): no embedded region.
         assert!(merge(&cfg, None, &[]).regions.is_empty());
+        cfg.derp_server_enabled = false;
+        assert!(merge(&cfg, Some(&served), &[]).regions.is_empty());
     }
 }

@@ -30,6 +30,9 @@ pub struct Server {
     pub derp: Option<Arc<crate::derp::server::DerpServer>>,
     /// TLS for the second listener, and the self-signed pin if any.
     pub tls: Option<crate::http::tls::Tls>,
+    /// The port the TLS listener is bound to, once it is: the embedded
+    /// DERP region is offered only then (see `derpmap::merge`).
+    pub tls_port: std::sync::OnceLock<u16>,
     /// The merged DERP map (None until the sources were read once).
     pub derp_map: Mutex<Option<crate::tailcfg::SharedRaw>>,
     /// Interactive registrations waiting for approval.
@@ -68,6 +71,21 @@ impl Server {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(id);
+    }
+
+    /// The embedded relay as clients can reach it, or None when it is
+    /// disabled or its TLS listener is not bound.
+    pub fn derp_served(&self) -> Option<derpmap::Served> {
+        let port = *self.tls_port.get()?;
+        self.derp.as_ref()?;
+        Some(derpmap::Served {
+            port,
+            cert_name: self
+                .tls
+                .as_ref()
+                .and_then(|t| t.pin.clone())
+                .unwrap_or_default(),
+        })
     }
 }
 
@@ -150,6 +168,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             policy: Mutex::new(policy::Live::default()),
             derp,
             tls,
+            tls_port: std::sync::OnceLock::new(),
             derp_map: Mutex::new(None),
             pending: interactive::Registry::default(),
             primaries: Mutex::new(Default::default()),
@@ -241,7 +260,7 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
         }
     }
     start_admin(&server);
-    start_tls(&server);
+    let _tls = start_tls(&server);
     spawn_background(&server);
     println!(
         "tinyscale listening on {}; server_url {}",
@@ -319,21 +338,40 @@ fn spawn_derp_sweeper(server: &SharedServer) {
     .detach();
 }
 
-fn start_tls(server: &SharedServer) {
+/// Binds the TLS listener (when configured) and serves it on a task that
+/// runs as long as the returned handle is kept.
+fn start_tls(server: &SharedServer) -> Option<smol::Task<()>> {
     let (Some(addr), Some(tls)) = (server.cfg.tls_listen_addr, server.tls.as_ref()) else {
-        return;
+        return None;
     };
     match async_io::Async::<std::net::TcpListener>::bind(addr) {
         Ok(l) => {
-            log::info!("TLS (DERP, HTTPS control) on {addr}");
-            smol::spawn(crate::http::accept_loop_tls(
+            let port = l
+                .get_ref()
+                .local_addr()
+                .map(|a| a.port())
+                .unwrap_or(addr.port());
+            let _ = server.tls_port.set(port);
+            log::info!("TLS (DERP, HTTPS control) on {addr} (port {port})");
+            Some(smol::spawn(crate::http::accept_loop_tls(
                 server.clone(),
                 l,
                 tls.acceptor.clone(),
-            ))
-            .detach();
+            )))
         }
-        Err(e) => log::warn!("tls_listen_addr {addr}: {e} (no DERP relay, no HTTPS fallback)"),
+        Err(e) => {
+            let relay = if server.derp.is_some() {
+                "the DERP map offers no embedded region"
+            } else {
+                "no DERP relay"
+            };
+            log::warn!("tls_listen_addr {addr}: {e} ({relay}; no HTTPS control fallback)");
+            if server.derp.is_some() {
+                // Said where a new user looks, not only in the log.
+                eprintln!("tinyscale: tls_listen_addr {addr}: {e}: no embedded DERP relay is offered to clients (bind a port you may use, e.g. tls_listen_addr: 0.0.0.0:8443, or run with CAP_NET_BIND_SERVICE)");
+            }
+            None
+        }
     }
 }
 
@@ -353,9 +391,15 @@ pub fn start_background(
 ) -> std::io::Result<(std::net::SocketAddr, smol::Task<()>)> {
     let listener = crate::http::bind(server)?;
     let addr = listener.get_ref().local_addr()?;
+    let tls = start_tls(server);
     spawn_background(server);
+    let server = server.clone();
     Ok((
         addr,
-        smol::spawn(crate::http::accept_loop(server.clone(), listener)),
+        // The TLS task lives (and is cancelled) with the control listener's.
+        smol::spawn(async move {
+            let _tls = tls;
+            crate::http::accept_loop(server, listener).await
+        }),
     ))
 }

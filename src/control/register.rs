@@ -511,5 +511,54 @@ pub fn apply_hostinfo(n: &mut Node, hostinfo: &serde_json::Value) {
         n.home_derp = d;
     }
     n.advertised_routes = tailcfg::hostinfo_strs(hostinfo, "RoutableIPs");
-    n.hostinfo = serde_json::to_string(hostinfo).unwrap_or_default();
+    n.hostinfo = merged_hostinfo(&n.hostinfo, hostinfo);
+}
+
+/// Fields a later Hostinfo may leave out without meaning "cleared": what
+/// describes the build and machine (they cannot change while a client
+/// runs), and `NetInfo`, which Go clients since 1.66 send only when it
+/// changed (Headscale keeps the previous NetInfo for this reason).
+/// tailscale-rs reports its version only in the RegisterRequest's Hostinfo
+/// and sends a nearly empty one with its map requests.
+const KEPT_WHEN_ABSENT: &[&str] = &[
+    "NetInfo",
+    "IPNVersion",
+    "FrontendLogID",
+    "BackendLogID",
+    "OS",
+    "OSVersion",
+    "Container",
+    "Env",
+    "Distro",
+    "DistroVersion",
+    "DistroCodeName",
+    "App",
+    "Desktop",
+    "Package",
+    "DeviceModel",
+    "Machine",
+    "GoArch",
+    "GoArchVar",
+    "GoVersion",
+    "Cloud",
+    "Userspace",
+    "UserspaceRouter",
+];
+
+/// The Hostinfo to store: the new one replaces the old (a Go client sends
+/// its whole Hostinfo each time and omits empty fields, so an absent
+/// `RoutableIPs`, `RequestTags` or `Services` means none), except the
+/// fields in [`KEPT_WHEN_ABSENT`], which are carried over from `old_json`.
+fn merged_hostinfo(old_json: &str, new: &serde_json::Value) -> String {
+    let old: serde_json::Value = serde_json::from_str(old_json).unwrap_or_default();
+    let (Some(old), Some(new_obj)) = (old.as_object(), new.as_object()) else {
+        return serde_json::to_string(new).unwrap_or_default();
+    };
+    let mut out = new_obj.clone();
+    for k in KEPT_WHEN_ABSENT {
+        if let (None, Some(v)) = (out.get(*k), old.get(*k)) {
+            out.insert((*k).to_string(), v.clone());
+        }
+    }
+    serde_json::to_string(&out).unwrap_or_default()
 }

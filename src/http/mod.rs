@@ -231,7 +231,9 @@ where
                 .map_err(io::Error::other)?;
                 respond(&mut stream, "200 OK", "application/json", &body).await?;
             }
-            ("GET", "/derp") if tls || server.cfg.derp_server_enabled => {
+            // Any method: Go's derphttp server looks only at the Upgrade
+            // header, and tailscale-rs upgrades with `POST /derp`.
+            (_, "/derp") if tls || server.cfg.derp_server_enabled => {
                 return upgrade_derp(server, stream, h, std::mem::take(&mut buf)).await;
             }
             ("GET" | "HEAD", "/derp/probe") | ("GET" | "HEAD", "/derp/latency-check") => {
@@ -426,7 +428,7 @@ where
     .detach();
 }
 
-/// `GET /derp` with `Upgrade: DERP`: hijack the HTTP/1.1 connection and
+/// `/derp` (any method) with `Upgrade: DERP`: hijack the HTTP/1.1 connection and
 /// run the relay protocol on it.
 async fn upgrade_derp<S>(
     server: SharedServer,

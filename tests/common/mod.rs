@@ -36,7 +36,9 @@ pub fn config(dir: &std::path::Path) -> Config {
     let mut cfg = Config::defaults(dir);
     cfg.listen_addr = "127.0.0.1:0".parse().unwrap();
     cfg.stun_listen_addr = None;
-    cfg.tls_listen_addr = None;
+    // The TLS listener (DERP, HTTPS control) on a free port: the DERP map
+    // offers the embedded region only while it is bound.
+    cfg.tls_listen_addr = Some("127.0.0.1:0".parse().unwrap());
     cfg.base_domain = "tail.test".into();
     cfg.ephemeral_inactivity_timeout = Duration::from_secs(12);
     cfg

@@ -875,3 +875,23 @@ pub fn describe(n: &Value) -> String {
 pub fn describe_all(nodes: &[Value]) -> String {
     nodes.iter().map(describe).collect::<Vec<_>>().join("; ")
 }
+
+/// The node's log lines saying it sends to a peer through our DERP region (magicsock logs this when
+/// it starts writing to the peer via DERP; that the bytes really crossed the relay follows from the
+/// blocked UDP, the successful transfer, and the outage while the server is down).
+pub fn derp_route_lines(path: &Path) -> Vec<String> {
+    log_msgs(path, 0)
+        .into_iter()
+        .filter(|m| m.contains("derp route for") && m.contains("derp-999"))
+        .map(|m| m.trim().to_owned())
+        .collect()
+}
+
+/// Direct-path lines (`now using <underlay ip>:<port>`) towards a node of the test /24.
+pub fn direct_lines(h: &Harness, path: &Path) -> Vec<String> {
+    let needle = format!("now using {}.", h.subnet);
+    log_msgs(path, 0)
+        .into_iter()
+        .filter(|m| m.contains(&needle))
+        .collect()
+}
