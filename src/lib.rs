@@ -20,6 +20,7 @@ pub mod noise;
 #[cfg(feature = "oidc")]
 pub mod oidc;
 pub mod policy;
+pub mod secretfile;
 pub mod state;
 pub mod tailcfg;
 pub mod timefmt;

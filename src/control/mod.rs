@@ -212,38 +212,7 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .create(dir)
 }
 
-/// Reads a `privkey:<hex>` file, or creates one (mode 0600) on first start.
-pub fn load_or_create_key(path: &std::path::Path) -> std::io::Result<[u8; 32]> {
-    use std::io::{Error, ErrorKind, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    match std::fs::read_to_string(path) {
-        Ok(s) => {
-            let hex = s.trim().strip_prefix("privkey:").unwrap_or(s.trim());
-            crate::keys::from_hex::<32>(hex).ok_or_else(|| {
-                Error::new(
-                    ErrorKind::InvalidData,
-                    "not a private key (want privkey:<64 hex>)",
-                )
-            })
-        }
-        Err(e) if e.kind() == ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                create_private_dir(dir)?;
-            }
-            let key = crate::keys::random32();
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)?;
-            writeln!(f, "privkey:{}", crate::keys::to_hex(&key))?;
-            f.sync_all()?;
-            log::info!("generated a new key in {}", path.display());
-            Ok(key)
-        }
-        Err(e) => Err(e),
-    }
-}
+pub use crate::secretfile::load_or_create_key;
 
 /// Starts every listener and serves until the process ends.
 pub fn run_forever(server: SharedServer) -> std::io::Result<()> {

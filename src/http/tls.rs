@@ -5,6 +5,7 @@
 //! the relay. A self-signed certificate cannot serve an `https://` control
 //! URL (clients verify `/key` normally), so the control URL stays http://.
 
+use crate::secretfile::{check_private, Loose};
 use futures_rustls::TlsAcceptor;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -27,27 +28,13 @@ pub fn generated_paths(data_dir: &Path) -> (PathBuf, PathBuf) {
     )
 }
 
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
-}
-
 /// Generates a self-signed certificate for `names` (DNS names or IPs).
 pub fn generate(names: Vec<String>, cert: &Path, key: &Path) -> io::Result<()> {
     let ck = rcgen::generate_simple_self_signed(names)
         .map_err(|e| Error::other(format!("generating certificate: {e}")))?;
-    write_private(key, ck.key_pair.serialize_pem().as_bytes())?;
-    write_private(cert, ck.cert.pem().as_bytes())
+    use crate::secretfile::write_atomic;
+    write_atomic(key, ck.key_pair.serialize_pem().as_bytes())?;
+    write_atomic(cert, ck.cert.pem().as_bytes())
 }
 
 /// Builds the acceptor from PEM files. `pinned` marks a self-signed
@@ -96,9 +83,13 @@ pub fn load_or_generate(
     names: Vec<String>,
 ) -> io::Result<Tls> {
     match (cert, key) {
-        (Some(c), Some(k)) => load(c, k, false),
+        (Some(c), Some(k)) => {
+            check_private(k, "tls_key_path", Loose::Refuse)?;
+            load(c, k, false)
+        }
         (None, None) => {
             let (c, k) = generated_paths(data_dir);
+            check_private(&k, "generated TLS key", Loose::Fix)?;
             if !c.exists() || !k.exists() {
                 generate(names, &c, &k)?;
                 log::info!("generated a self-signed TLS certificate in {}", c.display());

@@ -108,6 +108,8 @@ impl Store {
         }
         create_private_file(path)
             .map_err(|e| StoreError(format!("creating database {}: {e}", path.display())))?;
+        crate::secretfile::check_private(path, "database", crate::secretfile::Loose::Fix)
+            .map_err(|e| StoreError(e.to_string()))?;
         // The server keeps its whole state in memory and reads the file only
         // at start-up, so redb's page cache (1 GiB by default, filled with
         // every page written) would only duplicate it: at 1000 nodes it held
@@ -501,6 +503,18 @@ mod tests {
             ))
             .join("sub")
             .join("db.redb")
+    }
+
+    #[test]
+    fn a_database_readable_by_others_is_made_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = tmp("loose");
+        drop(Store::open(&path).unwrap());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(Store::open(&path).unwrap());
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let _ = std::fs::remove_dir_all(path.parent().unwrap().parent().unwrap());
     }
 
     fn user(id: u64, name: &str) -> User {
