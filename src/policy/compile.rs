@@ -2,12 +2,13 @@
 //! route fields, SSH policy and CapMap.
 
 use super::ipset::{self, internet_set, is_exit_route, render_net, wildcard_set, IpSet, Span};
-use super::model::{Alias, AutoGroup, Grant, Policy, ProtoPorts};
+use super::model::{Alias, AutoGroup, Grant, Policy, PolicyError, ProtoPorts};
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 /// A user as the policy engine sees it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -131,21 +132,29 @@ pub(crate) struct Dst {
 #[derive(Debug, Clone)]
 pub(crate) struct CapG {
     pub dsts: Vec<IpNet>,
-    pub cap_map: Map<String, Value>,
+    /// Shared by every destination of the grant.
+    pub cap_map: Arc<Map<String, Value>>,
 }
 
 #[derive(Debug, Clone)]
 pub(crate) struct Rule {
-    pub src: Vec<String>,
-    pub src_set: IpSet,
+    /// Interned (see [`Ctx::intern`]): rules with equal sources share one
+    /// list, so per-destination and per-node copies cost a pointer, and
+    /// the pointer identifies the list when rules are merged.
+    pub src: Arc<[String]>,
+    pub src_set: Arc<IpSet>,
     pub proto: Vec<u8>,
     pub dst: Vec<Dst>,
     pub cap: Vec<CapG>,
 }
 
 impl Rule {
-    fn key(&self) -> String {
-        format!("{}|{:?}", self.src.join(","), self.proto)
+    /// Rules with the same key merge: same (interned) sources, same protocols.
+    fn key(&self) -> RuleKey {
+        (
+            Arc::as_ptr(&self.src) as *const () as usize,
+            self.proto.clone(),
+        )
     }
     fn dst_union(&self) -> IpSet {
         let mut s = IpSet::new();
@@ -165,7 +174,7 @@ impl Rule {
     }
     pub(crate) fn to_json(&self) -> Value {
         let mut m = Map::new();
-        m.insert("SrcIPs".into(), json!(self.src));
+        m.insert("SrcIPs".into(), json!(&*self.src));
         if !self.dst.is_empty() {
             let d: Vec<Value> = self
                 .dst
@@ -183,7 +192,7 @@ impl Rule {
                 .iter()
                 .map(|c| {
                     let d: Vec<String> = c.dsts.iter().map(|n| n.to_string()).collect();
-                    json!({"Dsts": d, "CapMap": c.cap_map})
+                    json!({"Dsts": d, "CapMap": &*c.cap_map})
                 })
                 .collect();
             m.insert("CapGrant".into(), Value::Array(c));
@@ -204,9 +213,12 @@ fn set_from_strings(v: &[String]) -> IpSet {
     s
 }
 
+/// See [`Rule::key`].
+type RuleKey = (usize, Vec<u8>);
+
 fn merge_rules(rules: Vec<Rule>) -> Vec<Rule> {
     let mut out: Vec<Rule> = Vec::with_capacity(rules.len());
-    let mut idx: HashMap<String, usize> = HashMap::new();
+    let mut idx: HashMap<RuleKey, usize> = HashMap::new();
     for r in rules {
         if !r.cap.is_empty() {
             out.push(r);
@@ -224,9 +236,19 @@ fn merge_rules(rules: Vec<Rule>) -> Vec<Rule> {
 }
 
 struct SelfData {
-    srcs: Vec<IpSet>,
+    srcs: Arc<SrcData>,
     ip: Vec<ProtoPorts>,
-    app: Option<Map<String, Value>>,
+    app: Option<Arc<Map<String, Value>>>,
+}
+
+/// What a grant's source list resolves to, computed once per list (an
+/// ACL entry's grants share theirs).
+struct SrcData {
+    resolved: Vec<IpSet>,
+    merged: Arc<IpSet>,
+    /// SrcIPs (empty when the sources resolve to nothing).
+    strings: Arc<[String]>,
+    set: Arc<IpSet>,
 }
 
 struct ViaData {
@@ -234,16 +256,18 @@ struct ViaData {
     dsts: Vec<IpNet>,
     internet: bool,
     ip: Vec<ProtoPorts>,
-    src: Vec<String>,
-    src_set: IpSet,
+    src: Arc<[String]>,
+    src_set: Arc<IpSet>,
 }
 
 struct CGrant {
+    /// Where the grant came from (`acls[3]`, `grants[0]`), for errors.
+    label: String,
     rules: Vec<Rule>,
     self_data: Option<SelfData>,
     via: Option<ViaData>,
     /// Source set of the grant (for via route steering).
-    src_set: IpSet,
+    src_set: Arc<IpSet>,
     dst_prefixes: Vec<IpNet>,
     dst_internet: bool,
     is_via: bool,
@@ -256,6 +280,7 @@ const COMPANIONS: &[(&str, &str)] = &[
 ];
 
 fn companion_rules(
+    ctx: &Ctx,
     dst_strings: &[String],
     src_prefixes: &[IpNet],
     app: &Map<String, Value>,
@@ -266,13 +291,13 @@ fn companion_rules(
             let mut cm = Map::new();
             cm.insert((*comp).to_string(), Value::Null);
             out.push(Rule {
-                src: dst_strings.to_vec(),
-                src_set: set_from_strings(dst_strings),
+                src: ctx.intern(dst_strings.to_vec()),
+                src_set: Arc::new(set_from_strings(dst_strings)),
                 proto: vec![],
                 dst: vec![],
                 cap: vec![CapG {
                     dsts: src_prefixes.to_vec(),
-                    cap_map: cm,
+                    cap_map: Arc::new(cm),
                 }],
             });
         }
@@ -295,6 +320,40 @@ pub(crate) struct Ctx<'a> {
     pub user_nodes: HashMap<u64, Vec<usize>>,
     cache: std::cell::RefCell<HashMap<Alias, IpSet>>,
     atom_cache: std::cell::RefCell<HashMap<Alias, Vec<(String, Span)>>>,
+    /// Source lists by the address of the grant's shared alias list.
+    src_cache: std::cell::RefCell<HashMap<usize, Arc<SrcData>>>,
+    interned: std::cell::RefCell<std::collections::HashSet<Arc<[String]>>>,
+    budget: Budget,
+}
+
+/// Bounds the work a compile may do: entries (source strings, destination
+/// entries, per-node filter entries) counted as they are made. A policy
+/// that would exceed it is refused with the rule that tipped it over,
+/// instead of eating the router's memory.
+struct Budget {
+    limit: u64,
+    spent: std::cell::Cell<u64>,
+    /// The rule being compiled.
+    current: std::cell::RefCell<String>,
+    /// Set once when the limit is passed: the rule to blame.
+    over: std::cell::RefCell<Option<String>>,
+}
+
+impl Budget {
+    fn charge(&self, n: usize) -> bool {
+        let s = self.spent.get().saturating_add(n as u64);
+        self.spent.set(s);
+        if s > self.limit && self.over.borrow().is_none() {
+            *self.over.borrow_mut() = Some(self.current.borrow().clone());
+        }
+        self.is_over()
+    }
+    fn is_over(&self) -> bool {
+        self.over.borrow().is_some()
+    }
+    fn blame(&self, label: &str) {
+        label.clone_into(&mut self.current.borrow_mut());
+    }
 }
 
 impl<'a> Ctx<'a> {
@@ -322,7 +381,56 @@ impl<'a> Ctx<'a> {
             user_nodes,
             cache: Default::default(),
             atom_cache: Default::default(),
+            src_cache: Default::default(),
+            interned: Default::default(),
+            budget: Budget {
+                limit: u64::MAX,
+                spent: Default::default(),
+                current: Default::default(),
+                over: Default::default(),
+            },
         }
+    }
+
+    /// One shared copy of each distinct source list.
+    fn intern(&self, v: Vec<String>) -> Arc<[String]> {
+        let mut set = self.interned.borrow_mut();
+        if let Some(a) = set.get(v.as_slice()) {
+            return a.clone();
+        }
+        let a: Arc<[String]> = v.into();
+        set.insert(a.clone());
+        a
+    }
+
+    /// The resolved sources of a grant, once per shared list.
+    fn src_data(&self, src: &Arc<[Alias]>) -> Arc<SrcData> {
+        let key = Arc::as_ptr(src) as *const () as usize;
+        if let Some(d) = self.src_cache.borrow().get(&key) {
+            return d.clone();
+        }
+        let resolved: Vec<IpSet> = src.iter().map(|a| self.resolve(a)).collect();
+        let mut merged = IpSet::new();
+        for r in &resolved {
+            merged.v4.extend_from_slice(&r.v4);
+            merged.v6.extend_from_slice(&r.v6);
+        }
+        merged.normalize();
+        let strings = if merged.is_empty() {
+            vec![]
+        } else {
+            self.src_strings(src)
+        };
+        self.budget.charge(strings.len() + resolved.len());
+        let set = Arc::new(set_from_strings(&strings));
+        let d = Arc::new(SrcData {
+            resolved,
+            merged: Arc::new(merged),
+            strings: self.intern(strings),
+            set,
+        });
+        self.src_cache.borrow_mut().insert(key, d.clone());
+        d
     }
 
     pub fn find_user(&self, token: &str) -> Option<&'a TopoUser> {
@@ -554,6 +662,9 @@ impl<'a> Ctx<'a> {
     fn dst_ports(&self, dsts: &[&Alias], ports: &[(u16, u16)]) -> Vec<Dst> {
         let mut out = Vec::new();
         for d in dsts {
+            if self.budget.charge(ports.len()) {
+                break;
+            }
             if **d == Alias::Wildcard {
                 for p in ports {
                     out.push(Dst {
@@ -577,20 +688,18 @@ impl<'a> Ctx<'a> {
         out
     }
 
-    fn compile_grant(&self, g: &Grant) -> Option<CGrant> {
+    fn compile_grant(&self, g: &Grant, label: &str) -> Option<CGrant> {
+        if self.budget.is_over() {
+            return None;
+        }
+        self.budget.blame(label);
         let self_dst = g.dst.contains(&Alias::Auto(AutoGroup::SelfDevices));
         let other: Vec<&Alias> = g
             .dst
             .iter()
             .filter(|d| **d != Alias::Auto(AutoGroup::SelfDevices))
             .collect();
-        let resolved: Vec<IpSet> = g.src.iter().map(|a| self.resolve(a)).collect();
-        let mut merged = IpSet::new();
-        for r in &resolved {
-            merged.v4.extend_from_slice(&r.v4);
-            merged.v6.extend_from_slice(&r.v6);
-        }
-        merged.normalize();
+        let sd = self.src_data(&g.src);
         let mut dst_prefixes = Vec::new();
         let mut dst_internet = false;
         for d in &g.dst {
@@ -600,54 +709,50 @@ impl<'a> Ctx<'a> {
                 _ => dst_prefixes.extend(self.resolve(d).prefixes()),
             }
         }
+        self.budget.charge(dst_prefixes.len());
         let mut cg = CGrant {
+            label: label.to_string(),
             rules: vec![],
             self_data: None,
             via: None,
-            src_set: merged.clone(),
+            src_set: sd.merged.clone(),
             dst_prefixes,
             dst_internet,
             is_via: !g.via.is_empty(),
             via_tags: g.via.clone(),
         };
         if !g.via.is_empty() {
-            if g.ip.is_empty() || merged.is_empty() {
+            if g.ip.is_empty() || sd.merged.is_empty() {
                 return Some(cg);
             }
-            let src = self.src_strings(&g.src);
             cg.via = Some(ViaData {
                 tags: g.via.clone(),
                 dsts: cg.dst_prefixes.clone(),
                 internet: cg.dst_internet,
                 ip: g.ip.clone(),
-                src_set: set_from_strings(&src),
-                src,
+                src_set: sd.set.clone(),
+                src: sd.strings.clone(),
             });
             return Some(cg);
         }
         if g.src.is_empty() || g.dst.is_empty() {
             return None;
         }
-        let src_strings: Vec<String> = if merged.is_empty() {
-            vec![]
-        } else {
-            self.src_strings(&g.src)
-        };
-        let src_set = set_from_strings(&src_strings);
+        let app = g.app.clone().map(Arc::new);
         if !other.is_empty() {
             for ipp in &g.ip {
                 let d = self.dst_ports(&other, &ipp.ports);
-                if !d.is_empty() && !src_strings.is_empty() {
+                if !d.is_empty() && !sd.strings.is_empty() {
                     cg.rules.push(Rule {
-                        src: src_strings.clone(),
-                        src_set: src_set.clone(),
+                        src: sd.strings.clone(),
+                        src_set: sd.set.clone(),
                         proto: ipp.proto.clone(),
                         dst: d,
                         cap: vec![],
                     });
                 }
             }
-            if let Some(app) = &g.app {
+            if let Some(app) = &app {
                 let mut caps = Vec::new();
                 let mut dst_strings = Vec::new();
                 for d in &other {
@@ -658,14 +763,15 @@ impl<'a> Ctx<'a> {
                     });
                     dst_strings.extend(self.atoms(d).into_iter().map(|x| x.0));
                 }
+                self.budget.charge(caps.len() + dst_strings.len());
                 if !caps.is_empty() {
                     let mut src_prefixes = Vec::new();
-                    for r in &resolved {
+                    for r in &sd.resolved {
                         src_prefixes.extend(r.prefixes());
                     }
                     cg.rules.push(Rule {
-                        src: src_strings.clone(),
-                        src_set: src_set.clone(),
+                        src: sd.strings.clone(),
+                        src_set: sd.set.clone(),
                         proto: vec![],
                         dst: vec![],
                         cap: caps,
@@ -674,15 +780,15 @@ impl<'a> Ctx<'a> {
                         dst_strings.extend(self.approved_subnet_strings());
                     }
                     cg.rules
-                        .extend(companion_rules(&dst_strings, &src_prefixes, app));
+                        .extend(companion_rules(self, &dst_strings, &src_prefixes, app));
                 }
             }
         }
         if self_dst {
             cg.self_data = Some(SelfData {
-                srcs: resolved,
+                srcs: sd,
                 ip: g.ip.clone(),
-                app: g.app.clone(),
+                app,
             });
         }
         Some(cg)
@@ -695,8 +801,11 @@ impl<'a> Ctx<'a> {
         let Some(same) = self.user_nodes.get(&uid) else {
             return vec![];
         };
+        if self.budget.is_over() {
+            return vec![];
+        }
         let mut src = IpSet::new();
-        for r in &sd.srcs {
+        for r in &sd.srcs.resolved {
             for &i in same {
                 if self.node_in(i, r) {
                     self.add_node(&mut src, i);
@@ -707,7 +816,8 @@ impl<'a> Ctx<'a> {
         if src.is_empty() {
             return vec![];
         }
-        let src_strings = self.node_ip_strings(&src);
+        let src_strings = self.intern(self.node_ip_strings(&src));
+        let src = Arc::new(src);
         let mut out = Vec::new();
         for ipp in &sd.ip {
             let mut d = Vec::new();
@@ -722,6 +832,7 @@ impl<'a> Ctx<'a> {
                     }
                 }
             }
+            self.budget.charge(d.len());
             if !d.is_empty() {
                 out.push(Rule {
                     src: src_strings.clone(),
@@ -751,7 +862,7 @@ impl<'a> Ctx<'a> {
                     dst: vec![],
                     cap: caps,
                 });
-                out.extend(companion_rules(&dst_strings, &src.prefixes(), app));
+                out.extend(companion_rules(self, &dst_strings, &src.prefixes(), app));
             }
         }
         out
@@ -867,7 +978,7 @@ fn bit_get(v: &[u64], i: usize) -> bool {
 }
 
 struct Matcher {
-    src: IpSet,
+    src: Arc<IpSet>,
     dst: IpSet,
 }
 
@@ -957,7 +1068,7 @@ fn reduce_cap(r: &Rule, n: &NodeView) -> Option<Rule> {
     }
     Some(Rule {
         src: r.src.clone(),
-        src_set: IpSet::new(),
+        src_set: Default::default(),
         proto: vec![],
         dst: vec![],
         cap: caps,
@@ -977,8 +1088,9 @@ fn keep_dst(d: &Dst, n: &NodeView, internet: &IpSet) -> bool {
 /// (SrcIPs, IPProto) in order of first appearance, then reduced to the
 /// entries that concern the node.
 fn build_filter(
+    budget: &Budget,
     cgs: &[CGrant],
-    keys: &[Vec<String>],
+    keys: &[Vec<RuleKey>],
     hits: &[(u32, u32, u32)],
     self_ex: Option<&[Vec<Rule>]>,
     via_ex: Option<&[Vec<Rule>]>,
@@ -991,8 +1103,12 @@ fn build_filter(
         Cap(Option<Rule>),
     }
     let mut slots: Vec<Slot> = Vec::new();
-    let mut idx: HashMap<String, usize> = HashMap::new();
+    let mut idx: HashMap<RuleKey, usize> = HashMap::new();
     for (gi, c) in cgs.iter().enumerate() {
+        if budget.is_over() {
+            return vec![];
+        }
+        budget.blame(&c.label);
         let extra = self_ex
             .map(|v| v[gi].as_slice())
             .unwrap_or(&[])
@@ -1002,14 +1118,14 @@ fn build_filter(
             .rules
             .iter()
             .enumerate()
-            .map(|(ri, r)| (r, Some((ri, keys[gi][ri].as_str()))));
+            .map(|(ri, r)| (r, Some((ri, &keys[gi][ri]))));
         for (r, key) in shared.chain(extra.map(|r| (r, None))) {
             if !r.cap.is_empty() {
                 slots.push(Slot::Cap(reduce_cap(r, n)));
                 continue;
             }
             let k = match key {
-                Some((_, k)) => k.to_string(),
+                Some((_, k)) => k.clone(),
                 None => r.key(),
             };
             let si = *idx.entry(k).or_insert_with(|| {
@@ -1017,6 +1133,7 @@ fn build_filter(
                 slots.len() - 1
             });
             if let Slot::Merged(_, dsts) = &mut slots[si] {
+                let n0 = dsts.len();
                 match key {
                     // shared rule: the entries concerning this node were
                     // found once for all nodes (see `entry_hits`)
@@ -1041,6 +1158,7 @@ fn build_filter(
                         }
                     }
                 }
+                budget.charge(dsts.len() - n0);
             }
         }
     }
@@ -1051,7 +1169,7 @@ fn build_filter(
             Slot::Merged(_, d) if d.is_empty() => None,
             Slot::Merged(t, d) => Some(Rule {
                 src: t.src.clone(),
-                src_set: IpSet::new(),
+                src_set: Default::default(),
                 proto: t.proto.clone(),
                 dst: d,
                 cap: vec![],
@@ -1214,8 +1332,37 @@ fn cmp_net(a: &IpNet, b: &IpNet) -> std::cmp::Ordering {
 }
 
 /// Compile `policy` against `topo`.
+/// Entries (source strings, destination entries, per-node filter entries)
+/// a compile may make for any tailnet: ~100 bytes each, so ~50 MB.
+pub const COMPILE_BUDGET: u64 = 500_000;
+/// … plus this many per node, since a large tailnet legitimately has
+/// large filters (10,000 nodes with autogroup:self: ~105 per node).
+pub const COMPILE_BUDGET_PER_NODE: u64 = 200;
+
+/// Compiles without a bound (tests, `policy explain`).
 pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
-    let ctx = Ctx::new(policy, topo);
+    compile_within(policy, topo, u64::MAX).expect("a compile without a budget cannot run over it")
+}
+
+/// Compiles within [`COMPILE_BUDGET`]: what the server does with a policy
+/// it is given. Refused with the rule that would make it too large.
+pub fn compile_bounded(policy: &Policy, topo: &Topology) -> Result<Compiled, PolicyError> {
+    let limit = COMPILE_BUDGET + COMPILE_BUDGET_PER_NODE * topo.nodes.len() as u64;
+    compile_within(policy, topo, limit).map_err(|rule| {
+        PolicyError::Invalid(format!(
+            "{rule} is too large: the policy would expand to more than {limit} filter \
+             entries for this tailnet ({} nodes); use fewer, wider sources and destinations \
+             (groups, tags, prefixes) or split it",
+            topo.nodes.len()
+        ))
+    })
+}
+
+/// Compiles, or names the rule that took the work past `limit`.
+fn compile_within(policy: &Policy, topo: &Topology, limit: u64) -> Result<Compiled, String> {
+    let mut ctx = Ctx::new(policy, topo);
+    ctx.budget.limit = limit;
+    let over = |ctx: &Ctx| ctx.budget.over.borrow().clone().map_or(Ok(()), Err);
     let n = topo.nodes.len();
     let views: Vec<NodeView> = (0..n)
         .map(|i| NodeView {
@@ -1228,11 +1375,15 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
 
     // 1. compile grants (grants first, then acls)
     let grants = effective_grants(policy);
-    let cgs: Vec<CGrant> = grants.iter().filter_map(|g| ctx.compile_grant(g)).collect();
+    let cgs: Vec<CGrant> = grants
+        .iter()
+        .filter_map(|(g, label)| ctx.compile_grant(g, label))
+        .collect();
+    over(&ctx)?;
 
     // 2. per-node extra rules: autogroup:self (same for all nodes of a
     //    user) and via (per router), kept per grant to preserve order
-    let global_keys: Vec<Vec<String>> = cgs
+    let global_keys: Vec<Vec<RuleKey>> = cgs
         .iter()
         .map(|c| c.rules.iter().map(|r| r.key()).collect())
         .collect();
@@ -1287,6 +1438,7 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
                 .map(|v| v.as_slice());
             let ve = via_extras[i].as_deref();
             build_filter(
+                &ctx.budget,
                 &cgs,
                 &global_keys,
                 &hits[i],
@@ -1298,6 +1450,7 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
         })
         .collect();
     drop(hits);
+    over(&ctx)?;
 
     // 4. peers (symmetric)
     let words = n.div_ceil(64).max(1);
@@ -1475,7 +1628,7 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
     // 8. CapMap
     let cap_maps = super::nodeattrs::cap_maps(&ctx);
 
-    Compiled {
+    Ok(Compiled {
         allow_all,
         index: topo
             .nodes
@@ -1494,7 +1647,7 @@ pub fn compile(policy: &Policy, topo: &Topology) -> Compiled {
         node_ips: ctx.node_ips.clone(),
         is_exit: ctx.is_exit.clone(),
         tags: topo.nodes.iter().map(|n| n.tags.clone()).collect(),
-    }
+    })
 }
 
 #[derive(Default)]
@@ -1723,28 +1876,42 @@ impl Compiled {
 /// policy `tests`.
 pub(crate) fn global_rules(ctx: &Ctx) -> Vec<Rule> {
     let grants = effective_grants(ctx.pol);
-    let cgs: Vec<CGrant> = grants.iter().filter_map(|g| ctx.compile_grant(g)).collect();
+    let cgs: Vec<CGrant> = grants
+        .iter()
+        .filter_map(|(g, label)| ctx.compile_grant(g, label))
+        .collect();
     merge_rules(cgs.iter().flat_map(|c| c.rules.iter().cloned()).collect())
 }
 
-/// Grants in evaluation order (grants, then ACLs); a policy without acls
-/// and grants behaves like `src:["*"] → dst:["*"], ip:["*"]`.
-fn effective_grants(policy: &Policy) -> Vec<Grant> {
+/// Grants in evaluation order (grants, then ACLs), each with the rule it
+/// came from; a policy without acls and grants behaves like
+/// `src:["*"] → dst:["*"], ip:["*"]`.
+fn effective_grants(policy: &Policy) -> Vec<(Grant, String)> {
     if !policy.has_filter_sections() {
-        return vec![Grant {
-            src: vec![Alias::Wildcard],
-            dst: vec![Alias::Wildcard],
-            ip: vec![ProtoPorts {
-                proto: vec![],
-                ports: vec![(0, 65535)],
-            }],
-            app: None,
-            via: vec![],
-        }];
+        return vec![(
+            Grant {
+                src: Arc::new([Alias::Wildcard]),
+                dst: vec![Alias::Wildcard],
+                ip: vec![ProtoPorts {
+                    proto: vec![],
+                    ports: vec![(0, 65535)],
+                }],
+                app: None,
+                via: vec![],
+            },
+            "the default rule".into(),
+        )];
     }
-    let mut grants: Vec<Grant> = policy.grants.clone().unwrap_or_default();
-    for acl in policy.acls.iter().flatten() {
-        grants.extend(super::acl_to_grants(acl));
+    let mut grants: Vec<(Grant, String)> = (policy.grants.iter().flatten().enumerate())
+        .map(|(i, g)| (g.clone(), format!("grants[{i}]")))
+        .collect();
+    for (i, acl) in policy.acls.iter().flatten().enumerate() {
+        let label = format!("acls[{i}]");
+        grants.extend(
+            super::acl_to_grants(acl)
+                .into_iter()
+                .map(|g| (g, label.clone())),
+        );
     }
     grants
 }

@@ -67,7 +67,10 @@ mod testeval;
 #[cfg(test)]
 mod tests;
 
-pub use compile::{compile, Compiled, TailnetSettings, TopoNode, TopoUser, Topology};
+pub use compile::{
+    compile, compile_bounded, Compiled, TailnetSettings, TopoNode, TopoUser, Topology,
+    COMPILE_BUDGET, COMPILE_BUDGET_PER_NODE,
+};
 pub use explain::explain;
 pub use model::{Policy, PolicyError};
 

@@ -325,7 +325,9 @@ pub struct ProtoPorts {
 
 #[derive(Debug, Clone)]
 pub struct Grant {
-    pub src: Vec<Alias>,
+    /// Shared: an ACL entry becomes one grant per destination, all with
+    /// the entry's sources (cloning them would cost |src| × |dst|).
+    pub src: std::sync::Arc<[Alias]>,
     pub dst: Vec<Alias>,
     pub ip: Vec<ProtoPorts>,
     pub app: Option<Map<String, Value>>,
@@ -334,7 +336,7 @@ pub struct Grant {
 
 #[derive(Debug, Clone)]
 pub struct Acl {
-    pub src: Vec<Alias>,
+    pub src: std::sync::Arc<[Alias]>,
     pub dst: Vec<(Alias, Vec<PortRange>)>,
     pub proto: Vec<u8>,
 }
@@ -942,7 +944,11 @@ impl Policy {
                 }
             }
         }
-        Ok(Acl { src, dst, proto })
+        Ok(Acl {
+            src: src.into(),
+            dst,
+            proto,
+        })
     }
 
     fn parse_grant(&self, v: &Value) -> Result<Grant, PolicyError> {
@@ -1053,7 +1059,7 @@ impl Policy {
             }
         }
         Ok(Grant {
-            src,
+            src: src.into(),
             dst,
             ip,
             app,

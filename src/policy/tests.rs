@@ -317,3 +317,55 @@ fn mangled_policies_do_not_panic() {
         }
     }
 }
+
+/// `n` literal addresses outside the tailnet, `10.a.b.c` spelled.
+fn many_ips(n: usize, second: u32) -> Vec<String> {
+    (0..n as u32)
+        .map(|i| format!("10.{second}.{}.{}", i / 256, i % 256))
+        .collect()
+}
+
+#[test]
+fn huge_source_times_destination_acl_costs_the_sum_not_the_product() {
+    // 3000 sources × 3000 destinations: 9,000,000 entries if the sources
+    // were expanded per destination, far over the budget; ~6000 now.
+    let src = many_ips(3000, 1);
+    let dst: Vec<String> = many_ips(2999, 2)
+        .into_iter()
+        .map(|d| format!("{d}:22"))
+        .chain(["100.64.0.10:22".to_string()])
+        .collect();
+    let p = pol(&format!(
+        r#""acls": [{{"action": "accept", "src": {}, "dst": {}}}]"#,
+        serde_json::to_string(&src).unwrap(),
+        serde_json::to_string(&dst).unwrap()
+    ));
+    let c = compile_bounded(&p, &topo()).expect("within the budget");
+    // a1 (100.64.0.10) is a destination: its filter has all 3000 sources.
+    let f = c.packet_filter(1);
+    assert_eq!(f[0]["SrcIPs"].as_array().unwrap().len(), 3000);
+    assert_eq!(f[0]["DstPorts"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn a_policy_over_the_budget_is_refused_naming_the_rule() {
+    let rules = |n: u32| {
+        let ports: Vec<String> = (1..=n / 2)
+            .flat_map(|p| [format!("*:{p}"), format!("100.64.0.0/10:{p}")])
+            .collect();
+        pol(&format!(
+            r#""acls": [{{"action": "accept", "src": ["*"], "dst": ["*:22"]}},
+                        {{"action": "accept", "src": ["alice@example.com"], "dst": {}}}]"#,
+            serde_json::to_string(&ports).unwrap()
+        ))
+    };
+    // Every node gets every wildcard port entry: 6 nodes × 90,000 per-node
+    // filter entries > 500,000 + 6 × 200.
+    let e = compile_bounded(&rules(90_000), &topo())
+        .err()
+        .expect("over the budget")
+        .to_string();
+    assert!(e.contains("acls[1] is too large"), "{e}");
+    // 6 × 20,000 fits.
+    assert!(compile_bounded(&rules(20_000), &topo()).is_ok());
+}
