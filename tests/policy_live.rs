@@ -107,3 +107,95 @@ fn burst_of_joins_converges_under_autogroup_self() {
         }
     });
 }
+
+/// A stored policy that cannot be used (here: it names a group that does
+/// not exist) does not stop the start: the server runs deny-all, says so
+/// in `policy get`, and a good policy set through the API replaces it.
+#[test]
+fn unusable_stored_policy_starts_deny_all_and_says_so() {
+    let dir = tempdir("badstored");
+    let mut cfg = config(&dir);
+    cfg.policy_mode = "database".into();
+    let bad = r#"{"acls": [{"action": "accept", "src": ["group:nope"], "dst": ["*:*"]}]}"#;
+    {
+        let s = tinyscale::state::Store::open(&cfg.database_path).unwrap();
+        s.put_meta(tinyscale::control::policy::META_POLICY, bad.as_bytes())
+            .unwrap();
+    }
+    let ts = start_with(cfg, dir);
+    let e = ts.server.policy_error().expect("the fallback is reported");
+    assert!(
+        e.contains("stored policy") && e.contains("no traffic"),
+        "{e}"
+    );
+    let (status, body) = api(&ts, "GET", "/api/v1/policy", b"");
+    assert_eq!(status, 200);
+    assert_eq!(body["policy"], bad, "the stored text is shown to be fixed");
+    assert!(
+        body["error"].as_str().unwrap().contains("group:nope"),
+        "{body}"
+    );
+    let k = ts.key("alice", true, false, &[]);
+    block_on_timeout(60, async {
+        let (a, b) = (Node::new("laptop"), Node::new("phone"));
+        let (_ca, mut sa, mut nma) = join(&ts, &a, &k).await;
+        let (_cb, _sb, nmb) = join(&ts, &b, &k).await;
+        // Deny-all, not allow-all.
+        assert!(nmb.peers.is_empty(), "phone sees {:?}", nmb.peers.keys());
+        assert_eq!(nmb.packet_filter, serde_json::json!([]));
+        let good = serde_json::json!({ "policy": r#"{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}"# });
+        let (status, body) = api(&ts, "PUT", "/api/v1/policy", good.to_string().as_bytes());
+        assert_eq!(status, 200, "{body}");
+        until(&mut sa, &mut nma, |n| n.peer_by_name("phone").is_some()).await;
+    });
+    assert!(ts.server.policy_error().is_none());
+    let (_, body) = api(&ts, "GET", "/api/v1/policy", b"");
+    assert!(body.get("error").is_none(), "{body}");
+}
+
+/// A policy too large to compile is refused before it is stored: the
+/// database keeps the previous one.
+#[test]
+fn too_large_policy_is_refused_before_it_is_stored() {
+    let dir = tempdir("toolarge");
+    let mut cfg = config(&dir);
+    cfg.policy_mode = "database".into();
+    let ts = start_with(cfg, dir);
+    let ok = serde_json::json!({ "policy": r#"{"acls": []}"# });
+    assert_eq!(
+        api(&ts, "PUT", "/api/v1/policy", ok.to_string().as_bytes()).0,
+        200
+    );
+    // Every node gets 2 × 60,000 wildcard entries: 5 nodes × 120,000 >
+    // 500,000 + 5 × 200.
+    let ports: Vec<String> = (1..=60_000).map(|p| p.to_string()).collect();
+    let ports = ports.join(",");
+    let text = format!(
+        r#"{{"acls": [{{"action": "accept", "src": ["*"], "dst": ["*:{ports}", "100.64.0.0/10:{ports}"]}},
+                     {{"action": "accept", "src": ["*"], "dst": ["*:22"]}}]}}"#
+    );
+    let k = ts.key("alice", true, false, &[]);
+    block_on_timeout(60, async {
+        for i in 0..5 {
+            join(&ts, &Node::new(&format!("n{i}")), &k).await;
+        }
+    });
+    let big = serde_json::json!({ "policy": text });
+    let (status, body) = api(&ts, "PUT", "/api/v1/policy", big.to_string().as_bytes());
+    assert_eq!(status, 400, "{body}");
+    assert!(body.to_string().contains("acls[0] is too large"), "{body}");
+    let stored = ts
+        .server
+        .state()
+        .store
+        .get_meta(tinyscale::control::policy::META_POLICY)
+        .unwrap();
+    assert_eq!(stored.as_deref(), Some(&br#"{"acls": []}"#[..]));
+    assert_eq!(ts.server.policy_text().as_deref(), Some(r#"{"acls": []}"#));
+}
+
+/// Calls the admin API in-process; returns the status and the JSON body.
+fn api(ts: &TestServer, method: &str, url: &str, body: &[u8]) -> (u16, serde_json::Value) {
+    let r = tinyscale::admin::api::handle(&ts.server, method, url, body);
+    (r.status, serde_json::from_str(&r.body).unwrap_or_default())
+}

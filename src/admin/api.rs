@@ -348,9 +348,11 @@ fn route(
         // ----- policy
         ("GET", ["api", "v1", "policy"]) => {
             let text = server.policy_text().unwrap_or_default();
-            Ok(ok(
-                json!({ "policy": text, "updatedAt": policy_updated(server) }),
-            ))
+            let mut v = json!({ "policy": text, "updatedAt": policy_updated(server) });
+            if let Some(e) = server.policy_error() {
+                v["error"] = json!(e);
+            }
+            Ok(ok(v))
         }
         ("PUT", ["api", "v1", "policy"]) => {
             let r: SetPolicyRequest = body(b)?;
@@ -361,28 +363,16 @@ fn route(
                      (set policy.mode: database to manage it through the API)",
                 ));
             }
-            // Validate, persist, then activate (store before memory).
-            {
-                let st = server.state();
-                let topo = crate::control::policy::topology(&st);
-                crate::policy::parse_and_check(&r.policy, &topo)
-                    .map_err(|e| error(400, format!("invalid policy: {e}")))?;
-                st.store
-                    .apply(&[
-                        crate::state::Op::PutMeta(
-                            crate::control::policy::META_POLICY,
-                            r.policy.as_bytes().to_vec(),
-                        ),
-                        crate::state::Op::PutMeta(
-                            META_POLICY_UPDATED,
-                            now().to_le_bytes().to_vec(),
-                        ),
-                    ])
-                    .map_err(|e| error(500, e.to_string()))?;
-            }
+            // Check and compile, persist, then activate (store before memory).
+            use crate::control::policy::SetPolicyError;
+            let updated =
+                crate::state::Op::PutMeta(META_POLICY_UPDATED, now().to_le_bytes().to_vec());
             server
-                .set_policy(Some(&r.policy))
-                .map_err(|e| error(400, format!("invalid policy: {e}")))?;
+                .set_policy_stored(&r.policy, vec![updated])
+                .map_err(|e| match e {
+                    SetPolicyError::Invalid(e) => error(400, format!("invalid policy: {e}")),
+                    SetPolicyError::Storage(e) => error(500, e),
+                })?;
             Ok(ok(
                 json!({ "policy": r.policy, "updatedAt": policy_updated(server) }),
             ))

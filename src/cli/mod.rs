@@ -574,8 +574,12 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             let cfg = load_config(explicit)?;
             let v = client::call(&cfg.unix_socket, "GET", "/api/v1/policy", None)
                 .map_err(|e| e.to_string())?;
+            let problem = v.get("error").and_then(|e| e.as_str());
+            if let Some(e) = problem {
+                eprintln!("WARNING: {e}");
+            }
             let text = v.get("policy").and_then(|p| p.as_str()).unwrap_or("");
-            if text.is_empty() {
+            if text.is_empty() && problem.is_none() {
                 eprintln!("no policy in force (every node may reach every other)");
             } else {
                 outln!("{}", text.trim_end());

@@ -37,6 +37,9 @@ pub struct Live {
     /// duration, so a burst of registrations cannot keep the server busy
     /// compiling (a 1000-node × 100-rule policy takes ~0.8 s here).
     min_interval: Duration,
+    /// Why what is in force is not the configured policy (it did not load
+    /// or no longer compiles): logged, and shown by `policy get`.
+    pub error: Option<String>,
 }
 
 impl Default for Live {
@@ -52,6 +55,7 @@ impl Default for Live {
             deferred: false,
             last_compile: None,
             min_interval: MIN_RECOMPILE,
+            error: None,
         }
     }
 }
@@ -145,7 +149,7 @@ impl Server {
     /// The compile itself runs outside the lock, so sessions keep serving
     /// the previous result meanwhile.
     fn maybe_recompile(&self) {
-        let pol = {
+        let (pol, first) = {
             let mut live = Live::lock(&self.policy);
             let Some(pol) = live.policy.clone() else {
                 return;
@@ -186,55 +190,157 @@ impl Server {
             }
             live.compiling = true;
             live.stale = false;
-            pol
+            (pol, first)
         };
         let topo = topology_for(self, &self.state());
-        let t0 = Instant::now();
-        let compiled = Arc::new(policy::compile(&pol, &topo));
-        let took = t0.elapsed();
+        if first {
+            // Never happens after `set_policy` (it installs a compiled
+            // result), but a policy must not be served uncompiled.
+            let c = policy::compile_bounded(&pol, &topo)
+                .unwrap_or_else(|_| policy::compile(&Policy::deny_all(), &topo));
+            self.install_compiled(&pol, Ok(c), Duration::ZERO);
+            return;
+        }
+        // The compile runs on a blocking thread: on a one-core router a
+        // long one would otherwise stall every map stream and DERP relay
+        // on that executor thread. Sessions serve the previous result
+        // until it is ready, then reconcile (PolicyRefresh).
+        let Some(me) = self.me.upgrade() else {
+            Live::lock(&self.policy).compiling = false;
+            return;
+        };
+        smol::spawn(async move {
+            let t0 = Instant::now();
+            let p = pol.clone();
+            let res = smol::unblock(move || policy::compile_bounded(&p, &topo)).await;
+            if me.install_compiled(&pol, res, t0.elapsed()) {
+                me.hub.notify(Change::PolicyRefresh);
+            }
+        })
+        .detach();
+    }
+
+    /// Installs a recompile's result if `pol` is still the policy in force;
+    /// a policy that no longer compiles (the tailnet grew past its budget)
+    /// keeps the last good result and says so loudly.
+    fn install_compiled(
+        &self,
+        pol: &Arc<Policy>,
+        res: Result<Compiled, policy::PolicyError>,
+        took: Duration,
+    ) -> bool {
         let mut live = Live::lock(&self.policy);
         live.compiling = false;
         live.last_compile = Some(Instant::now());
         live.min_interval = (took * 2).clamp(MIN_RECOMPILE, Duration::from_secs(5));
         // A policy swapped in meanwhile wins over this result.
-        if live.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, &pol)) {
-            live.compiled = Some(compiled);
-            live.generation += 1;
+        if !live.policy.as_ref().is_some_and(|p| Arc::ptr_eq(p, pol)) {
+            return false;
         }
+        match res {
+            Ok(c) => {
+                live.compiled = Some(Arc::new(c));
+                live.generation += 1;
+                if live
+                    .error
+                    .as_deref()
+                    .is_some_and(|e| e.starts_with(NO_LONGER))
+                {
+                    info!("policy compiles again for this tailnet");
+                    live.error = None;
+                }
+                true
+            }
+            Err(e) => {
+                let msg = format!("{NO_LONGER}; the last good compile stays in force: {e}");
+                if live.error.as_deref() != Some(msg.as_str()) {
+                    error!("{msg}");
+                }
+                live.error = Some(msg);
+                false
+            }
+        }
+    }
+
+    /// Parses, checks and compiles a policy text against the current
+    /// tailnet, without holding the state lock while it works.
+    fn prepare_policy(&self, text: &str) -> Result<(Arc<Policy>, Arc<Compiled>), String> {
+        let topo = topology_for(self, &self.state());
+        let p = policy::parse_and_check(text, &topo).map_err(|e| e.to_string())?;
+        let c = policy::compile_bounded(&p, &topo).map_err(|e| e.to_string())?;
+        Ok((Arc::new(p), Arc::new(c)))
+    }
+
+    /// `policy set` in database mode: checks and compiles the text first,
+    /// then stores it (with `extra` ops in the same commit), then makes it
+    /// the policy in force. A policy that would not compile is never stored.
+    pub fn set_policy_stored(
+        &self,
+        text: &str,
+        extra: Vec<crate::state::Op<'_>>,
+    ) -> Result<(), SetPolicyError> {
+        let prepared = self.prepare_policy(text).map_err(SetPolicyError::Invalid)?;
+        let mut ops = vec![crate::state::Op::PutMeta(
+            META_POLICY,
+            text.as_bytes().to_vec(),
+        )];
+        ops.extend(extra);
+        self.state()
+            .store
+            .apply(&ops)
+            .map_err(|e| SetPolicyError::Storage(e.to_string()))?;
+        self.install_policy(Some(prepared), Some(text));
+        Ok(())
     }
 
     /// Validates and activates a policy text; on error the previous policy
     /// stays in force. `None` removes the policy (allow-all).
     pub fn set_policy(&self, text: Option<&str>) -> Result<(), String> {
-        let parsed = match text {
-            Some(t) => {
-                let topo = topology(&self.state());
-                let p = policy::parse_and_check(t, &topo).map_err(|e| e.to_string())?;
-                let c = policy::compile(&p, &topo);
-                Some((Arc::new(p), Arc::new(c)))
-            }
+        let prepared = match text {
+            Some(t) => Some(self.prepare_policy(t)?),
             None => None,
         };
+        self.install_policy(prepared, text);
+        Ok(())
+    }
+
+    fn install_policy(&self, prepared: Option<(Arc<Policy>, Arc<Compiled>)>, text: Option<&str>) {
         {
             let mut live = Live::lock(&self.policy);
-            match parsed {
+            match prepared {
                 Some((p, c)) => {
                     live.policy = Some(p);
                     live.compiled = Some(c);
                     live.stale = false;
                     live.last_compile = Some(Instant::now());
-                    live.text = text.map(String::from);
                 }
                 None => {
                     live.policy = None;
                     live.compiled = None;
-                    live.text = None;
                 }
             }
+            live.text = text.map(String::from);
+            live.error = None;
             live.generation += 1;
         }
         self.hub.notify(Change::Everything);
-        Ok(())
+    }
+
+    /// At start, a configured policy that cannot be used: the server runs
+    /// deny-all (never allow-all) and says why in the log and in
+    /// `policy get`, so the operator can fix it through the running server.
+    fn fall_back_to_deny_all(&self, text: Option<&str>, why: String) {
+        let topo = topology_for(self, &self.state());
+        let deny = Arc::new(Policy::deny_all());
+        let c = Arc::new(policy::compile(&deny, &topo));
+        self.install_policy(Some((deny, c)), text);
+        error!("{why}; NO TRAFFIC IS ALLOWED until a policy that works is set");
+        Live::lock(&self.policy).error = Some(format!("{why}; no traffic is allowed"));
+    }
+
+    /// Why the policy in force is not the configured one, if it is not.
+    pub fn policy_error(&self) -> Option<String> {
+        Live::lock(&self.policy).error.clone()
     }
 
     /// The parsed policy in force, if any.
@@ -247,11 +353,25 @@ impl Server {
     }
 }
 
+/// Start of the error kept when a topology change makes the policy too
+/// large to compile.
+const NO_LONGER: &str = "the policy no longer compiles for this tailnet";
+
+/// Why `policy set` failed.
+#[derive(Debug)]
+pub enum SetPolicyError {
+    /// The text does not parse, its tests fail, or it is too large.
+    Invalid(String),
+    Storage(String),
+}
+
 /// Key of the policy in the database's meta table (`policy.mode: database`).
 pub const META_POLICY: &str = "policy";
 
-/// Loads the configured policy at start-up. A broken policy file at start
-/// is an error: starting allow-all instead would open the tailnet.
+/// Loads the configured policy at start-up. One that cannot be used
+/// (unreadable, invalid, too large to compile) does not stop the start: a
+/// server that cannot start cannot be fixed through its API, so it runs
+/// deny-all instead and says so (see `fall_back_to_deny_all`).
 pub fn load_initial(server: &Server) -> Result<(), String> {
     if server.cfg.policy_mode == "database" {
         let stored = server
@@ -260,23 +380,26 @@ pub fn load_initial(server: &Server) -> Result<(), String> {
             .get_meta(META_POLICY)
             .map_err(|e| e.to_string())?;
         if let Some(bytes) = stored {
-            let text =
-                String::from_utf8(bytes).map_err(|_| "stored policy is not UTF-8".to_string())?;
-            server
-                .set_policy(Some(&text))
-                .map_err(|e| format!("stored policy: {e}"))?;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            if let Err(e) = server.set_policy(Some(&text)) {
+                server.fall_back_to_deny_all(Some(&text), format!("stored policy: {e}"));
+            }
         }
         return Ok(());
     }
     let Some(path) = &server.cfg.policy_path else {
         return Ok(());
     };
-    let text = read_policy_file(path)?;
-    server
-        .set_policy(Some(&text))
-        .map_err(|e| format!("policy.path {}: {e}", path.display()))?;
     Live::lock(&server.policy).file_mtime = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    info!("policy loaded from {}", path.display());
+    let res = read_policy_file(path).and_then(|text| {
+        server
+            .set_policy(Some(&text))
+            .map_err(|e| format!("policy.path {}: {e}", path.display()))
+    });
+    match res {
+        Ok(()) => info!("policy loaded from {}", path.display()),
+        Err(e) => server.fall_back_to_deny_all(None, e),
+    }
     Ok(())
 }
 
@@ -329,7 +452,8 @@ pub fn spawn_watcher(server: SharedServer) {
         loop {
             async_io::Timer::after(Duration::from_secs(1)).await;
             let Some(server) = weak.upgrade() else { return };
-            reload_if_changed(&server, false);
+            // Parsing and compiling are CPU work: off the executor.
+            smol::unblock(move || reload_if_changed(&server, false)).await;
         }
     })
     .detach();

@@ -733,6 +733,15 @@ impl Policy {
         self.ssh.iter().flatten().map(|r| r.check_period).collect()
     }
 
+    /// `{"acls": []}`: no node may reach any other. What the server runs
+    /// when the configured policy cannot be used (never allow-all).
+    pub fn deny_all() -> Policy {
+        Policy {
+            acls: Some(Vec::new()),
+            ..Policy::default()
+        }
+    }
+
     pub(crate) fn has_filter_sections(&self) -> bool {
         self.acls.is_some() || self.grants.is_some()
     }
