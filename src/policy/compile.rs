@@ -1088,15 +1088,15 @@ fn keep_dst(d: &Dst, n: &NodeView, internet: &IpSet) -> bool {
 /// (SrcIPs, IPProto) in order of first appearance, then reduced to the
 /// entries that concern the node.
 fn build_filter(
-    budget: &Budget,
+    ctx: &Ctx,
     cgs: &[CGrant],
     keys: &[Vec<RuleKey>],
     hits: &[(u32, u32, u32)],
     self_ex: Option<&[Vec<Rule>]>,
     via_ex: Option<&[Vec<Rule>]>,
     n: &NodeView,
-    internet: &IpSet,
 ) -> Vec<Rule> {
+    let (budget, internet) = (&ctx.budget, &ctx.internet);
     let mut cursor = 0usize;
     enum Slot<'a> {
         Merged(&'a Rule, Vec<Dst>),
@@ -1437,16 +1437,7 @@ fn compile_within(policy: &Policy, topo: &Topology, limit: u64) -> Result<Compil
                 .and_then(|u| self_extras.get(&u))
                 .map(|v| v.as_slice());
             let ve = via_extras[i].as_deref();
-            build_filter(
-                &ctx.budget,
-                &cgs,
-                &global_keys,
-                &hits[i],
-                se,
-                ve,
-                &views[i],
-                &ctx.internet,
-            )
+            build_filter(&ctx, &cgs, &global_keys, &hits[i], se, ve, &views[i])
         })
         .collect();
     drop(hits);
