@@ -86,6 +86,39 @@ pub struct Config {
     pub derp_update_frequency: Duration,
     /// OpenID Connect login (`oidc.*`); None when `oidc.issuer` is unset.
     pub oidc: Option<OidcConfig>,
+    /// ACME certificates (Headscale's `tls_letsencrypt_*`, `acme_*`); None
+    /// when `tls_letsencrypt_hostname` is unset.
+    pub acme: Option<AcmeConfig>,
+}
+
+/// How the ACME server validates that we hold the name (RFC 8555 §8).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// `HTTP-01`: a token over plain HTTP on port 80 (`tls_letsencrypt_listen`).
+    Http01,
+    /// `TLS-ALPN-01` (RFC 8737): a special certificate on the TLS listener.
+    TlsAlpn01,
+}
+
+/// Certificates from an ACME CA (Let's Encrypt by default).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AcmeConfig {
+    /// `tls_letsencrypt_hostname`: the one DNS name certified.
+    pub hostname: String,
+    /// `tls_letsencrypt_challenge_type`.
+    pub challenge: AcmeChallenge,
+    /// `tls_letsencrypt_cache_dir` (default `<data_dir>/acme`): account key,
+    /// certificate and key, each 0600.
+    pub cache_dir: PathBuf,
+    /// `tls_letsencrypt_listen` (default `:http`): the HTTP-01 listener.
+    pub listen: SocketAddr,
+    /// `acme_url`: the directory URL.
+    pub url: String,
+    /// `acme_email`: the account contact (may be empty).
+    pub email: String,
+    /// tinyscale only, `acme_ca_cert_path`: PEM roots for the ACME server's
+    /// own TLS (a test CA); None = the system bundle.
+    pub ca_cert_path: Option<PathBuf>,
 }
 
 /// A value that must never reach a log line or `{:?}` output.
@@ -158,6 +191,7 @@ impl Config {
             derp_urls: vec![],
             derp_update_frequency: Duration::from_secs(24 * 3600),
             oidc: None,
+            acme: None,
             derp_ipv4: None,
             derp_ipv6: None,
             magic_dns: true,
@@ -469,8 +503,80 @@ pub fn from_yaml_str(
         c.database_path = p;
     }
     c.oidc = parse_oidc(&doc, &data_dir)?;
+    c.acme = parse_acme(&doc, &data_dir)?;
+    if c.acme.is_some() && c.tls_cert_path.is_some() {
+        return Err(key_err(
+            "tls_letsencrypt_hostname",
+            "set either tls_letsencrypt_hostname or tls_cert_path/tls_key_path, not both"
+                .to_string(),
+        ));
+    }
     validate(&c)?;
     Ok((c, warnings))
+}
+
+/// Headscale's ACME keys; None without `tls_letsencrypt_hostname`.
+fn parse_acme(doc: &Value, data_dir: &Path) -> Result<Option<AcmeConfig>, ConfigError> {
+    let Some(hostname) = get_str(doc, "tls_letsencrypt_hostname")?.filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let host_ok = hostname.len() <= 253
+        && hostname.contains('.')
+        && hostname
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !host_ok {
+        return Err(key_err(
+            "tls_letsencrypt_hostname",
+            format!("expected a DNS name, got {hostname:?}"),
+        ));
+    }
+    let challenge = match get_str(doc, "tls_letsencrypt_challenge_type")?.as_deref() {
+        None | Some("") | Some("HTTP-01") => AcmeChallenge::Http01,
+        Some("TLS-ALPN-01") => AcmeChallenge::TlsAlpn01,
+        Some(o) => {
+            return Err(key_err(
+                "tls_letsencrypt_challenge_type",
+                format!("expected \"HTTP-01\" or \"TLS-ALPN-01\", got {o:?}"),
+            ))
+        }
+    };
+    let listen = match get_str(doc, "tls_letsencrypt_listen")?.filter(|s| !s.is_empty()) {
+        None => "0.0.0.0:80".parse().expect("literal"),
+        Some(s) => {
+            // Go's ":http" / ":80" forms: every address.
+            let s = s.replace(":http", ":80");
+            let s = if s.starts_with(':') {
+                format!("0.0.0.0{s}")
+            } else {
+                s
+            };
+            parse_socket(&s).map_err(|m| key_err("tls_letsencrypt_listen", m))?
+        }
+    };
+    let opt_path = |k: &str| -> Result<Option<PathBuf>, ConfigError> {
+        Ok(get_str(doc, k)?
+            .filter(|s| !s.is_empty())
+            .map(|s| data_dir.join(s)))
+    };
+    let url = get_str(doc, "acme_url")?
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "https://acme-v02.api.letsencrypt.org/directory".into());
+    if !url.starts_with("https://") {
+        return Err(key_err(
+            "acme_url",
+            format!("expected an https:// URL, got {url:?}"),
+        ));
+    }
+    Ok(Some(AcmeConfig {
+        hostname: hostname.to_ascii_lowercase(),
+        challenge,
+        cache_dir: opt_path("tls_letsencrypt_cache_dir")?.unwrap_or_else(|| data_dir.join("acme")),
+        listen,
+        url,
+        email: get_str(doc, "acme_email")?.unwrap_or_default(),
+        ca_cert_path: opt_path("acme_ca_cert_path")?,
+    }))
 }
 
 /// The `oidc` section; None without `oidc.issuer`.
@@ -715,6 +821,13 @@ const KNOWN: &[&str] = &[
     "tls_listen_addr",
     "tls_cert_path",
     "tls_key_path",
+    "tls_letsencrypt_hostname",
+    "tls_letsencrypt_challenge_type",
+    "tls_letsencrypt_cache_dir",
+    "tls_letsencrypt_listen",
+    "acme_url",
+    "acme_email",
+    "acme_ca_cert_path",
     "dns.magic_dns",
     "dns.base_domain",
     "dns.nameservers.global",
@@ -1807,6 +1920,29 @@ oidc:
         assert_eq!(c.unix_socket, Path::new("/data/tinyscale.sock"));
         assert_eq!(c.ephemeral_inactivity_timeout, Duration::from_secs(1800));
         assert!(c.nameservers_global.is_empty());
+    }
+
+    #[test]
+    fn acme_keys_as_headscale_names_them() {
+        let (c, w) = cfg("tls_letsencrypt_hostname: Ts.Example.com\ntls_letsencrypt_challenge_type: TLS-ALPN-01\ntls_letsencrypt_listen: \":http\"\nacme_email: a@b.c\n").unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        let a = c.acme.unwrap();
+        assert_eq!(a.hostname, "ts.example.com");
+        assert_eq!(a.challenge, AcmeChallenge::TlsAlpn01);
+        assert_eq!(a.listen, "0.0.0.0:80".parse().unwrap());
+        assert!(a.url.starts_with("https://acme-v02.api.letsencrypt.org/"));
+        assert!(a.cache_dir.ends_with("acme"));
+        assert!(cfg("tls_letsencrypt_hostname: \"\"")
+            .unwrap()
+            .0
+            .acme
+            .is_none());
+        assert!(
+            cfg("tls_letsencrypt_hostname: a.b\ntls_letsencrypt_challenge_type: DNS-01").is_err()
+        );
+        assert!(cfg("tls_letsencrypt_hostname: nodot").is_err());
+        assert!(cfg("tls_letsencrypt_hostname: a.b\nacme_url: http://x/dir").is_err());
+        assert!(cfg("tls_letsencrypt_hostname: a.b\ntls_cert_path: c\ntls_key_path: k").is_err());
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! HTTP front door, the control plane, state and storage, policy, DERP/STUN,
 //! the admin plane and the CLI.
 
+#[cfg(feature = "acme")]
+pub mod acme;
 pub mod admin;
 pub mod atomic64;
 pub mod cli;

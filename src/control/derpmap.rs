@@ -28,7 +28,12 @@ pub struct Served {
 
 /// The embedded region, as clients must dial it.
 pub fn embedded_region(cfg: &Config, served: &Served) -> DerpRegion {
-    let host = crate::control::netmap::server_host(cfg);
+    // With ACME the certificate is for the ACME hostname: clients verify
+    // that name (no pin).
+    let host = match &cfg.acme {
+        Some(a) => a.hostname.clone(),
+        None => crate::control::netmap::server_host(cfg),
+    };
     let is_ip = host.parse::<std::net::IpAddr>().is_ok();
     let ipv4 = cfg.derp_ipv4.clone().unwrap_or_else(|| {
         if host.parse::<std::net::Ipv4Addr>().is_ok() {

@@ -54,6 +54,9 @@ pub struct Server {
     /// OpenID Connect login (`oidc.issuer` set).
     #[cfg(feature = "oidc")]
     pub oidc: Option<crate::oidc::Oidc>,
+    /// ACME certificates (`tls_letsencrypt_hostname` set).
+    #[cfg(feature = "acme")]
+    pub acme: Option<Arc<crate::acme::Manager>>,
 }
 
 impl Server {
@@ -123,7 +126,28 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
         }
         log::warn!("{msg}; logins are approved with `tinyscale auth register`");
     }
+    #[cfg(not(feature = "acme"))]
+    if cfg.acme.is_some() {
+        return Err(Error::other(
+            "tls_letsencrypt_hostname is set but this tinyscale was built without the `acme` feature; rebuild with --features acme, or use tls_cert_path/tls_key_path",
+        ));
+    }
+    #[cfg(feature = "acme")]
+    let acme = match &cfg.acme {
+        Some(a) => Some(crate::acme::Manager::new(a.clone())?),
+        None => None,
+    };
     let tls = match cfg.tls_listen_addr {
+        #[cfg(feature = "acme")]
+        Some(_) if acme.is_some() => acme
+            .as_ref()
+            .map(|m| -> std::io::Result<_> {
+                Ok(crate::http::tls::Tls {
+                    acceptor: crate::acme::acceptor(m)?,
+                    pin: None,
+                })
+            })
+            .transpose()?,
         Some(_) => Some(crate::http::tls::load_or_generate(
             cfg.tls_cert_path.as_deref(),
             cfg.tls_key_path.as_deref(),
@@ -179,6 +203,8 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             dns_extra: Mutex::new(Vec::new()),
             #[cfg(feature = "oidc")]
             oidc,
+            #[cfg(feature = "acme")]
+            acme,
         }
     });
     policy::load_initial(&server).map_err(Error::other)?;
@@ -230,6 +256,8 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
     }
     start_admin(&server);
     let _tls = start_tls(&server);
+    #[cfg(feature = "acme")]
+    let _http01 = start_acme_http01(&server);
     spawn_background(&server);
     println!(
         "tinyscale listening on {}; server_url {}",
@@ -257,6 +285,10 @@ pub fn spawn_background(server: &SharedServer) {
     routes::spawn_expiry_watcher(server.clone());
     netmap::spawn_extra_records_watcher(server.clone());
     spawn_derp_sweeper(server);
+    #[cfg(feature = "acme")]
+    if let Some(m) = &server.acme {
+        crate::acme::spawn_renewer(m);
+    }
 }
 
 /// The relay admits only current node keys when a client connects; this
@@ -344,6 +376,27 @@ fn start_tls(server: &SharedServer) -> Option<smol::Task<()>> {
     }
 }
 
+/// The HTTP-01 listener (`tls_letsencrypt_listen`) when ACME validates
+/// over HTTP; it answers challenge tokens and nothing else.
+#[cfg(feature = "acme")]
+fn start_acme_http01(server: &SharedServer) -> Option<smol::Task<()>> {
+    let m = server.acme.as_ref()?;
+    if m.cfg.challenge != crate::config::AcmeChallenge::Http01 {
+        return None;
+    }
+    let addr = m.cfg.listen;
+    match async_io::Async::<std::net::TcpListener>::bind(addr) {
+        Ok(l) => {
+            log::info!("ACME HTTP-01 on {addr}");
+            Some(smol::spawn(crate::http::accept_loop_http01(m.clone(), l)))
+        }
+        Err(e) => {
+            log::warn!("tls_letsencrypt_listen {addr}: {e} (HTTP-01 validation will fail; TLS-ALPN-01 needs no port 80)");
+            None
+        }
+    }
+}
+
 fn start_admin(server: &SharedServer) {
     if let Err(e) = crate::admin::spawn(server.clone()) {
         log::warn!(
@@ -361,6 +414,8 @@ pub fn start_background(
     let listener = crate::http::bind(server)?;
     let addr = listener.get_ref().local_addr()?;
     let tls = start_tls(server);
+    #[cfg(feature = "acme")]
+    let http01 = start_acme_http01(server);
     spawn_background(server);
     let server = server.clone();
     Ok((
@@ -368,6 +423,8 @@ pub fn start_background(
         // The TLS task lives (and is cancelled) with the control listener's.
         smol::spawn(async move {
             let _tls = tls;
+            #[cfg(feature = "acme")]
+            let _http01 = http01;
             crate::http::accept_loop(server, listener).await
         }),
     ))

@@ -53,6 +53,18 @@ impl<'a> Request<'a> {
 pub struct Response {
     pub status: u16,
     pub body: Vec<u8>,
+    /// Response headers (name, value) as received; at most 64.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Response {
+    /// The first header called `name` (any case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 /// Sends `req` and reads the whole response.
@@ -223,6 +235,7 @@ pub fn parse_response(mut buf: Vec<u8>, max_body: usize) -> io::Result<Response>
         httparse::Status::Partial => return Err(io::Error::other("truncated response")),
     };
     let status = r.code.unwrap_or(0);
+    let headers = super::head::owned_headers(r.headers);
     let header = |name: &str| {
         r.headers
             .iter()
@@ -246,7 +259,11 @@ pub fn parse_response(mut buf: Vec<u8>, max_body: usize) -> io::Result<Response>
     if body.len() > max_body {
         return Err(io::Error::other("response too large"));
     }
-    Ok(Response { status, body })
+    Ok(Response {
+        status,
+        body,
+        headers,
+    })
 }
 
 fn dechunk(mut rest: &[u8], max_body: usize) -> io::Result<Vec<u8>> {

@@ -52,6 +52,19 @@ impl Head {
     }
 }
 
+/// Parsed headers as owned (name, value) pairs; a value that is not UTF-8
+/// is kept lossily.
+pub fn owned_headers(h: &[httparse::Header<'_>]) -> Vec<(String, String)> {
+    h.iter()
+        .map(|h| {
+            (
+                h.name.to_string(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect()
+}
+
 /// Parses a head at the start of `buf`: Ok(Some((head, head_len))) when
 /// complete, Ok(None) when more bytes are needed.
 pub fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
@@ -61,16 +74,7 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
         Ok(httparse::Status::Complete(n)) => {
             let target = req.path.ok_or(Error::Malformed)?;
             let (path, query) = split_target(target).ok_or(Error::Malformed)?;
-            let headers = req
-                .headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.name.to_string(),
-                        String::from_utf8_lossy(h.value).into_owned(),
-                    )
-                })
-                .collect();
+            let headers = owned_headers(req.headers);
             Ok(Some((
                 Head {
                     method: req.method.ok_or(Error::Malformed)?.to_string(),

@@ -498,6 +498,47 @@ pub async fn accept_loop_tls(
     .await
 }
 
+/// The HTTP-01 listener: `GET /.well-known/acme-challenge/<token>` answers
+/// the key authorization of a token our running order placed; everything
+/// else is 404. One request per connection.
+#[cfg(feature = "acme")]
+pub async fn accept_loop_http01(m: Arc<crate::acme::Manager>, listener: Async<TcpListener>) {
+    accept_each(
+        listener,
+        "accept (ACME HTTP-01)",
+        move |mut stream, _peer| {
+            let m = m.clone();
+            async move {
+                let mut buf = Vec::new();
+                let Ok(Some(h)) = timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await
+                else {
+                    return;
+                };
+                let answer = h
+                    .path
+                    .strip_prefix("/.well-known/acme-challenge/")
+                    .filter(|_| h.method == "GET")
+                    .and_then(|t| m.http01(t));
+                let _ = match answer {
+                    Some(ka) => {
+                        respond(
+                            &mut stream,
+                            "200 OK",
+                            "application/octet-stream",
+                            ka.as_bytes(),
+                        )
+                        .await
+                    }
+                    None => {
+                        respond(&mut stream, "404 Not Found", "text/plain", b"not found\n").await
+                    }
+                };
+            }
+        },
+    )
+    .await
+}
+
 /// Binds the control listener.
 pub fn bind(server: &Server) -> io::Result<Async<TcpListener>> {
     let l = Async::<TcpListener>::bind(server.cfg.listen_addr)?;
