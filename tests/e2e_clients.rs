@@ -15,11 +15,21 @@
 //!     first policy, they succeed again.
 //!
 //! arkitekt-mesh has no way to listen on the tailnet, so it is only ever the client side.
+//!
+//! `go_clients_over_an_acme_certificate` (root, `--features acme`): Debian's pebble issues the
+//! server a certificate for `ts.acme.test` by HTTP-01 (pebble's DNS stub resolves the name to the
+//! bridge address, where `tls_letsencrypt_listen` is); two Go tsnet nodes whose namespaces resolve
+//! `ts.acme.test` to the server (`/etc/netns/NS/hosts`, removed with the namespace) and trust only
+//! pebble's root (`SSL_CERT_FILE`) join with the control URL `https://ts.acme.test:<tls port>` (the
+//! plain control port is never given to them) and, both with `TS_DEBUG_ALWAYS_USE_DERP=1`, reach
+//! each other through the relay, which the DERP map names by host with no pin.
 //! Skips with a reason when it cannot run (not root, no `ip netns`, install failed); fails under
 //! CI=true instead. Knobs as in tests/e2e_realclient.rs.
 
 #[macro_use]
 mod realclient_common;
+#[cfg(feature = "acme")]
+mod pebble;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -315,5 +325,98 @@ fn arkitekt_mesh_joins_fetches_direct_and_via_derp_and_obeys_acls() {
     say!(
         "PASS arkitekt-mesh e2e in {:.1}s",
         t_start.elapsed().as_secs_f64()
+    );
+}
+
+#[cfg(feature = "acme")]
+#[test]
+fn go_clients_over_an_acme_certificate() {
+    const HOST: &str = "ts.acme.test";
+    let Some(mut h) = Harness::begin("ACME real-client e2e", "tsa", &["a", "b"]) else {
+        return;
+    };
+    if !pebble::have_pebble() {
+        return;
+    }
+    let t_start = Instant::now();
+    let host_ip = h.host_ip();
+    let (port, tls_port, http01) = (h.free_port(), h.free_port(), h.free_port());
+    let p = pebble::Pebble::start(&h.dir, &host_ip, http01, tls_port, 3600);
+    let root = h.dir.join("pebble-root.pem");
+    let root_pem = p
+        .get(&format!("https://{}/roots/0", p.mgmt))
+        .expect("pebble root");
+    fs::write(&root, &root_pem).unwrap();
+    h.start_server(ServerOpts {
+        port,
+        tls_port,
+        derp_enabled: true,
+        extra_yaml: format!(
+            "tls_letsencrypt_hostname: {HOST}\ntls_letsencrypt_listen: {host_ip}:{http01}\nacme_url: {}\nacme_ca_cert_path: {}\n",
+            p.dir_url,
+            p.tls_cert.display()
+        ),
+        ..ServerOpts::default()
+    });
+    let t = Instant::now();
+    let line = wait_for(
+        "the server installs its ACME certificate",
+        Duration::from_secs(60),
+        || {
+            read_lossy(&h.server_log())
+                .lines()
+                .find(|l| l.contains("ACME: certificate for"))
+                .map(str::to_owned)
+        },
+    );
+    say!("{line} ({:.1}s)", t.elapsed().as_secs_f64());
+    for n in ["a", "b"] {
+        fs::write(
+            format!("/etc/netns/{}/hosts", h.ns(n)),
+            format!("127.0.0.1 localhost\n{host_ip} {HOST}\n"),
+        )
+        .unwrap();
+    }
+    let control = format!("https://{HOST}:{tls_port}");
+    h.cli(&["users", "create", "carol"]);
+    let key = h.preauth_key("carol", &["--reusable"]);
+    let trust = format!("SSL_CERT_FILE={}", root.display());
+    let env = [
+        "--env",
+        &trust,
+        "--env",
+        "TS_DEBUG_ALWAYS_USE_DERP=1",
+        "--env",
+        "TS_DEBUG_MAP=1",
+    ];
+    let mut a_args = vec!["--role", "serve"];
+    a_args.extend_from_slice(&env);
+    h.start_node("a", &control, &key, 41641, &a_args);
+    let mut b_args = vec!["--role", "proxy", "--upstream", "a"];
+    b_args.extend_from_slice(&env);
+    h.start_node("b", &control, &key, 41642, &b_args);
+    let ips_b = wait_for("b joins over https://", Duration::from_secs(90), || {
+        self_ips(&h.node_log_path("b"))
+    });
+    say!("b joined over {control}: {ips_b:?}");
+    let (body, took) = h.fetch_via(
+        "b",
+        "b -> http://a/ via DERP (ACME certificate)",
+        Duration::from_secs(90),
+    );
+    assert!(body.starts_with("hello from a over the tailnet"), "{body}");
+    let routes = derp_route_lines(&h.node_log_path("b"));
+    assert!(!routes.is_empty(), "b logs its DERP route (derp-999)");
+    let direct = direct_lines(&h, &h.node_log_path("b"));
+    assert!(direct.is_empty(), "no direct path: {direct:?}");
+    let (nm, _) = h.dumped_netmap("b");
+    let node = &nm.derp_map["Regions"]["999"]["Nodes"][0];
+    assert_eq!(node["HostName"], HOST, "{node}");
+    assert!(node.get("CertName").is_none(), "no pin: {node}");
+    say!(
+        "PASS ACME real-client e2e in {:.1}s (fetch {:.1}s; {})",
+        t_start.elapsed().as_secs_f64(),
+        took.as_secs_f64(),
+        routes[0]
     );
 }
