@@ -126,7 +126,19 @@ fn issued_and_relays(challenge: AcmeChallenge, tag: &str) {
     );
     let cfg = rooted(p.root());
     assert_eq!(served_leaf(&cfg, tls_port), cert);
-    // The DERP map names the host and pins nothing; DERP works over it.
+    // The DERP map offers the relay once the certificate is in, names the
+    // host and pins nothing; DERP works over it.
+    let t1 = Instant::now();
+    while !tinyscale::control::derpmap::current(&ts.server)
+        .get()
+        .contains("\"999\"")
+    {
+        assert!(
+            t1.elapsed() < Duration::from_secs(10),
+            "region offered after the certificate"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let key = ts.key("acme", true, false, &[]);
     let x = Node::new("x");
     let (_c, _s, nm) = block_on_timeout(30, join(&ts, &x, &key));

@@ -81,6 +81,11 @@ impl Server {
     pub fn derp_served(&self) -> Option<derpmap::Served> {
         let port = *self.tls_port.get()?;
         self.derp.as_ref()?;
+        // Until the first ACME certificate is in, TLS handshakes fail.
+        #[cfg(feature = "acme")]
+        if self.acme.as_ref().is_some_and(|m| m.validity().is_none()) {
+            return None;
+        }
         Some(derpmap::Served {
             port,
             cert_name: self
@@ -288,6 +293,21 @@ pub fn spawn_background(server: &SharedServer) {
     #[cfg(feature = "acme")]
     if let Some(m) = &server.acme {
         crate::acme::spawn_renewer(m);
+        if m.validity().is_none() {
+            // Offer the relay once the first certificate is in.
+            let weak = Arc::downgrade(server);
+            smol::spawn(async move {
+                loop {
+                    async_io::Timer::after(std::time::Duration::from_secs(1)).await;
+                    let Some(server) = weak.upgrade() else { return };
+                    if server.acme.as_ref().is_some_and(|m| m.validity().is_some()) {
+                        derpmap::refresh(&server).await;
+                        return;
+                    }
+                }
+            })
+            .detach();
+        }
     }
 }
 
