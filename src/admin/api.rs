@@ -134,6 +134,21 @@ fn parse_id(s: &str, what: &str) -> Result<u64, Reply> {
 /// Routes one request. Hub notifications are sent after the state lock is
 /// released.
 pub fn handle(server: &Server, method: &str, url: &str, body_bytes: &[u8]) -> Reply {
+    // Changes are acknowledged once durable: wait for the group commit of
+    // whatever this request queued, with the state lock released.
+    let commits = server.state().store.committer();
+    let before = commits.queued();
+    let reply = handle_inner(server, method, url, body_bytes);
+    let after = commits.queued();
+    if after > before {
+        if let Err(e) = commits.wait(after) {
+            return error(500, e.to_string());
+        }
+    }
+    reply
+}
+
+fn handle_inner(server: &Server, method: &str, url: &str, body_bytes: &[u8]) -> Reply {
     let (path, q) = url.split_once('?').unwrap_or((url, ""));
     let segs: Vec<String> = path
         .trim_matches('/')

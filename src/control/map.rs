@@ -67,9 +67,20 @@ pub async fn handle(
         let msg = b"node not found\n".to_vec();
         return h2srv::reply(&mut respond, StatusCode::NOT_FOUND, "text/plain", msg).await;
     };
-    apply_update(&server, node_id, &req);
+    let commits = server.state().store.committer();
+    let durable = apply_update(&server, node_id, &req);
     let zstd = req.compress == "zstd";
     if !req.stream {
+        if durable && commits.wait_async(commits.queued()).await.is_err() {
+            let msg = b"storage error\n".to_vec();
+            return h2srv::reply(
+                &mut respond,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                msg,
+            )
+            .await;
+        }
         if req.omit_peers {
             // Lite update: stored and fanned out above; the body is ignored.
             return h2srv::reply(&mut respond, StatusCode::OK, "text/plain", Vec::new()).await;
@@ -110,10 +121,12 @@ pub async fn handle(
 }
 
 /// Stores what a MapRequest reports and tells whoever must know.
-fn apply_update(server: &Server, id: u64, req: &MapRequest) {
+/// Returns whether it queued a change that must be durable before the
+/// request is answered.
+fn apply_update(server: &Server, id: u64, req: &MapRequest) -> bool {
     let mut st = server.state();
     let Some(old) = st.nodes.get(&id).cloned() else {
-        return;
+        return false;
     };
     let mut n = old.clone();
     if !req.disco_key.is_zero() {
@@ -134,7 +147,7 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) {
         crate::control::register::apply_hostinfo(&mut n, h);
     }
     if n == old {
-        return;
+        return false;
     }
     let patch_only = Node {
         endpoints: old.endpoints.clone(),
@@ -144,18 +157,21 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) {
         ..n.clone()
     } == old;
     n.last_seen = now();
-    // Endpoints, DERP home and disco key are soft state the client resends
-    // on every poll: no fsync per change for them.
-    let stored = if patch_only {
+    let routes_changed = n.advertised_routes != old.advertised_routes;
+    // Endpoints, DERP home, disco key and Hostinfo churn (NetInfo,
+    // versions) are soft state the client resends on every poll: no fsync
+    // per change for them, so a node looping updates costs no disk
+    // writes. Advertised routes (auto-approval) are stored durably.
+    let soft = patch_only || !routes_changed;
+    let stored = if soft {
         st.store.apply_relaxed(&[Op::PutNode(&n)])
     } else {
         st.store.apply(&[Op::PutNode(&n)])
     };
     if let Err(e) = stored {
         log::warn!("map: storing update of node {id}: {e}");
-        return;
+        return false;
     }
-    let routes_changed = n.advertised_routes != old.advertised_routes;
     st.nodes.insert(id, n);
     drop(st);
     server.hub.notify(if patch_only {
@@ -170,6 +186,7 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) {
     if routes_changed {
         server.auto_approve(id);
     }
+    !soft
 }
 
 /// After a stream ends: peers learn the node is offline after a grace

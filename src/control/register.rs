@@ -33,10 +33,21 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode,
     if req.node_key.is_zero() {
         return (StatusCode::BAD_REQUEST, b"missing NodeKey\n".to_vec());
     }
-    let resp = match register(server, ctx, &req) {
+    let commits = server.state().store.committer();
+    let before = commits.queued();
+    let mut resp = match register(server, ctx, &req) {
         Outcome::Done(r) => *r,
         Outcome::Wait(id) => wait_followup(server, ctx, &req, &id).await,
     };
+    // Acknowledged only once durable: registrations queued meanwhile
+    // share one fsync (group commit), awaited without the state lock.
+    let after = commits.queued();
+    if after > before {
+        if let Err(e) = commits.wait_async(after).await {
+            warn!("register: {e}");
+            resp = error_response(format!("storage error: {e}"));
+        }
+    }
     if resp.error.is_empty() && resp.machine_authorized {
         let id = server
             .state()

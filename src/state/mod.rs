@@ -6,6 +6,7 @@
 //! critical sections. Map sessions read what they need and release it before
 //! writing to the network.
 
+pub mod commit;
 pub mod ipalloc;
 pub mod model;
 pub mod ops;

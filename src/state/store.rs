@@ -10,6 +10,7 @@
 //! database written by a newer tinyscale is refused with a clear error; an
 //! older one is brought forward by [`migrate`] inside one transaction.
 
+use super::commit::Committer;
 use super::model::{Node, PreAuthKey, User};
 use redb::{Database, Durability, ReadableTable, TableDefinition};
 use serde::de::DeserializeOwned;
@@ -79,16 +80,68 @@ pub struct Snapshot {
 }
 
 pub struct Store {
-    db: Database,
-    /// Relaxed commits since the last durable one, and when that was.
-    relaxed_pending: std::sync::atomic::AtomicU32,
-    last_durable: std::sync::Mutex<std::time::Instant>,
+    db: std::sync::Arc<Database>,
+    /// Every write goes through the group-commit thread (see `commit`).
+    commits: std::sync::Arc<Committer>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
-/// A relaxed commit becomes durable after this many relaxed commits …
-const RELAXED_MAX_COMMITS: u32 = 256;
-/// … or this long after the last durable commit.
-const RELAXED_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(5);
+/// An [`Op`] encoded, as the commit thread takes it.
+pub(super) enum Owned {
+    Put(TableDefinition<'static, u64, &'static [u8]>, u64, Vec<u8>),
+    Del(TableDefinition<'static, u64, &'static [u8]>, u64),
+    Meta(String, Vec<u8>),
+    Bump { user: u64, key: u64, node: u64 },
+}
+
+/// Encodes a batch, refusing reserved meta keys before anything is queued.
+fn own(ops: &[Op<'_>]) -> Result<Vec<Owned>, StoreError> {
+    let mut out = Vec::with_capacity(ops.len());
+    for op in ops {
+        let one = match op {
+            Op::PutUser(u) => {
+                out.push(Owned::Bump {
+                    user: u.id + 1,
+                    key: 0,
+                    node: 0,
+                });
+                Owned::Put(USERS, u.id, encode(*u)?)
+            }
+            Op::DelUser(id) => Owned::Del(USERS, *id),
+            Op::PutKey(k) => {
+                out.push(Owned::Bump {
+                    user: 0,
+                    key: k.id + 1,
+                    node: 0,
+                });
+                Owned::Put(KEYS, k.id, encode(*k)?)
+            }
+            Op::DelKey(id) => Owned::Del(KEYS, *id),
+            Op::PutNode(n) => {
+                out.push(Owned::Bump {
+                    user: 0,
+                    key: 0,
+                    node: n.id + 1,
+                });
+                Owned::Put(NODES, n.id, encode(*n)?)
+            }
+            Op::DelNode(id) => Owned::Del(NODES, *id),
+            Op::PutMeta(k, v) => {
+                if k.is_empty() || RESERVED_META.contains(k) {
+                    return Err(StoreError(format!("meta key {k:?} is reserved")));
+                }
+                Owned::Meta(k.to_string(), v.clone())
+            }
+            Op::BumpNextIds { user, key, node } => Owned::Bump {
+                user: *user,
+                key: *key,
+                node: *node,
+            },
+        };
+        out.push(one);
+    }
+    Ok(out)
+}
 
 /// redb's page cache (read + write), see [`Store::open`].
 const CACHE_BYTES: usize = 1 << 20;
@@ -118,17 +171,30 @@ impl Store {
             .set_cache_size(CACHE_BYTES)
             .create(path)
             .map_err(|e| StoreError(format!("opening database {}: {e}", path.display())))?;
-        let store = Store {
+        let db = std::sync::Arc::new(db);
+        init_schema(&db)?;
+        let (commits, thread) = Committer::start(db.clone())?;
+        Ok(Store {
             db,
-            relaxed_pending: Default::default(),
-            last_durable: std::sync::Mutex::new(std::time::Instant::now()),
-        };
-        store.init_schema()?;
-        Ok(store)
+            commits,
+            thread: Some(thread),
+        })
     }
 
-    fn init_schema(&self) -> Result<(), StoreError> {
-        let mut txn = self.db.begin_write().map_err(err("begin write"))?;
+    /// The group-commit queue, for waiting outside the state lock.
+    pub fn committer(&self) -> std::sync::Arc<Committer> {
+        self.commits.clone()
+    }
+
+    /// Waits until everything queued so far is written, so a read sees it.
+    fn settle(&self) -> Result<(), StoreError> {
+        self.commits.settle(self.commits.queued())
+    }
+}
+
+fn init_schema(db: &Database) -> Result<(), StoreError> {
+    {
+        let mut txn = db.begin_write().map_err(err("begin write"))?;
         txn.set_durability(Durability::Immediate);
         let found = {
             let meta = txn.open_table(META).map_err(err("open meta"))?;
@@ -168,11 +234,14 @@ impl Store {
                 .map_err(err("write schema version"))?;
         }
         txn.commit().map_err(err("commit"))?;
-        Ok(())
     }
+    Ok(())
+}
 
+impl Store {
     /// Reads everything.
     pub fn load(&self) -> Result<Snapshot, StoreError> {
+        self.settle()?;
         let txn = self.db.begin_read().map_err(err("begin read"))?;
         let mut snap = Snapshot {
             users: read_all(&txn.open_table(USERS).map_err(err("open users"))?, "user")?,
@@ -194,127 +263,34 @@ impl Store {
         Ok(snap)
     }
 
-    /// Commits `ops` in one write transaction, durably (fsync before it
-    /// returns, ~4 ms on a VM disk), or not at all.
+    /// Queues `ops` as one atomic batch for the next durable group commit
+    /// and returns at once (callers hold the state lock). The change may
+    /// be acknowledged only after `committer().wait(ticket)`, with the lock
+    /// released; `ticket()` after this call covers it.
     pub fn apply(&self, ops: &[Op<'_>]) -> Result<(), StoreError> {
-        self.commit(ops, true)
+        self.commits.enqueue(own(ops)?, true).map(drop)
     }
 
-    /// Like [`Store::apply`] (atomic, immediately visible to `load`) but
-    /// without waiting for the disk: for changes that may be lost in a crash
-    /// without harm, such as endpoints, DERP home and last-seen times. Such
-    /// commits reach the disk with the next durable commit, which happens at
-    /// the latest every 256 relaxed commits or 5 s (checked on each call),
-    /// or with [`Store::flush`].
+    /// Like [`Store::apply`] but nobody waits for the disk: for changes
+    /// that may be lost in a crash without harm, such as endpoints, DERP
+    /// home and last-seen times. They reach the disk with the next durable
+    /// commit, at the latest after 256 relaxed commits or 5 s.
     pub fn apply_relaxed(&self, ops: &[Op<'_>]) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
-        let n = self.relaxed_pending.load(Ordering::Relaxed);
-        let old = self
-            .last_durable
-            .lock()
-            .map(|t| t.elapsed() >= RELAXED_MAX_AGE)
-            .unwrap_or(true);
-        self.commit(ops, n + 1 >= RELAXED_MAX_COMMITS || old)
+        self.commits.enqueue(own(ops)?, false).map(drop)
     }
 
-    /// Makes every earlier relaxed commit durable.
+    /// A ticket covering every change queued so far.
+    pub fn ticket(&self) -> u64 {
+        self.commits.queued()
+    }
+
+    /// Makes everything queued so far durable (blocking).
     pub fn flush(&self) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
-        if self.relaxed_pending.load(Ordering::Relaxed) == 0 {
-            return Ok(());
-        }
-        self.commit(&[], true)
-    }
-
-    fn commit(&self, ops: &[Op<'_>], durable: bool) -> Result<(), StoreError> {
-        use std::sync::atomic::Ordering;
-        let mut txn = self.db.begin_write().map_err(err("begin write"))?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        });
-        {
-            let mut users = txn.open_table(USERS).map_err(err("open users"))?;
-            let mut keys = txn.open_table(KEYS).map_err(err("open keys"))?;
-            let mut nodes = txn.open_table(NODES).map_err(err("open nodes"))?;
-            let mut meta = txn.open_table(META).map_err(err("open meta"))?;
-            let (mut nu, mut nk, mut nn) = (0u64, 0u64, 0u64);
-            for op in ops {
-                match op {
-                    Op::PutUser(u) => {
-                        users
-                            .insert(u.id, encode(*u)?.as_slice())
-                            .map_err(err("write user"))?;
-                        nu = nu.max(u.id + 1);
-                    }
-                    Op::DelUser(id) => {
-                        users.remove(id).map_err(err("delete user"))?;
-                    }
-                    Op::PutKey(k) => {
-                        keys.insert(k.id, encode(*k)?.as_slice())
-                            .map_err(err("write key"))?;
-                        nk = nk.max(k.id + 1);
-                    }
-                    Op::DelKey(id) => {
-                        keys.remove(id).map_err(err("delete key"))?;
-                    }
-                    Op::PutNode(n) => {
-                        nodes
-                            .insert(n.id, encode(*n)?.as_slice())
-                            .map_err(err("write node"))?;
-                        nn = nn.max(n.id + 1);
-                    }
-                    Op::DelNode(id) => {
-                        nodes.remove(id).map_err(err("delete node"))?;
-                    }
-                    Op::PutMeta(k, v) => {
-                        if k.is_empty() || RESERVED_META.contains(k) {
-                            return Err(StoreError(format!("meta key {k:?} is reserved")));
-                        }
-                        meta.insert(*k, v.as_slice()).map_err(err("write meta"))?;
-                    }
-                    Op::BumpNextIds { user, key, node } => {
-                        nu = nu.max(*user);
-                        nk = nk.max(*key);
-                        nn = nn.max(*node);
-                    }
-                }
-            }
-            for (name, n) in [
-                (META_NEXT_USER_ID, nu),
-                (META_NEXT_KEY_ID, nk),
-                (META_NEXT_NODE_ID, nn),
-            ] {
-                if n == 0 {
-                    continue;
-                }
-                let cur = meta
-                    .get(name)
-                    .map_err(err("read meta"))?
-                    .and_then(|g| g.value().try_into().ok().map(u64::from_le_bytes))
-                    .unwrap_or(0);
-                if n > cur {
-                    meta.insert(name, &n.to_le_bytes()[..])
-                        .map_err(err("write meta"))?;
-                }
-            }
-        }
-        // Dropping an uncommitted transaction (the early returns above)
-        // aborts it: nothing of the batch is written.
-        txn.commit().map_err(err("commit"))?;
-        if durable {
-            self.relaxed_pending.store(0, Ordering::Relaxed);
-            if let Ok(mut t) = self.last_durable.lock() {
-                *t = std::time::Instant::now();
-            }
-        } else {
-            self.relaxed_pending.fetch_add(1, Ordering::Relaxed);
-        }
-        Ok(())
+        self.commits.wait(self.commits.queued())
     }
 
     pub fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.settle()?;
         let txn = self.db.begin_read().map_err(err("begin read"))?;
         let meta = txn.open_table(META).map_err(err("open meta"))?;
         let v = meta.get(key).map_err(err("read meta"))?;
@@ -323,7 +299,8 @@ impl Store {
 
     /// Writes one (non-reserved) meta value durably.
     pub fn put_meta(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-        self.apply(&[Op::PutMeta(key, value.to_vec())])
+        self.apply(&[Op::PutMeta(key, value.to_vec())])?;
+        self.flush()
     }
 
     /// The schema version recorded in the database.
@@ -336,12 +313,67 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// Relaxed commits are made durable when the store goes away.
+    /// Everything queued is made durable when the store goes away.
     fn drop(&mut self) {
-        if let Err(e) = self.flush() {
-            log::warn!("database: final flush failed: {e}");
+        self.commits.shutdown();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
         }
     }
+}
+
+/// Writes a group of batches in one transaction (the commit thread).
+pub(super) fn write_batch(db: &Database, ops: &[Owned], durable: bool) -> Result<(), StoreError> {
+    let mut txn = db.begin_write().map_err(err("begin write"))?;
+    txn.set_durability(if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    });
+    {
+        let mut meta = txn.open_table(META).map_err(err("open meta"))?;
+        let (mut nu, mut nk, mut nn) = (0u64, 0u64, 0u64);
+        for op in ops {
+            match op {
+                Owned::Put(t, id, v) => {
+                    let mut table = txn.open_table(*t).map_err(err("open table"))?;
+                    table.insert(*id, v.as_slice()).map_err(err("write"))?;
+                }
+                Owned::Del(t, id) => {
+                    let mut table = txn.open_table(*t).map_err(err("open table"))?;
+                    table.remove(*id).map_err(err("delete"))?;
+                }
+                Owned::Meta(k, v) => {
+                    meta.insert(k.as_str(), v.as_slice())
+                        .map_err(err("write meta"))?;
+                }
+                Owned::Bump { user, key, node } => {
+                    nu = nu.max(*user);
+                    nk = nk.max(*key);
+                    nn = nn.max(*node);
+                }
+            }
+        }
+        for (name, n) in [
+            (META_NEXT_USER_ID, nu),
+            (META_NEXT_KEY_ID, nk),
+            (META_NEXT_NODE_ID, nn),
+        ] {
+            if n == 0 {
+                continue;
+            }
+            let cur = meta
+                .get(name)
+                .map_err(err("read meta"))?
+                .and_then(|g| g.value().try_into().ok().map(u64::from_le_bytes))
+                .unwrap_or(0);
+            if n > cur {
+                meta.insert(name, &n.to_le_bytes()[..])
+                    .map_err(err("write meta"))?;
+            }
+        }
+    }
+    txn.commit().map_err(err("commit"))
 }
 
 /// Brings a database at schema version `from` (0 = brand new) up to
@@ -656,17 +688,9 @@ mod tests {
                 s.apply_relaxed(&[Op::PutUser(&user(i, &format!("u{i}")))])
                     .unwrap();
             }
-            // Visible at once; the 256th became durable on its own.
+            // Visible to a reader at once, durable after a flush.
             assert_eq!(s.load().unwrap().users.len(), 300);
-            assert_eq!(
-                s.relaxed_pending.load(std::sync::atomic::Ordering::Relaxed),
-                300 - 256
-            );
             s.flush().unwrap();
-            assert_eq!(
-                s.relaxed_pending.load(std::sync::atomic::Ordering::Relaxed),
-                0
-            );
         }
         let s = Store::open(&p).unwrap();
         let snap = s.load().unwrap();
