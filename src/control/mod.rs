@@ -2,6 +2,7 @@
 //! fans changes out to connected map sessions.
 
 pub mod derpmap;
+pub mod ephemeral;
 pub mod hub;
 pub mod interactive;
 pub mod map;
@@ -289,6 +290,7 @@ pub fn spawn_background(server: &SharedServer) {
     derpmap::spawn_refresher(server.clone());
     routes::spawn_expiry_watcher(server.clone());
     netmap::spawn_extra_records_watcher(server.clone());
+    ephemeral::spawn_sweeper(server);
     spawn_derp_sweeper(server);
     #[cfg(feature = "acme")]
     if let Some(m) = &server.acme {
