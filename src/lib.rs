@@ -7,7 +7,7 @@
 
 #[cfg(feature = "acme")]
 pub mod acme;
-pub mod admin;
+pub mod api;
 pub mod atomic64;
 pub mod cli;
 pub mod client;

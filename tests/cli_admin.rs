@@ -39,7 +39,7 @@ fn setup_with(name: &str, extra: &str) -> Env {
     let (cfg, used) = tinyscale::config::load(Some(&config)).unwrap();
     assert_eq!(used.as_deref(), Some(config.as_path()));
     let server = tinyscale::control::build_server(cfg).unwrap();
-    tinyscale::admin::spawn(server.clone()).unwrap();
+    tinyscale::api::spawn(server.clone()).unwrap();
     Env {
         dir,
         config,
@@ -610,7 +610,7 @@ fn approve_interactive_login() {
 fn socket_path_safety() {
     let env = setup("sock");
     // A second server on the same socket is refused.
-    let e = tinyscale::admin::spawn(env.server.clone()).unwrap_err();
+    let e = tinyscale::api::spawn(env.server.clone()).unwrap_err();
     assert!(e.to_string().contains("in use"), "{e}");
     // A regular file at the socket path is never replaced.
     let mut cfg = env.server.cfg.clone();
@@ -618,7 +618,7 @@ fn socket_path_safety() {
     std::fs::write(&cfg.unix_socket, b"precious").unwrap();
     cfg.database_path = env.dir.join("db2/db.redb");
     let other = tinyscale::control::build_server(cfg).unwrap();
-    let e = tinyscale::admin::spawn(other.clone()).unwrap_err();
+    let e = tinyscale::api::spawn(other.clone()).unwrap_err();
     assert!(e.to_string().contains("not a socket"), "{e}");
     assert_eq!(
         std::fs::read(env.dir.join("not-a-socket")).unwrap(),
@@ -749,6 +749,67 @@ fn bad_input_changes_nothing() {
         snapshot(&env),
         before,
         "a refused command changed something"
+    );
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// `apikeys` as Headscale's CLI: create prints the key once, list shows
+/// only masked prefixes, expire/delete take the masked prefix or the id;
+/// the key authenticates on the REST API until it is expired.
+#[test]
+fn api_keys() {
+    let env = setup("apikeys");
+    let (code, key, err) = env.cli(&["apikeys", "create", "-e", "90d"]);
+    assert_eq!(code, 0, "{err}");
+    let key = key.trim().to_string();
+    assert!(
+        key.starts_with("hskey-api-") && key.len() == 10 + 12 + 1 + 64,
+        "{key}"
+    );
+    assert!(tinyscale::api::apikey::validate(
+        &env.server.state().store,
+        &key
+    ));
+    let v = env.ok_json(&["apikey", "ls", "-o", "json"]);
+    let listed = v.as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    let masked = listed[0]["prefix"].as_str().unwrap().to_string();
+    assert_eq!(masked, format!("{}-***", &key[..22]));
+    let (_, table, _) = env.cli(&["apikeys", "list"]);
+    assert!(table.contains(&masked) && !table.contains(&key), "{table}");
+    // The database holds no key text.
+    let db = std::fs::read(env.dir.join("db/db.redb")).unwrap();
+    assert!(!db.windows(64).any(|w| w == &key.as_bytes()[23..]));
+
+    let (code, out, err) = env.cli(&["apikeys", "expire", "--prefix", &masked]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Key expired"), "{out}");
+    assert!(!tinyscale::api::apikey::validate(
+        &env.server.state().store,
+        &key
+    ));
+    // -e 0 is already expired, as Headscale's; a second key is deleted by id.
+    let (code, key2, _) = env.cli(&["api", "c", "-e", "0"]);
+    assert_eq!(code, 0);
+    assert!(!tinyscale::api::apikey::validate(
+        &env.server.state().store,
+        key2.trim()
+    ));
+    let id = env.ok_json(&["apikeys", "list", "-o", "json"])[1]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (code, out, err) = env.cli(&["apikeys", "delete", "--id", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("Key deleted"));
+    env.fails(&["apikeys", "delete", "--id", &id], "not found");
+    env.fails(&["apikeys", "expire"], "which key");
+    assert_eq!(
+        env.ok_json(&["apikeys", "list", "-o", "json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
     );
     let _ = std::fs::remove_dir_all(&env.dir);
 }

@@ -19,7 +19,7 @@ fn policy_get_and_set_through_the_cli() {
     .unwrap();
     let (cfg, _) = tinyscale::config::load(Some(&config)).unwrap();
     let server = tinyscale::control::build_server(cfg).unwrap();
-    tinyscale::admin::spawn(server.clone()).unwrap();
+    tinyscale::api::spawn(server.clone()).unwrap();
     let cli = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
             .args(args)

@@ -219,7 +219,7 @@ fn logout_deletes_ephemeral_and_expires_others() {
         let (_cd, _sd, nmd) = join(&ts, &desk, &key).await;
         let did = nmd.self_node["ID"].as_u64().unwrap();
         until(&mut sw, &mut nmw, |n| n.peers.contains_key(&did)).await;
-        let r = tinyscale::admin::api::handle(
+        let r = tinyscale::api::handle(
             &ts.server,
             "POST",
             &format!("/api/v1/node/{did}/expire"),

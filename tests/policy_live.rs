@@ -196,6 +196,6 @@ fn too_large_policy_is_refused_before_it_is_stored() {
 
 /// Calls the admin API in-process; returns the status and the JSON body.
 fn api(ts: &TestServer, method: &str, url: &str, body: &[u8]) -> (u16, serde_json::Value) {
-    let r = tinyscale::admin::api::handle(&ts.server, method, url, body);
+    let r = tinyscale::api::handle(&ts.server, method, url, body);
     (r.status, serde_json::from_str(&r.body).unwrap_or_default())
 }

@@ -12,7 +12,7 @@ const NET: &str = "10.9.0.0/24";
 /// `subnetRoutes` of node `id` in the admin API's node list (what `nodes list-routes` shows as
 /// "Serving (Primary)"): the routes the node actually serves, like Headscale's.
 fn serving(ts: &TestServer, id: u64) -> Vec<String> {
-    let r = tinyscale::admin::api::handle(&ts.server, "GET", "/api/v1/node", b"");
+    let r = tinyscale::api::handle(&ts.server, "GET", "/api/v1/node", b"");
     assert_eq!(r.status, 200, "{}", r.body);
     let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     let n = v["nodes"]
@@ -65,7 +65,7 @@ fn approval_and_ha_failover() {
         // Approved through the admin API (what `nodes approve-routes` calls): its answer says
         // what the node serves right away, the primary only.
         for (i, serves) in [(id1, vec![NET.to_string()]), (id2, vec![])] {
-            let r = tinyscale::admin::api::handle(
+            let r = tinyscale::api::handle(
                 &ts.server,
                 "POST",
                 &format!("/api/v1/node/{i}/approve_routes"),

@@ -23,7 +23,7 @@ macro_rules! outln {
 pub mod client;
 pub mod output;
 
-use crate::admin::types::{ApiNode, ApiPreAuthKey, ApiUser};
+use crate::api::types::{ApiNode, ApiPreAuthKey, ApiUser};
 use crate::config::{self, Config};
 use argh::FromArgs;
 use output::{short_time, table, Format};
@@ -49,6 +49,7 @@ enum Cmd {
     PreAuthKeys(PreAuthKeysCmd),
     Nodes(NodesCmd),
     Auth(AuthCmd),
+    ApiKeys(ApiKeysCmd),
     Version(VersionCmd),
     Policy(crate::policy::cli::PolicyCmd),
     Debug(crate::debug::DebugCmd),
@@ -253,6 +254,76 @@ struct KeyDelete {
     /// key ID, prefix or the full key
     #[argh(positional)]
     key: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+// ----- API keys -------------------------------------------------------
+
+/// Manage API keys (for the REST API on the main listener: web UIs, scripts).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "apikeys")]
+struct ApiKeysCmd {
+    #[argh(subcommand)]
+    cmd: ApiKeysSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum ApiKeysSub {
+    Create(ApiKeyCreate),
+    List(ApiKeyList),
+    Expire(ApiKeyExpire),
+    Delete(ApiKeyDelete),
+}
+
+/// Create an API key; prints it (shown only this once).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "create")]
+struct ApiKeyCreate {
+    /// lifetime, e.g. 30m, 24h, 90d (default 90d)
+    #[argh(option, short = 'e', default = "String::from(\"90d\")")]
+    expiration: String,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// List API keys (prefixes only).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "list")]
+struct ApiKeyList {
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Expire an API key, named by --prefix (as listed) or --id.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "expire")]
+struct ApiKeyExpire {
+    /// key prefix (hskey-api-<prefix>-*** as listed, or the bare prefix)
+    #[argh(option, short = 'p')]
+    prefix: Option<String>,
+    /// key ID
+    #[argh(option, short = 'i')]
+    id: Option<u64>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Delete an API key, named by --prefix (as listed) or --id.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "delete")]
+struct ApiKeyDelete {
+    /// key prefix (hskey-api-<prefix>-*** as listed, or the bare prefix)
+    #[argh(option, short = 'p')]
+    prefix: Option<String>,
+    /// key ID
+    #[argh(option, short = 'i')]
+    id: Option<u64>,
     /// output format: json or json-line
     #[argh(option, short = 'o', default = "String::new()")]
     output: String,
@@ -466,6 +537,7 @@ fn canonical_commands(args: &mut [String]) {
         "user" | "namespaces" | "namespace" => "users",
         "node" | "machines" | "machine" => "nodes",
         "preauthkey" | "authkey" | "authkeys" | "pre" => "preauthkeys",
+        "apikey" | "api" => "apikeys",
         other => other,
     }
     .to_string();
@@ -475,7 +547,9 @@ fn canonical_commands(args: &mut [String]) {
     };
     let sub = match (top.as_str(), second.as_str()) {
         (_, "ls" | "show") => "list",
-        ("users" | "preauthkeys", "c" | "new") => "create",
+        ("users" | "preauthkeys" | "apikeys", "c" | "new") => "create",
+        ("apikeys", "remove" | "del") => "delete",
+        ("apikeys", "revoke" | "exp" | "e") => "expire",
         ("users", "delete" | "del" | "rm") => "destroy",
         ("users" | "nodes", "mv") => "rename",
         ("preauthkeys" | "nodes", "del" | "rm" | "d") => "delete",
@@ -644,6 +718,10 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
         Cmd::Nodes(n) => {
             let cfg = load_config(explicit)?;
             nodes(&Api(&cfg), n.cmd)
+        }
+        Cmd::ApiKeys(k) => {
+            let cfg = load_config(explicit)?;
+            api_keys(&Api(&cfg), k.cmd)
         }
         Cmd::Auth(a) => {
             let cfg = load_config(explicit)?;
@@ -835,7 +913,7 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
                         k.reusable.to_string(),
                         k.ephemeral.to_string(),
                         k.used.to_string(),
-                        short_time(&k.expiration),
+                        k.expiration.as_deref().map_or("never".into(), short_time),
                         short_time(&k.created_at),
                         owner,
                     ]
@@ -884,6 +962,77 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
                 &format!("/api/v1/preauthkey?id={}", enc(&which)),
                 None,
             )?;
+            if !output::machine(f, &r) {
+                outln!("Key deleted");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn api_keys(api: &Api, cmd: ApiKeysSub) -> Result<(), String> {
+    let key_ref = |prefix: Option<String>, id: Option<u64>| {
+        prefix
+            .filter(|p| !p.is_empty())
+            .or(id.map(|i| i.to_string()))
+            .ok_or_else(|| "which key? give --prefix PREFIX or --id ID".to_string())
+    };
+    match cmd {
+        ApiKeysSub::Create(c) => {
+            let f = Format::parse(&c.output)?;
+            let secs = config::parse_long_duration(&c.expiration)
+                .map_err(|e| format!("--expiration: invalid duration {:?}: {e}", c.expiration))?
+                .as_secs();
+            let t = crate::state::now().saturating_add(secs as i64);
+            let r = api.call(
+                "POST",
+                "/api/v1/apikey",
+                Some(json!({ "expiration": crate::timefmt::rfc3339(t) })),
+            )?;
+            let key: String = field(&r, "apiKey")?;
+            if !output::machine(f, &key) {
+                outln!("{key}");
+            }
+        }
+        ApiKeysSub::List(l) => {
+            let f = Format::parse(&l.output)?;
+            let list: Vec<crate::api::types::ApiApiKey> =
+                field(&api.call("GET", "/api/v1/apikey", None)?, "apiKeys")?;
+            if output::machine(f, &list) {
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = list
+                .iter()
+                .map(|k| {
+                    vec![
+                        k.id.clone(),
+                        k.prefix.clone(),
+                        k.expiration.as_deref().map_or("-".into(), short_time),
+                        k.created_at.as_deref().map_or("-".into(), short_time),
+                    ]
+                })
+                .collect();
+            out!(
+                "{}",
+                table(&["ID", "Prefix", "Expiration", "Created"], &rows)
+            );
+        }
+        ApiKeysSub::Expire(e) => {
+            let f = Format::parse(&e.output)?;
+            let which = key_ref(e.prefix, e.id)?;
+            let r = api.call(
+                "POST",
+                "/api/v1/apikey/expire",
+                Some(json!({ "prefix": which })),
+            )?;
+            if !output::machine(f, &r) {
+                outln!("Key expired");
+            }
+        }
+        ApiKeysSub::Delete(d) => {
+            let f = Format::parse(&d.output)?;
+            let which = key_ref(d.prefix, d.id)?;
+            let r = api.call("DELETE", &format!("/api/v1/apikey/{}", enc(&which)), None)?;
             if !output::machine(f, &r) {
                 outln!("Key deleted");
             }

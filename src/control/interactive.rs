@@ -124,6 +124,28 @@ impl Registry {
         self.lock().get(id).and_then(|p| p.done)
     }
 
+    /// The machine a pending (not yet approved) registration is for.
+    pub fn machine_key(&self, id: &str) -> Option<[u8; 32]> {
+        let g = self.lock();
+        g.get(id)
+            .filter(|p| p.done.is_none() && p.expires > now())
+            .map(|p| p.req.machine_key)
+    }
+
+    /// Drops a pending registration (`auth reject`): its held follow-up
+    /// wakes to nothing and the client is sent a fresh login URL.
+    pub fn reject(&self, id: &str) -> bool {
+        let mut g = self.lock();
+        match g.get(id) {
+            Some(p) if p.done.is_none() => {
+                p.tx.close();
+                g.remove(id);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn take_for_approval(&self, id: &str) -> Result<Request, String> {
         let g = self.lock();
         match g.get(id) {

@@ -260,7 +260,7 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
             start_stun(addr);
         }
     }
-    start_admin(&server);
+    start_admin(&server)?;
     let _tls = start_tls(&server);
     #[cfg(feature = "acme")]
     let _http01 = start_acme_http01(&server);
@@ -419,13 +419,15 @@ fn start_acme_http01(server: &SharedServer) -> Option<smol::Task<()>> {
     }
 }
 
-fn start_admin(server: &SharedServer) {
-    if let Err(e) = crate::admin::spawn(server.clone()) {
-        log::warn!(
-            "admin socket {}: {e} (the CLI cannot reach this server)",
-            server.cfg.unix_socket.display()
-        );
-    }
+/// A server without its admin socket would leave the CLI talking to
+/// whatever else listens at that path: failing to bind it is fatal.
+fn start_admin(server: &SharedServer) -> std::io::Result<()> {
+    crate::api::spawn(server.clone()).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("admin socket {}: {e}", server.cfg.unix_socket.display()),
+        )
+    })
 }
 
 /// Binds the control listener and serves it on smol's executor; returns

@@ -70,7 +70,7 @@ where
     }
 }
 
-async fn timeout<T>(
+pub(crate) async fn timeout<T>(
     d: Duration,
     f: impl std::future::Future<Output = io::Result<T>>,
 ) -> io::Result<T> {
@@ -82,7 +82,7 @@ async fn timeout<T>(
 }
 
 /// Reads one request head; returns the head and any bytes read past it.
-async fn read_head<S: AsyncRead + Unpin>(
+pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<head::Head>> {
@@ -184,6 +184,13 @@ where
         let Some(h) = timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await? else {
             return Ok(());
         };
+        if crate::api::http1::is_api_path(&h.path) {
+            let caller = crate::api::http1::Caller::Network;
+            if crate::api::http1::serve(&server, &mut stream, &h, &mut buf, caller).await? {
+                continue;
+            }
+            return Ok(());
+        }
         // Bodies on the front door are tiny or absent; bound and discard them.
         let body_len = h.content_length().unwrap_or(0);
         if body_len > 64 * 1024 {
@@ -296,7 +303,7 @@ where
                 )
                 .await?;
             }
-            ("GET", "/health") | ("GET", "/healthz") => {
+            ("GET", "/healthz") => {
                 respond(
                     &mut stream,
                     "200 OK",

@@ -24,9 +24,22 @@
 //! | GET | /api/v1/policy | | `{policy, updatedAt}` |
 //! | PUT | /api/v1/policy | `{policy}` (only with `policy.mode: database`) | `{policy, updatedAt}` |
 //!
+//! | GET | /api/v1/apikey | | `{apiKeys}` (prefixes masked) |
+//! | POST | /api/v1/apikey | `{expiration}` | `{apiKey}` (the full key, once) |
+//! | POST | /api/v1/apikey/expire | `{prefix}` or `{id}` | `{}` |
+//! | DELETE | /api/v1/apikey/{prefix} | ?id= | `{}` |
+//! | POST | /api/v1/auth/approve, /auth/reject | `{authId}` | `{}` |
+//! | POST | /api/v1/node/backfillips | ?confirmed= | `{changes}` |
+//! | POST | /api/v1/debug/node | | 501 (no fake nodes here) |
+//! | POST | /api/v1/policy/check | `{policy}` | `{}` or 400 with the error |
+//! | GET | /api/v1/health | | `{databaseConnectivity}` |
+//!
 //! Users are named by ID or name wherever an id is expected. Errors are
-//! problem details `{status, title, detail}`.
+//! grpc-gateway's `{code, message, details}`. Who may call is decided by
+//! the transport ([`super::http1`]): the admin socket by peer uid, the
+//! main listener by API key.
 
+use super::apikey;
 use super::types::*;
 use crate::control::{Change, Server};
 use crate::state::{now, OpError, State};
@@ -45,19 +58,26 @@ fn ok(v: serde_json::Value) -> Reply {
     }
 }
 
-pub fn error(status: u16, detail: impl Into<String>) -> Reply {
-    let title = match status {
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        409 => "Conflict",
-        413 => "Payload Too Large",
-        _ => "Internal Server Error",
+/// An error as grpc-gateway answers it: the HTTP status of the gRPC code
+/// and `{code, message, details}`.
+pub fn error(status: u16, message: impl Into<String>) -> Reply {
+    // gRPC codes for the statuses we send (grpc-gateway's mapping, inverted).
+    let code = match status {
+        400 => 3,        // INVALID_ARGUMENT
+        401 => 16,       // UNAUTHENTICATED
+        403 => 7,        // PERMISSION_DENIED
+        404 => 5,        // NOT_FOUND
+        409 => 6,        // ALREADY_EXISTS
+        412 => 9,        // FAILED_PRECONDITION
+        413 => 8,        // RESOURCE_EXHAUSTED
+        405 | 501 => 12, // UNIMPLEMENTED
+        503 => 14,       // UNAVAILABLE
+        _ => 13,         // INTERNAL
     };
     let e = ApiError {
-        status,
-        title: title.into(),
-        detail: detail.into(),
+        code,
+        message: message.into(),
+        details: Vec::new(),
     };
     Reply {
         status,
@@ -123,7 +143,22 @@ fn node_json(server: &Server, st: &State, n: &crate::state::Node) -> ApiNode {
     // Serving = what peers are given: approved exit routes, and subnet routes only where this
     // node is the elected primary (Headscale's subnetRoutes); a standby serves nothing.
     a.subnet_routes = server.routes_in_effect(n);
+    if n.is_tagged() {
+        // Tags are the identity: Headscale shows its special user here.
+        a.user = Some(tagged_devices());
+    }
     a
+}
+
+/// Headscale's stand-in owner of tagged nodes (its id and names).
+pub fn tagged_devices() -> ApiUser {
+    ApiUser {
+        id: "2147455555".into(),
+        name: "tagged-devices".into(),
+        display_name: "Tagged Devices".into(),
+        created_at: "0001-01-01T00:00:00Z".into(),
+        ..ApiUser::default()
+    }
 }
 
 fn parse_id(s: &str, what: &str) -> Result<u64, Reply> {
@@ -393,6 +428,108 @@ fn route(
             ))
         }
 
+        ("GET", ["api", "v1", "health"]) => {
+            Ok(ok(json!({ "databaseConnectivity": db_healthy(server) })))
+        }
+        ("POST", ["api", "v1", "policy", "check"]) => {
+            let r: SetPolicyRequest = body(b)?;
+            let topo = crate::control::policy::topology(&server.state());
+            crate::policy::parse_and_check(&r.policy, &topo)
+                .map_err(|e| error(400, format!("invalid policy: {e}")))?;
+            Ok(ok(json!({})))
+        }
+
+        // ----- API keys
+        ("GET", ["api", "v1", "apikey"]) => {
+            let st = server.state();
+            let keys = apikey::list(&st.store).map_err(op_err)?;
+            let keys: Vec<ApiApiKey> = keys.iter().map(api_key_json).collect();
+            Ok(ok(json!({ "apiKeys": keys })))
+        }
+        ("POST", ["api", "v1", "apikey"]) => {
+            let r: CreateApiKeyRequest = body(b)?;
+            let exp = match r.expiration.as_deref().filter(|s| !s.is_empty()) {
+                None => None,
+                Some(s) => Some(
+                    crate::timefmt::parse_rfc3339(s)
+                        .ok_or_else(|| error(400, format!("invalid expiration {s:?}")))?,
+                ),
+            };
+            let st = server.state();
+            let (_, full) = apikey::create(&st.store, exp).map_err(op_err)?;
+            Ok(ok(json!({ "apiKey": full })))
+        }
+        ("POST", ["api", "v1", "apikey", "expire"]) => {
+            let r: ApiKeyRef = body(b)?;
+            let which = if r.prefix.is_empty() {
+                &r.id
+            } else {
+                &r.prefix
+            };
+            apikey::expire(&server.state().store, which).map_err(op_err)?;
+            Ok(ok(json!({})))
+        }
+        ("DELETE", ["api", "v1", "apikey", prefix]) => {
+            apikey::delete(&server.state().store, prefix).map_err(op_err)?;
+            Ok(ok(json!({})))
+        }
+        ("DELETE", ["api", "v1", "apikey"]) => {
+            let id = query(q, "id").unwrap_or_default();
+            apikey::delete(&server.state().store, &id).map_err(op_err)?;
+            Ok(ok(json!({})))
+        }
+
+        // ----- interactive logins without naming a user
+        ("POST", ["api", "v1", "auth", verb @ ("approve" | "reject")]) => {
+            let r: AuthRegisterRequest = body(b)?;
+            let id = if r.auth_id.is_empty() {
+                r.key
+            } else {
+                r.auth_id
+            };
+            if *verb == "reject" {
+                return if server.pending.reject(&id) {
+                    Ok(ok(json!({})))
+                } else {
+                    Err(error(
+                        404,
+                        format!("no pending auth session for auth_id {id}"),
+                    ))
+                };
+            }
+            // Approve = re-authenticate the machine's node for its owner.
+            let owner = match server.pending.machine_key(&id) {
+                None => {
+                    return Err(error(
+                        404,
+                        format!("no pending auth session for auth_id {id}"),
+                    ))
+                }
+                Some(mk) => server
+                    .state()
+                    .node_by_machine_key(&mk)
+                    .map(|n| n.user.to_string()),
+            };
+            let Some(owner) = owner else {
+                return Err(error(
+                    400,
+                    "this login is for a new machine: name its owner with auth register --user",
+                ));
+            };
+            approve(server, &id, &owner)?;
+            Ok(ok(json!({})))
+        }
+        ("POST", ["api", "v1", "node", "backfillips"]) => {
+            // Every node gets both families when it registers and addresses
+            // are never dropped: there is nothing to backfill.
+            let _ = query(q, "confirmed");
+            Ok(ok(json!({ "changes": [] })))
+        }
+        ("POST", ["api", "v1", "debug", "node"]) => Err(error(
+            501,
+            "debug nodes are not supported: join a real client instead",
+        )),
+
         (_, ["api", ..]) | (_, ["health"]) => Err(error(
             if known_path(segs) { 405 } else { 404 },
             format!("no such endpoint: {method} /{}", segs.join("/")),
@@ -433,7 +570,7 @@ fn known_path(segs: &[&str]) -> bool {
             | [
                 "api",
                 "v1",
-                "user" | "preauthkey" | "node" | "policy" | "auth",
+                "user" | "preauthkey" | "node" | "policy" | "auth" | "apikey" | "debug" | "health",
                 ..
             ]
     )
@@ -457,4 +594,27 @@ fn policy_updated(server: &Server) -> String {
 /// True when the filter is unset or equals `v`.
 fn filter_ok(f: &Option<String>, v: &str) -> bool {
     f.as_deref().map_or(true, |f| f == v)
+}
+
+fn api_key_json(k: &apikey::ApiKey) -> ApiApiKey {
+    ApiApiKey {
+        id: k.id.to_string(),
+        prefix: k.masked(),
+        expiration: (k.expiration != 0).then(|| crate::timefmt::rfc3339(k.expiration)),
+        created_at: Some(crate::timefmt::rfc3339(k.created)),
+        last_seen: None,
+    }
+}
+
+/// The database answers: a read transaction works and the file on disk can
+/// still be read (a check of the page cache alone passes with the file
+/// gone or unreadable). Used by `/health` and `tinyscale health`.
+pub fn db_healthy(server: &Server) -> bool {
+    if server.state().store.get_meta(META_POLICY_UPDATED).is_err() {
+        return false;
+    }
+    let mut magic = [0u8; 4];
+    std::fs::File::open(&server.cfg.database_path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok_and(|_| &magic == b"redb")
 }

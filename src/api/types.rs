@@ -1,7 +1,9 @@
-//! JSON objects of the admin API, shaped like Headscale's v1 REST API
-//! (protojson conventions: 64-bit ids as strings, RFC 3339 times, camelCase,
-//! zero values emitted). Shared by the server (serialise) and the CLI
-//! (deserialise for tables).
+//! JSON objects of the REST API, shaped as Headscale's grpc-gateway writes
+//! them (protojson: 64-bit ids as strings, RFC 3339 times, lowerCamelCase,
+//! every field present, unset messages `null`). Shared by the server
+//! (serialise) and the CLI (deserialise). Request bodies accept what
+//! grpc-gateway accepts: camelCase or the proto's snake_case names, 64-bit
+//! ids as JSON numbers or strings, unknown fields ignored.
 
 use crate::state::{Node, PreAuthKey, RegisterMethod, User};
 use crate::timefmt::rfc3339;
@@ -50,7 +52,8 @@ pub struct ApiPreAuthKey {
     pub reusable: bool,
     pub ephemeral: bool,
     pub used: bool,
-    pub expiration: String,
+    /// None (JSON null) for a key that never expires, as Headscale.
+    pub expiration: Option<String>,
     pub created_at: String,
     pub acl_tags: Vec<String>,
 }
@@ -67,7 +70,7 @@ impl ApiPreAuthKey {
             reusable: k.reusable,
             ephemeral: k.ephemeral,
             used: k.used,
-            expiration: rfc3339(k.expiration),
+            expiration: (k.expiration != 0).then(|| rfc3339(k.expiration)),
             created_at: rfc3339(k.created),
             acl_tags: k.tags.clone(),
         }
@@ -165,13 +168,32 @@ fn client_version(hostinfo: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Error body (RFC 9457 problem details, as Headscale's v1 API sends).
+/// Error body as grpc-gateway writes it: the gRPC status code, the message
+/// (what Headplane and headscale-ui show) and an empty details list.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ApiError {
-    pub status: u16,
-    pub title: String,
-    pub detail: String,
+    pub code: u32,
+    pub message: String,
+    pub details: Vec<serde_json::Value>,
+}
+
+/// A 64-bit id as grpc-gateway reads it: a JSON string or number (absent
+/// or null = empty). Kept as text: the API also accepts names and
+/// prefixes where Headscale takes an id.
+pub fn id_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id {
+        S(String),
+        N(u64),
+        Null(()),
+    }
+    Ok(match Id::deserialize(d)? {
+        Id::S(s) => s,
+        Id::N(n) => n.to_string(),
+        Id::Null(()) => String::new(),
+    })
 }
 
 // Request bodies.
@@ -180,8 +202,10 @@ pub struct ApiError {
 #[serde(rename_all = "camelCase", default)]
 pub struct CreateUserRequest {
     pub name: String,
+    #[serde(alias = "display_name")]
     pub display_name: String,
     pub email: String,
+    #[serde(alias = "picture_url")]
     pub picture_url: String,
 }
 
@@ -189,11 +213,13 @@ pub struct CreateUserRequest {
 #[serde(rename_all = "camelCase", default)]
 pub struct CreatePreAuthKeyRequest {
     /// User ID (or name).
+    #[serde(deserialize_with = "id_text")]
     pub user: String,
     pub reusable: bool,
     pub ephemeral: bool,
     /// RFC 3339; absent or Go's zero time = never expires.
     pub expiration: Option<String>,
+    #[serde(alias = "acl_tags")]
     pub acl_tags: Vec<String>,
 }
 
@@ -201,8 +227,10 @@ pub struct CreatePreAuthKeyRequest {
 #[serde(rename_all = "camelCase", default)]
 pub struct ExpirePreAuthKeyRequest {
     /// Key ID; tinyscale also accepts the key's prefix or the full key here.
+    #[serde(deserialize_with = "id_text")]
     pub id: String,
     /// Older Headscale shape: user + key.
+    #[serde(deserialize_with = "id_text")]
     pub user: String,
     pub key: String,
 }
@@ -211,6 +239,7 @@ pub struct ExpirePreAuthKeyRequest {
 #[serde(rename_all = "camelCase", default)]
 pub struct ExpireNodeRequest {
     pub expiry: Option<String>,
+    #[serde(alias = "disable_expiry")]
     pub disable_expiry: bool,
 }
 
@@ -236,9 +265,44 @@ pub struct SetApprovedRoutesRequest {
 #[serde(rename_all = "camelCase", default)]
 pub struct AuthRegisterRequest {
     /// The registration ID from the client's AuthURL (`…/register/<id>`).
+    #[serde(alias = "auth_id")]
     pub auth_id: String,
     /// Alternative spelling of `authId`.
     pub key: String,
     /// User ID or name.
     pub user: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct CreateApiKeyRequest {
+    /// RFC 3339; absent = the default lifetime.
+    pub expiration: Option<String>,
+}
+
+/// `apikey/expire` and `DELETE apikey/{prefix}`: the masked prefix
+/// (`hskey-api-<prefix>-***`, the bare prefix) or the id.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct ApiKeyRef {
+    pub prefix: String,
+    #[serde(deserialize_with = "id_text")]
+    pub id: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ApiApiKey {
+    pub id: String,
+    /// Masked: `hskey-api-<prefix>-***`.
+    pub prefix: String,
+    pub expiration: Option<String>,
+    pub created_at: Option<String>,
+    pub last_seen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct BackfillRequest {
+    pub confirmed: bool,
 }

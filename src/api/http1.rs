@@ -1,0 +1,197 @@
+//! One API request over HTTP/1.1 on any async stream: the admin socket and
+//! the main listener both come here once they have read a request head.
+//! Who the caller is gets decided before a byte of the body is read, so an
+//! unauthenticated peer on the internet can make us hold a head (bounded by
+//! the front door) and nothing more.
+
+use super::routes::{self, Reply};
+use crate::control::SharedServer;
+use crate::http::head::Head;
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use std::io;
+use std::time::Duration;
+
+/// Largest request body accepted (a policy is the largest thing sent).
+pub const MAX_BODY: usize = 1 << 20;
+/// Time allowed for a whole body to arrive (not per read).
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which way the request came in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// The admin socket: its peer's uid was checked on accept.
+    Local,
+    /// The main listener: `Authorization: Bearer <API key>` required
+    /// (except for the public `/health` and `/version`).
+    Network,
+}
+
+/// Headscale's API version level tinyscale implements; `/version` reports
+/// it so that Headplane takes its ≥ 0.28 code paths (README says so).
+pub const COMPAT_VERSION: &str = "v0.29.2";
+
+/// True for the paths this module serves on the main listener.
+pub fn is_api_path(path: &str) -> bool {
+    path.starts_with("/api/v1/") || path == "/health" || path == "/version"
+}
+
+/// Serves one request whose head is `h`; `buf` holds what was read past
+/// the head (the body's start; what is left of it stays for the next
+/// request). Returns false when the connection must be closed.
+pub async fn serve<S>(
+    server: &SharedServer,
+    stream: &mut S,
+    h: &Head,
+    buf: &mut Vec<u8>,
+    caller: Caller,
+) -> io::Result<bool>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let public = matches!(h.path.as_str(), "/health" | "/version");
+    if caller == Caller::Network && !public && !authorised(server, h).await {
+        // Headscale's answer, byte for byte: both UIs look for a 401.
+        write(
+            stream,
+            401,
+            "text/plain; charset=utf-8",
+            b"Unauthorized",
+            true,
+        )
+        .await?;
+        return Ok(false);
+    }
+    if h.header("transfer-encoding").is_some() {
+        let r = routes::error(411, "send the body with Content-Length");
+        write(stream, 411, "application/json", r.body.as_bytes(), true).await?;
+        return Ok(false);
+    }
+    let len = h.content_length().unwrap_or(0);
+    if len > MAX_BODY {
+        let r = routes::error(
+            413,
+            format!("request body of {len} bytes is larger than the {MAX_BODY} allowed"),
+        );
+        write(stream, 413, "application/json", r.body.as_bytes(), true).await?;
+        return Ok(false);
+    }
+    if !read_body(stream, buf, len).await? {
+        return Ok(false);
+    }
+    let body: Vec<u8> = buf.drain(..len).collect();
+    let close = h.header_has_token("connection", "close");
+    let (status, ctype, text) = match h.path.as_str() {
+        "/health" => {
+            let s = server.clone();
+            let up = smol::unblock(move || routes::db_healthy(&s)).await;
+            let b = if up {
+                r#"{"status":"pass"}"#
+            } else {
+                r#"{"status":"fail"}"#
+            };
+            let status = if up { 200 } else { 500 };
+            (
+                status,
+                "application/health+json; charset=utf-8",
+                b.to_string(),
+            )
+        }
+        "/version" => (200, "application/json", version_json()),
+        _ => {
+            let (s, m) = (server.clone(), h.method.to_ascii_uppercase());
+            let url = if h.query.is_empty() {
+                h.path.clone()
+            } else {
+                format!("{}?{}", h.path, h.query)
+            };
+            let Reply { status, body } =
+                smol::unblock(move || routes::handle(&s, &m, &url, &body)).await;
+            log::debug!("api: {} {} -> {status}", h.method, h.path);
+            (status, "application/json", body)
+        }
+    };
+    write(stream, status, ctype, text.as_bytes(), close).await?;
+    Ok(!close)
+}
+
+/// Checks the bearer key (a database read, off the executor threads).
+async fn authorised(server: &SharedServer, h: &Head) -> bool {
+    let Some(key) = h
+        .header("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::to_string)
+    else {
+        return false;
+    };
+    let s = server.clone();
+    smol::unblock(move || super::apikey::validate(&s.state().store, &key)).await
+}
+
+/// Reads until `buf` holds `len` bytes, within one deadline for the whole
+/// body. False when the peer closed first.
+async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> io::Result<bool> {
+    crate::http::timeout(BODY_TIMEOUT, async {
+        while buf.len() < len {
+            let mut tmp = [0u8; 4096];
+            let n = stream.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        Ok(true)
+    })
+    .await
+}
+
+fn version_json() -> String {
+    serde_json::json!({
+        "version": COMPAT_VERSION,
+        "commit": concat!("tinyscale-", env!("CARGO_PKG_VERSION")),
+        "buildTime": "",
+        "go": {"version": "", "os": std::env::consts::OS, "arch": std::env::consts::ARCH},
+        "dirty": false,
+    })
+    .to_string()
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        412 => "Precondition Failed",
+        413 => "Payload Too Large",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Internal Server Error",
+    }
+}
+
+async fn write<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    status: u16,
+    ctype: &str,
+    body: &[u8],
+    close: bool,
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}\r\n",
+        reason(status),
+        body.len(),
+        if close { "Connection: close\r\n" } else { "" }
+    )
+    .into_bytes();
+    out.extend_from_slice(body);
+    stream.write_all(&out).await?;
+    stream.flush().await
+}

@@ -1,0 +1,20 @@
+//! The API room: one implementation of Headscale's v1 REST API that every
+//! way in calls — the admin unix socket (the local CLI, no key: the peer's
+//! uid is checked), `/api/v1/*` on the main listener (an API key), the
+//! remote CLI, and later the built-in web page.
+//!
+//! - [`routes`]: method + path + body → status + JSON, transport-free.
+//! - [`types`]: the JSON shapes (grpc-gateway's).
+//! - [`apikey`]: `hskey-api-…` keys, hashed at rest.
+//! - [`http1`]: one HTTP/1.1 request on any async stream, with the
+//!   caller's authorisation decided before the body is read.
+//! - [`socket`]: the admin socket.
+
+pub mod apikey;
+pub mod http1;
+pub mod routes;
+pub mod socket;
+pub mod types;
+
+pub use routes::{error, handle, pct_decode, Reply, META_POLICY_UPDATED};
+pub use socket::{spawn, MAX_BODY};
