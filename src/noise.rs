@@ -2,8 +2,8 @@
 //! client) and our own transport record layer, because the client's record
 //! nonce is big-endian where snow's is little-endian (protocol trap 1).
 //!
-//! `NoiseStream` carries the decrypted byte stream and implements tokio's
-//! `AsyncRead`/`AsyncWrite`, which is all the `h2` crate needs; underneath it
+//! `NoiseStream` carries the decrypted byte stream as a futures-io
+//! `AsyncRead`/`AsyncWrite` (what the HTTP/2 driver runs on); underneath it
 //! polls any futures-io stream (an `async_io::Async<TcpStream>`).
 
 use crate::wire::noise::{self as wn, RecordHeader, MAX_PLAINTEXT_LEN, RECORD_HEADER_LEN, TAG_LEN};
@@ -422,20 +422,17 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
     }
 }
 
-impl<S: FRead + FWrite + Unpin> tokio::io::AsyncRead for NoiseStream<S> {
+impl<S: FRead + FWrite + Unpin> FRead for NoiseStream<S> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let n = ready!(this.poll_read_plain(cx, buf.initialize_unfilled()))?;
-        buf.advance(n);
-        Poll::Ready(Ok(()))
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_read_plain(cx, buf)
     }
 }
 
-impl<S: FRead + FWrite + Unpin> tokio::io::AsyncWrite for NoiseStream<S> {
+impl<S: FRead + FWrite + Unpin> FWrite for NoiseStream<S> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -446,7 +443,7 @@ impl<S: FRead + FWrite + Unpin> tokio::io::AsyncWrite for NoiseStream<S> {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_flush_all(cx)
     }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_close_all(cx)
     }
 }
@@ -455,14 +452,7 @@ impl<S: FRead + FWrite + Unpin> tokio::io::AsyncWrite for NoiseStream<S> {
 mod tests {
     use super::*;
     use crate::keys::{from_hex, to_hex};
-
-    fn h(s: &str) -> Vec<u8> {
-        let s: String = s.split_whitespace().collect();
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
+    use crate::wire::test_hex as h;
 
     /// protocol/noise.md §8 vectors (capver 130).
     #[test]

@@ -5,15 +5,14 @@
 
 pub mod netmap;
 
+pub use crate::http::h2conn::RecvStream;
+use crate::http::h2conn::{Client, Limits};
 use crate::keys::{self, DiscoKey, MachineKey, NodeKey};
 use crate::noise::{Initiator, NoiseStream};
 use crate::tailcfg::{MapRequest, RegisterRequest, RegisterResponse, RegisterResponseAuth};
 use crate::wire::{base64, mapframe, noise as wn};
 use async_io::Async;
-use bytes::Bytes;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use h2::client::SendRequest;
-use h2::RecvStream;
 use std::io::{self, Error, ErrorKind};
 use std::net::{SocketAddr, TcpStream};
 
@@ -90,9 +89,21 @@ pub async fn fetch_key(addr: SocketAddr) -> io::Result<[u8; 32]> {
     Ok(v.public_key.0)
 }
 
+/// The client side's HTTP/2 settings: a 1 MiB stream window so a full
+/// map arrives without waiting on window updates.
+static CLIENT_LIMITS: Limits = Limits {
+    max_streams: 0,
+    stream_window: 1 << 20,
+    conn_window_extra: 16 << 20,
+    max_body: 0,
+    body_budget: 0,
+    max_header_list: 64 * 1024,
+    max_header_block: 64 * 1024,
+};
+
 /// A Noise + HTTP/2 connection to the control server.
 pub struct Conn {
-    send: SendRequest<Bytes>,
+    send: Client,
     pub machine_public: [u8; 32],
 }
 
@@ -112,6 +123,26 @@ pub async fn connect_version(
     machine_private: &[u8; 32],
     version: u16,
 ) -> io::Result<Conn> {
+    let noise = connect_noise(addr, server_public, machine_private, version).await?;
+    let (send, conn) = Client::new(noise, &CLIENT_LIMITS);
+    smol::spawn(async move {
+        let _ = conn.await;
+    })
+    .detach();
+    Ok(Conn {
+        send,
+        machine_public: keys::x25519_public(machine_private),
+    })
+}
+
+/// Dials `/ts2021` and completes the Noise handshake: the stream HTTP/2
+/// would run on (tests that misbehave at the HTTP/2 layer start here).
+pub async fn connect_noise(
+    addr: SocketAddr,
+    server_public: &[u8; 32],
+    machine_private: &[u8; 32],
+    version: u16,
+) -> io::Result<NoiseStream<Async<TcpStream>>> {
     let mut s = Async::<TcpStream>::connect(addr).await?;
     let _ = s.get_ref().set_nodelay(true);
     let (ini, init) = Initiator::start(machine_private, server_public, version).map_err(other)?;
@@ -144,20 +175,7 @@ pub async fn connect_version(
     }
     let keys = ini.finish(&buf[..wn::RESPONSE_LEN]).map_err(other)?;
     let leftover = buf.split_off(wn::RESPONSE_LEN);
-    let noise = NoiseStream::new(s, &keys, leftover);
-    let (send, conn) = h2::client::Builder::new()
-        .initial_window_size(1 << 20)
-        .handshake::<_, Bytes>(noise)
-        .await
-        .map_err(other)?;
-    smol::spawn(async move {
-        let _ = conn.await;
-    })
-    .detach();
-    Ok(Conn {
-        send,
-        machine_public: keys::x25519_public(machine_private),
-    })
+    Ok(NoiseStream::new(s, &keys, leftover))
 }
 
 async fn read_more(s: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Result<()> {
@@ -172,23 +190,14 @@ async fn read_more(s: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Result<()
 
 impl Conn {
     /// POSTs JSON; returns the status and the response body stream.
-    pub async fn post(&mut self, path: &str, body: Vec<u8>) -> io::Result<(u16, RecvStream)> {
-        let mut send = self.send.clone().ready().await.map_err(other)?;
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("https://unused{path}"))
-            .body(())
-            .map_err(other)?;
-        let (resp, mut tx) = send.send_request(req, false).map_err(other)?;
-        crate::http::h2srv::send_all_client(&mut tx, Bytes::from(body)).await?;
-        let resp = resp.await.map_err(other)?;
-        Ok((resp.status().as_u16(), resp.into_body()))
+    pub async fn post(&self, path: &str, body: Vec<u8>) -> io::Result<(u16, RecvStream)> {
+        self.send.post(path, &body).await
     }
 
     /// POSTs JSON and reads the whole (bounded) response.
     pub async fn post_json(&mut self, path: &str, body: Vec<u8>) -> io::Result<(u16, Vec<u8>)> {
-        let (status, rx) = self.post(path, body).await?;
-        let body = crate::http::h2srv::read_body(rx, 64 << 20).await?;
+        let (status, mut rx) = self.post(path, body).await?;
+        let body = rx.read_all(64 << 20).await?;
         Ok((status, body))
     }
 
@@ -214,13 +223,11 @@ impl Conn {
 
     /// Opens a map poll; with `Stream: true` messages keep coming.
     pub async fn map(&mut self, req: &MapRequest) -> io::Result<MapStream> {
-        let (status, rx) = self
+        let (status, mut rx) = self
             .post("/machine/map", serde_json::to_vec(req).map_err(other)?)
             .await?;
         if status != 200 {
-            let body = crate::http::h2srv::read_body(rx, 1 << 20)
-                .await
-                .unwrap_or_default();
+            let body = rx.read_all(1 << 20).await.unwrap_or_default();
             return Err(other(format!(
                 "map: HTTP {status}: {}",
                 String::from_utf8_lossy(&body)
@@ -265,8 +272,7 @@ impl MapStream {
             match self.rx.data().await {
                 None => return Ok(None),
                 Some(chunk) => {
-                    let chunk = chunk.map_err(other)?;
-                    let _ = self.rx.flow_control().release_capacity(chunk.len());
+                    let chunk = chunk?;
                     self.bytes += chunk.len() as u64;
                     self.buf.extend_from_slice(&chunk);
                 }

@@ -6,6 +6,7 @@ use crate::control::hub::{IdSet, Known, Subscription};
 use crate::control::netmap::{self, peer_json, render_node, to_raw};
 use crate::control::policy::View;
 use crate::control::{Change, Server, SharedServer};
+use crate::http::h2conn::Responder;
 use crate::http::h2srv::{self, ConnCtx};
 use crate::http::MIN_CAPVER;
 use crate::keys::{DiscoKey, NodeKey};
@@ -14,11 +15,7 @@ use crate::tailcfg::{self, MapRequest, MapResponse, PeerChange, SharedRaw};
 use crate::timefmt::rfc3339;
 use crate::wire::mapframe;
 use async_io::Timer;
-use bytes::Bytes;
-use futures_lite::future::{self, poll_fn, FutureExt};
-use h2::server::SendResponse;
-use h2::SendStream;
-use http::StatusCode;
+use futures_lite::future::{self, FutureExt};
 use log::{debug, info};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -42,7 +39,7 @@ pub async fn handle(
     server: SharedServer,
     ctx: Arc<ConnCtx>,
     body: Vec<u8>,
-    mut respond: SendResponse<Bytes>,
+    mut respond: Responder,
 ) -> io::Result<()> {
     let parsed = serde_json::from_slice::<MapRequest>(&body);
     drop(body); // not kept alive for the life of a long poll
@@ -50,12 +47,12 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => {
             let msg = format!("invalid map request: {e}\n").into_bytes();
-            return h2srv::reply(&mut respond, StatusCode::BAD_REQUEST, "text/plain", msg).await;
+            return h2srv::reply(&mut respond, 400, "text/plain", msg).await;
         }
     };
     if req.version < MIN_CAPVER as u32 {
         let msg = b"unsupported client version\n".to_vec();
-        return h2srv::reply(&mut respond, StatusCode::BAD_REQUEST, "text/plain", msg).await;
+        return h2srv::reply(&mut respond, 400, "text/plain", msg).await;
     }
     let found = {
         let st = server.state();
@@ -65,44 +62,28 @@ pub async fn handle(
     };
     let Some(node_id) = found else {
         let msg = b"node not found\n".to_vec();
-        return h2srv::reply(&mut respond, StatusCode::NOT_FOUND, "text/plain", msg).await;
+        return h2srv::reply(&mut respond, 404, "text/plain", msg).await;
     };
+    ctx.set_identified();
     let commits = server.state().store.committer();
     let durable = apply_update(&server, node_id, &req);
     let zstd = req.compress == "zstd";
     if !req.stream {
         if durable && commits.wait_async(commits.queued()).await.is_err() {
             let msg = b"storage error\n".to_vec();
-            return h2srv::reply(
-                &mut respond,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "text/plain",
-                msg,
-            )
-            .await;
+            return h2srv::reply(&mut respond, 500, "text/plain", msg).await;
         }
         if req.omit_peers {
             // Lite update: stored and fanned out above; the body is ignored.
-            return h2srv::reply(&mut respond, StatusCode::OK, "text/plain", Vec::new()).await;
+            return h2srv::reply(&mut respond, 200, "text/plain", Vec::new()).await;
         }
         let msg = full_map(&server, node_id, &Known::default(), &mut None, false)
             .map(|m| frame(&m, zstd));
         let Some(msg) = msg else {
-            return h2srv::reply(
-                &mut respond,
-                StatusCode::NOT_FOUND,
-                "text/plain",
-                Vec::new(),
-            )
-            .await;
+            return h2srv::reply(&mut respond, 404, "text/plain", Vec::new()).await;
         };
-        let mut tx = h2srv::start(
-            &mut respond,
-            StatusCode::OK,
-            "application/octet-stream",
-            false,
-        )?;
-        return h2srv::send_all(&mut tx, msg, true).await;
+        respond.start(200, "application/octet-stream", false)?;
+        return respond.send(&msg, true).await;
     }
     let (sub, was_online) = server.hub.subscribe(node_id);
     if !was_online {
@@ -335,11 +316,11 @@ fn ssh_for(server: &Server, view: &View, id: u64) -> Option<SharedRaw> {
     }
 }
 
-fn frame(m: &MapResponse, zstd: bool) -> Bytes {
+fn frame(m: &MapResponse, zstd: bool) -> Vec<u8> {
     let json = serde_json::to_vec(m).unwrap_or_else(|_| b"{}".to_vec());
     let mut out = Vec::with_capacity(json.len() + 16);
     mapframe::emit_message(&json, zstd, &mut out);
-    Bytes::from(out)
+    out
 }
 
 /// A complete snapshot for `id`; fills `known` with the peers sent.
@@ -605,7 +586,7 @@ impl Digest {
 /// most `FULL_MAP_SLOT_HOLD`). None if the node is gone.
 async fn send_full_map(
     server: &Server,
-    tx: &mut SendStream<Bytes>,
+    tx: &mut Responder,
     id: u64,
     known: &Known,
     vis_cache: &mut Option<(u64, Vis)>,
@@ -619,7 +600,7 @@ async fn send_full_map(
     let sent = Sent::from_map(&m);
     let bytes = frame(&m, zstd);
     drop(m);
-    let mut send = std::pin::pin!(h2srv::send_all(tx, bytes, false));
+    let mut send = std::pin::pin!(tx.send(&bytes, false));
     let within = async { Some(send.as_mut().await) }
         .or(async {
             Timer::after(FULL_MAP_SLOT_HOLD).await;
@@ -640,7 +621,7 @@ enum Event {
     Closed,
 }
 
-async fn next_event(sub: &Subscription, tx: &mut SendStream<Bytes>, keepalive: Duration) -> Event {
+async fn next_event(sub: &Subscription, tx: &Responder, keepalive: Duration) -> Event {
     let recv = async {
         match sub.changes().await {
             Some(v) => Event::Changes(v),
@@ -652,7 +633,7 @@ async fn next_event(sub: &Subscription, tx: &mut SendStream<Bytes>, keepalive: D
         Event::KeepAlive
     };
     let reset = async {
-        let _ = poll_fn(|cx| tx.poll_reset(cx)).await;
+        tx.closed().await;
         Event::Closed
     };
     recv.or(ka).or(reset).await
@@ -661,17 +642,16 @@ async fn next_event(sub: &Subscription, tx: &mut SendStream<Bytes>, keepalive: D
 async fn stream(
     server: &SharedServer,
     sub: &Subscription,
-    respond: &mut SendResponse<Bytes>,
+    tx: &mut Responder,
     zstd: bool,
     keep_alive: bool,
 ) -> io::Result<()> {
     let id = sub.node_id;
-    let mut tx = h2srv::start(respond, StatusCode::OK, "application/octet-stream", false)?;
+    tx.start(200, "application/octet-stream", false)?;
     let known = &*sub.known;
     let mut vis_cache = None;
     let mut seen_gen = server.policy_view().1;
-    let Some(mut sent) =
-        send_full_map(server, &mut tx, id, known, &mut vis_cache, false, zstd).await?
+    let Some(mut sent) = send_full_map(server, tx, id, known, &mut vis_cache, false, zstd).await?
     else {
         return Ok(());
     };
@@ -692,21 +672,21 @@ async fn stream(
         } else {
             Duration::from_secs(3600)
         };
-        match next_event(sub, &mut tx, ka).await {
+        match next_event(sub, tx, ka).await {
             Event::Closed => {
                 // Replaced or disconnected: end the body cleanly.
-                let _ = tx.send_data(Bytes::new(), true);
+                tx.end();
                 return Ok(());
             }
-            Event::KeepAlive => h2srv::send_all(&mut tx, ka_msg.clone(), false).await?,
+            Event::KeepAlive => tx.send(&ka_msg, false).await?,
             // A wake-up whose changes an earlier read already took.
             Event::Changes(changes) if changes.is_empty() => {}
             Event::Changes(changes) if changes.contains(&Change::Everything) => {
                 seen_gen = server.policy_view().1;
-                match send_full_map(server, &mut tx, id, known, &mut vis_cache, true, zstd).await? {
+                match send_full_map(server, tx, id, known, &mut vis_cache, true, zstd).await? {
                     Some(s) => sent = s,
                     None => {
-                        let _ = tx.send_data(Bytes::new(), true);
+                        tx.end();
                         return Ok(()); // deleted
                     }
                 }
@@ -722,9 +702,9 @@ async fn stream(
                     &mut sent,
                 );
                 if let Some(m) = msg {
-                    h2srv::send_all(&mut tx, frame(&m, zstd), false).await?;
+                    tx.send(&frame(&m, zstd), false).await?;
                 } else if !server.state().nodes.contains_key(&id) {
-                    let _ = tx.send_data(Bytes::new(), true);
+                    tx.end();
                     return Ok(()); // deleted
                 }
             }

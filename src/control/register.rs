@@ -10,28 +10,19 @@ use crate::keys::NodeKey;
 use crate::state::{now, Node, Op, RegisterMethod, State};
 use crate::tailcfg::{self, RegisterRequest, RegisterResponse};
 use crate::timefmt::{parse_rfc3339, rfc3339};
-use http::StatusCode;
 use log::{info, warn};
 
 /// Handles one request; returns the status and the JSON body.
-pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode, Vec<u8>) {
+pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (u16, Vec<u8>) {
     let req: RegisterRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("invalid register request: {e}\n").into_bytes(),
-            )
-        }
+        Err(e) => return (400, format!("invalid register request: {e}\n").into_bytes()),
     };
     if req.version < MIN_CAPVER as u32 {
-        return (
-            StatusCode::BAD_REQUEST,
-            b"unsupported client version\n".to_vec(),
-        );
+        return (400, b"unsupported client version\n".to_vec());
     }
     if req.node_key.is_zero() {
-        return (StatusCode::BAD_REQUEST, b"missing NodeKey\n".to_vec());
+        return (400, b"missing NodeKey\n".to_vec());
     }
     let commits = server.state().store.committer();
     let before = commits.queued();
@@ -58,8 +49,8 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (StatusCode,
         }
     }
     match serde_json::to_vec(&resp) {
-        Ok(v) => (StatusCode::OK, v),
-        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Vec::new()),
+        Ok(v) => (200, v),
+        Err(_) => (500, Vec::new()),
     }
 }
 

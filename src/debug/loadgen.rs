@@ -209,7 +209,7 @@ struct Shared {
 
 /// Consumes one map stream: frames, zstd, JSON; tracks the peer set and
 /// reports first map and measured endpoints.
-async fn reader(i: usize, mut rx: h2::RecvStream, sh: Arc<Shared>) {
+async fn reader(i: usize, mut rx: crate::client::RecvStream, sh: Arc<Shared>) {
     let mut buf: Vec<u8> = Vec::new();
     let mut json = Vec::new();
     let mut first = true;
@@ -220,7 +220,6 @@ async fn reader(i: usize, mut rx: h2::RecvStream, sh: Arc<Shared>) {
             Some(Err(e)) => break e.to_string(),
             Some(Ok(c)) => c,
         };
-        let _ = rx.flow_control().release_capacity(chunk.len());
         sh.bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         my_bytes += chunk.len() as u64;
         buf.extend_from_slice(&chunk);
@@ -716,7 +715,7 @@ impl Loadgen {
                 let (slots, sh) = (slots.clone(), sh.clone());
                 async move {
                     let taken = slots[i].lock().unwrap_or_else(|e| e.into_inner()).take();
-                    let Some(mut s) = taken else { return Ok(()) };
+                    let Some(s) = taken else { return Ok(()) };
                     let req = s.node.map_request(true, &["198.51.100.1:41641"]);
                     let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
                     let r = s.conn.post("/machine/map", body).await;

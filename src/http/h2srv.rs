@@ -1,169 +1,156 @@
-//! HTTP/2 (prior knowledge) inside the Noise stream, served by the `h2`
-//! crate polled on smol. Routes `/machine/*` to the control plane.
+//! HTTP/2 (prior knowledge) inside the Noise stream: our own driver
+//! ([`super::h2conn`]) with the bounds below, routing `/machine/*` to the
+//! control plane.
 
+use super::h2conn::{Driver, Limits, Request, Responder};
 use crate::control::{map, register, SharedServer};
-use crate::noise::NoiseStream;
-use bytes::Bytes;
-use futures_lite::future::poll_fn;
-use h2::server::SendResponse;
-use h2::{RecvStream, SendStream};
-use http::{Response, StatusCode};
+use async_io::Timer;
+use futures_lite::future::{self, FutureExt};
+use futures_lite::io::{AsyncRead, AsyncWrite};
 use log::debug;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-/// Largest request body accepted (Headscale's cap too).
+/// Largest request body accepted (Headscale's cap too); a register
+/// request with a full Hostinfo is a few KB.
 pub const MAX_BODY: usize = 1024 * 1024;
+
+/// Request body bytes one connection may have buffered at once, all its
+/// streams together. Bodies are buffered whole before they are parsed, and
+/// an unauthenticated peer chooses them: with 64 streams × 1 MiB (the
+/// limits before) one Noise handshake could pin 64 MiB. One maximal body
+/// is the most a legitimate client ever needs.
+pub const CONN_BODY_BUDGET: usize = MAX_BODY;
+
+/// Streams a client may have open at once. The Go client uses one long
+/// poll, a second while it replaces it, and short requests (register, lite
+/// map updates, health, audit log) beside them.
+pub const MAX_STREAMS: usize = 8;
+
+/// The client's preface and SETTINGS must arrive within this of the
+/// Noise handshake (the Go client sends them at once).
+pub const PREFACE_DEADLINE: Duration = Duration::from_secs(10);
+/// The first request must have started by then.
+pub const FIRST_REQUEST_DEADLINE: Duration = Duration::from_secs(20);
+/// A connection that has not identified a node by then (a register
+/// request answered 200, or a map request for a node this machine key
+/// owns) is closed once no request is in flight: otherwise anyone who
+/// completes a handshake may hold a socket and its memory indefinitely.
+pub const IDENTIFY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// What the server side of a control connection accepts.
+pub static SERVER_LIMITS: Limits = Limits {
+    max_streams: MAX_STREAMS,
+    // What a stream may send before we read it: a request body arrives in
+    // steps of this (we give it back as we buffer it).
+    stream_window: 64 * 1024,
+    conn_window_extra: 0,
+    max_body: MAX_BODY,
+    body_budget: CONN_BODY_BUDGET,
+    // The Go client's request heads are ~200 bytes.
+    max_header_list: 16 * 1024,
+    max_header_block: 32 * 1024,
+};
 
 /// Per-connection identity, from the Noise handshake.
 pub struct ConnCtx {
     /// The client's machine key: authoritative for who this is.
     pub machine_key: [u8; 32],
     pub version: u16,
+    /// A request on this connection named a node it may act for.
+    pub identified: AtomicBool,
 }
 
-fn h2_io(e: h2::Error) -> io::Error {
-    io::Error::other(e)
-}
-
-pub async fn serve<S>(server: SharedServer, io: NoiseStream<S>, ctx: ConnCtx) -> io::Result<()>
-where
-    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin + Send + 'static,
-{
-    // Small windows and buffers: memory per connected node is the budget
-    // that decides how many nodes a router can hold (issue: ≤ 24 KiB/node).
-    let mut conn = h2::server::Builder::new()
-        .initial_window_size(64 * 1024)
-        .initial_connection_window_size(128 * 1024)
-        .max_concurrent_streams(64)
-        .max_header_list_size(16 * 1024)
-        .max_send_buffer_size(32 * 1024)
-        .handshake::<_, Bytes>(io)
-        .await
-        .map_err(h2_io)?;
-    let ctx = Arc::new(ctx);
-    while let Some(r) = conn.accept().await {
-        let (req, respond) = r.map_err(h2_io)?;
-        let server = server.clone();
-        let ctx = ctx.clone();
-        smol::spawn(async move {
-            let (parts, body) = req.into_parts();
-            if let Err(e) = route(server, ctx, parts, body, respond).await {
-                debug!("request: {e}");
-            }
-        })
-        .detach();
-    }
-    Ok(())
-}
-
-async fn route(
-    server: SharedServer,
-    ctx: Arc<ConnCtx>,
-    parts: http::request::Parts,
-    body: RecvStream,
-    mut respond: SendResponse<Bytes>,
-) -> io::Result<()> {
-    let path = parts.uri.path().to_string();
-    let body = match read_body(body, MAX_BODY).await {
-        Ok(b) => b,
-        Err(e) => {
-            return reply(
-                &mut respond,
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "text/plain",
-                e.to_string().into_bytes(),
-            )
-            .await
+impl ConnCtx {
+    pub fn new(machine_key: [u8; 32], version: u16) -> ConnCtx {
+        ConnCtx {
+            machine_key,
+            version,
+            identified: AtomicBool::new(false),
         }
+    }
+    pub fn set_identified(&self) {
+        self.identified.store(true, Ordering::Relaxed);
+    }
+}
+
+fn timeout(why: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, why.to_string())
+}
+
+pub async fn serve<S>(server: SharedServer, io: S, ctx: ConnCtx) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let driver = Driver::server(io, &SERVER_LIMITS);
+    let watch = driver.watch();
+    let ctx = Arc::new(ctx);
+    let ctx2 = ctx.clone();
+    let deadlines = async move {
+        Timer::after(PREFACE_DEADLINE).await;
+        if !watch.settled() {
+            return Err(timeout("no HTTP/2 preface and SETTINGS"));
+        }
+        Timer::after(FIRST_REQUEST_DEADLINE - PREFACE_DEADLINE).await;
+        if watch.requests() == 0 {
+            return Err(timeout("no request"));
+        }
+        Timer::after(IDENTIFY_DEADLINE - FIRST_REQUEST_DEADLINE).await;
+        // A request still being served (an interactive registration waiting
+        // for approval) may identify the node when it completes.
+        while !ctx2.identified.load(Ordering::Relaxed) {
+            if watch.open_streams() == 0 {
+                return Err(timeout("no node identified"));
+            }
+            Timer::after(Duration::from_secs(1)).await;
+        }
+        future::pending().await
     };
+    driver
+        .serve(|req| {
+            let server = server.clone();
+            let ctx = ctx.clone();
+            smol::spawn(async move {
+                if let Err(e) = route(server, ctx, req).await {
+                    debug!("request: {e}");
+                }
+            })
+            .detach();
+        })
+        .or(deadlines)
+        .await
+}
+
+async fn route(server: SharedServer, ctx: Arc<ConnCtx>, req: Request) -> io::Result<()> {
+    let Request {
+        path,
+        body,
+        resp: mut respond,
+    } = req;
     if path.ends_with("/machine/register") {
         let (status, json) = register::handle(&server, &ctx, &body).await;
-        reply(&mut respond, status, "application/json", json).await
+        if status == 200 {
+            ctx.set_identified();
+        }
+        respond.reply(status, "application/json", &json).await
     } else if path.ends_with("/machine/map") {
         Box::pin(map::handle(server, ctx, body, respond)).await
     } else if path.ends_with("/machine/audit-log") || path.ends_with("/machine/update-health") {
         // Accept and drop: 404/501 would be treated as permanent failures.
-        reply(&mut respond, StatusCode::OK, "text/plain", Vec::new()).await
+        respond.reply(200, "text/plain", &[]).await
     } else {
-        reply(
-            &mut respond,
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            b"not found\n".to_vec(),
-        )
-        .await
+        respond.reply(404, "text/plain", b"not found\n").await
     }
 }
 
-/// Reads a whole request body, refusing more than `limit` bytes.
-pub async fn read_body(mut body: RecvStream, limit: usize) -> io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(h2_io)?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if out.len() + chunk.len() > limit {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "request body too large",
-            ));
-        }
-        out.extend_from_slice(&chunk);
-    }
-    Ok(out)
-}
-
-/// Sends a complete response.
+/// Sends a complete response (a helper for the control handlers).
 pub async fn reply(
-    respond: &mut SendResponse<Bytes>,
-    status: StatusCode,
+    respond: &mut Responder,
+    status: u16,
     ctype: &str,
     body: Vec<u8>,
 ) -> io::Result<()> {
-    let mut tx = start(respond, status, ctype, body.is_empty())?;
-    if !body.is_empty() {
-        send_all(&mut tx, Bytes::from(body), true).await?;
-    }
-    Ok(())
-}
-
-/// Sends response headers; returns the body stream.
-pub fn start(
-    respond: &mut SendResponse<Bytes>,
-    status: StatusCode,
-    ctype: &str,
-    end: bool,
-) -> io::Result<SendStream<Bytes>> {
-    let resp = Response::builder()
-        .status(status)
-        .header("content-type", ctype)
-        .body(())
-        .map_err(io::Error::other)?;
-    respond.send_response(resp, end).map_err(h2_io)
-}
-
-/// Writes `data` honouring HTTP/2 flow control, so a slow reader applies
-/// back-pressure instead of growing our buffers.
-pub async fn send_all(tx: &mut SendStream<Bytes>, mut data: Bytes, end: bool) -> io::Result<()> {
-    if data.is_empty() {
-        return tx.send_data(data, end).map_err(h2_io);
-    }
-    while !data.is_empty() {
-        tx.reserve_capacity(data.len());
-        let cap = match poll_fn(|cx| tx.poll_capacity(cx)).await {
-            Some(c) => c.map_err(h2_io)?,
-            None => return Err(io::Error::new(io::ErrorKind::BrokenPipe, "stream closed")),
-        };
-        if cap == 0 {
-            continue;
-        }
-        let chunk = data.split_to(cap.min(data.len()));
-        tx.send_data(chunk, end && data.is_empty()).map_err(h2_io)?;
-    }
-    Ok(())
-}
-
-/// Client side of [`send_all`]: sends a whole request body and ends it.
-pub async fn send_all_client(tx: &mut SendStream<Bytes>, data: Bytes) -> io::Result<()> {
-    send_all(tx, data, true).await
+    respond.reply(status, ctype, &body).await
 }

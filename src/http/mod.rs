@@ -3,6 +3,7 @@
 //! into Noise, and HTTP/2 inside it (`h2srv`).
 
 pub mod client;
+pub mod h2conn;
 pub mod h2srv;
 pub mod head;
 pub mod prefixed;
@@ -404,10 +405,7 @@ where
     stream.write_all(&out).await?;
     stream.flush().await?;
     let conn = noise::NoiseStream::new(stream, &accepted.keys, leftover);
-    let ctx = h2srv::ConnCtx {
-        machine_key: accepted.machine_key,
-        version: accepted.version,
-    };
+    let ctx = h2srv::ConnCtx::new(accepted.machine_key, accepted.version);
     debug!(
         "noise connection from {:?} (capver {})",
         MachineKey(ctx.machine_key),

@@ -1,0 +1,1127 @@
+//! A small HTTP/2 connection driver, both roles, over any byte stream
+//! (the Noise transport in production, plain TCP in the conformance tests).
+//!
+//! Why not the `h2` crate: it keeps a fixed write buffer per connection
+//! (16 KiB) and ~300 KB of code with its tokio shim; a router holding
+//! thousands of idle long polls cannot afford either. Here a connection
+//! between messages holds its HPACK table (we ask peers for size 0), the
+//! windows and one small record per open stream: the read buffer is freed
+//! whenever it holds no partial frame, the write queue whenever it drained.
+//!
+//! Shape: one driver task owns the socket and parses frames
+//! ([`crate::wire::h2`], [`crate::wire::hpack`]); the tasks that serve
+//! requests (server) or read responses (client) share a small state with
+//! it behind a mutex: they queue frames into `out` and wake the driver,
+//! the driver wakes them when windows open or data arrives. Request bodies
+//! are buffered whole (bounded by [`Limits`]) and handed over at
+//! END_STREAM; responses and client-side bodies are streamed with flow
+//! control. This module knows nothing of what the requests mean.
+
+use crate::wire::h2::{self as w, code, flag, kind, setting};
+use crate::wire::hpack;
+use futures_lite::future::poll_fn;
+use futures_lite::io::{AsyncRead, AsyncWrite};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+/// What one side of a connection accepts.
+pub struct Limits {
+    /// SETTINGS_MAX_CONCURRENT_STREAMS: streams the peer may open at once
+    /// (server role); streams over it are refused.
+    pub max_streams: usize,
+    /// SETTINGS_INITIAL_WINDOW_SIZE we advertise: bytes a peer may send on
+    /// one stream before we read them.
+    pub stream_window: u32,
+    /// Extra connection-level window granted at start (over the 65,535).
+    pub conn_window_extra: u32,
+    /// Largest request body (server role); over it the stream gets 413.
+    pub max_body: usize,
+    /// Request body bytes buffered on the connection at once, all streams
+    /// together (server role); over it the stream that crossed gets 413.
+    pub body_budget: usize,
+    /// SETTINGS_MAX_HEADER_LIST_SIZE: decoded header bytes (RFC 9113
+    /// §6.5.2 counting); a larger request gets 431.
+    pub max_header_list: usize,
+    /// Encoded header block (HEADERS + CONTINUATION) we buffer before the
+    /// connection is ended with ENHANCE_YOUR_CALM.
+    pub max_header_block: usize,
+}
+
+/// Frames queued by handlers beyond this wait until the driver drained
+/// them: the per-connection send buffer is at most this plus one frame.
+const OUT_HIGH: usize = 32 * 1024;
+/// The driver stops reading while this much output is unsent, so a peer
+/// that floods PINGs or SETTINGS and never reads cannot grow our queue.
+const READ_PAUSE: usize = 64 * 1024;
+/// The HPACK table size a peer may use before it has seen our SETTINGS
+/// (the protocol's initial value); we then ask for 0.
+const HPACK_INITIAL: usize = 4096;
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn closed(why: &'static str) -> io::Error {
+    io::Error::new(io::ErrorKind::BrokenPipe, why)
+}
+
+struct Stream {
+    id: u32,
+    /// Our send window on this stream.
+    send: i64,
+    /// What the peer may still send on it.
+    recv: i64,
+    /// The task serving (server) or reading (client) this stream.
+    waker: Option<Waker>,
+    /// Request body (server) / response bytes not yet taken (client).
+    body: Vec<u8>,
+    remote_end: bool,
+    local_end: bool,
+    /// Client: the response status, 0 until the final HEADERS.
+    status: u16,
+    /// Server: the request's `:path`, until dispatch.
+    path: String,
+}
+
+struct State {
+    server: bool,
+    limits: &'static Limits,
+    /// Frames waiting for the driver to write.
+    out: Vec<u8>,
+    driver: Option<Waker>,
+    /// Set once the connection is ending; no new work is accepted.
+    dead: Option<&'static str>,
+    peer_window: i64,
+    peer_max_frame: usize,
+    send_conn: i64,
+    recv_conn: i64,
+    streams: Vec<Stream>,
+    /// Highest stream id the peer opened (server) — GOAWAY's last id.
+    last_peer: u32,
+    next_local: u32,
+    /// Request body bytes buffered, all streams.
+    buffered: usize,
+    hpack: hpack::Decoder,
+    /// A header block waiting for its CONTINUATION frames.
+    hblock: Vec<u8>,
+    hstream: u32,
+    hflags: u8,
+    /// The peer's first SETTINGS arrived (after the preface, server role).
+    got_settings: bool,
+    /// Client: handles (Client, RecvStream) alive; at 0 the driver ends.
+    handles: usize,
+    requests: u64,
+}
+
+/// A parsed request (server role), its body complete.
+pub struct Request {
+    pub path: String,
+    pub body: Vec<u8>,
+    pub resp: Responder,
+}
+
+impl State {
+    fn new(server: bool, limits: &'static Limits) -> State {
+        State {
+            server,
+            limits,
+            out: Vec::new(),
+            driver: None,
+            dead: None,
+            peer_window: w::DEFAULT_WINDOW,
+            peer_max_frame: w::DEFAULT_MAX_FRAME,
+            send_conn: w::DEFAULT_WINDOW,
+            recv_conn: w::DEFAULT_WINDOW + i64::from(limits.conn_window_extra),
+            streams: Vec::new(),
+            last_peer: 0,
+            next_local: 1,
+            buffered: 0,
+            hpack: hpack::Decoder::new(HPACK_INITIAL),
+            hblock: Vec::new(),
+            hstream: 0,
+            hflags: 0,
+            got_settings: false,
+            handles: 0,
+            requests: 0,
+        }
+    }
+
+    fn start(&mut self) {
+        let l = self.limits;
+        if !self.server {
+            self.out.extend_from_slice(w::PREFACE);
+        }
+        let mut s = vec![
+            (setting::HEADER_TABLE_SIZE, 0),
+            (setting::INITIAL_WINDOW_SIZE, l.stream_window),
+            (setting::MAX_HEADER_LIST_SIZE, l.max_header_list as u32),
+        ];
+        if self.server {
+            s.push((setting::MAX_CONCURRENT_STREAMS, l.max_streams as u32));
+        } else {
+            s.push((setting::ENABLE_PUSH, 0));
+        }
+        w::emit_settings(&s, &mut self.out);
+        if l.conn_window_extra > 0 {
+            w::emit_window_update(0, l.conn_window_extra, &mut self.out);
+        }
+    }
+
+    fn wake_driver(&mut self) {
+        if let Some(w) = self.driver.take() {
+            w.wake();
+        }
+    }
+
+    fn wake_all(&mut self) {
+        for s in &mut self.streams {
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    fn find(&mut self, id: u32) -> Option<&mut Stream> {
+        self.streams.iter_mut().find(|s| s.id == id)
+    }
+
+    fn remove(&mut self, id: u32) -> Option<Stream> {
+        let i = self.streams.iter().position(|s| s.id == id)?;
+        let s = self.streams.swap_remove(i);
+        if self.server {
+            self.buffered -= s.body.len();
+        }
+        if let Some(w) = &s.waker {
+            w.wake_by_ref();
+        }
+        Some(s)
+    }
+
+    /// Ends the connection: GOAWAY queued, every stream woken to fail.
+    fn fail(&mut self, e: w::Error) {
+        if self.dead.is_none() {
+            w::emit_goaway(self.last_peer, e.code, &mut self.out);
+            self.dead = Some(e.why);
+        }
+        self.wake_all();
+    }
+
+    fn reset(&mut self, id: u32, error: u32) {
+        w::emit_rst_stream(id, error, &mut self.out);
+        self.remove(id);
+    }
+
+    /// Server: answers a stream we refuse to serve (413, 431) and stops
+    /// its upload, keeping the connection.
+    fn refuse(&mut self, id: u32, status: u16, remote_end: bool) {
+        let mut block = Vec::new();
+        encode_status(status, &mut block);
+        w::emit_headers(id, &block, true, &mut self.out);
+        if !remote_end {
+            w::emit_rst_stream(id, code::NO_ERROR, &mut self.out);
+        }
+        self.remove(id);
+    }
+
+    fn on_frame(
+        &mut self,
+        f: w::Frame<'_>,
+        sh: &Arc<Shared>,
+        reqs: &mut Vec<Request>,
+    ) -> Result<(), w::Error> {
+        let h = f.hdr;
+        let proto = |why| w::Error {
+            code: code::PROTOCOL,
+            why,
+        };
+        if self.hstream != 0 && h.kind != kind::CONTINUATION {
+            return Err(proto("frame inside a header block"));
+        }
+        if !self.got_settings && h.kind != kind::SETTINGS {
+            return Err(proto("first frame is not SETTINGS"));
+        }
+        match h.kind {
+            kind::DATA => self.on_data(h, f.payload, sh, reqs)?,
+            kind::HEADERS => {
+                if h.stream == 0 {
+                    return Err(proto("HEADERS on stream 0"));
+                }
+                let frag = w::headers_fragment(h.flags, f.payload)?;
+                self.hblock.clear();
+                self.add_fragment(frag)?;
+                self.hstream = h.stream;
+                self.hflags = h.flags;
+                if h.flags & flag::END_HEADERS != 0 {
+                    self.on_header_block(sh, reqs)?;
+                }
+            }
+            kind::CONTINUATION => {
+                if self.hstream == 0 || h.stream != self.hstream {
+                    return Err(proto("unexpected CONTINUATION"));
+                }
+                self.add_fragment(f.payload)?;
+                if h.flags & flag::END_HEADERS != 0 {
+                    self.on_header_block(sh, reqs)?;
+                }
+            }
+            kind::PRIORITY if h.stream == 0 => return Err(proto("PRIORITY on stream 0")),
+            kind::RST_STREAM => {
+                if h.stream == 0 || self.idle(h.stream) {
+                    return Err(proto("RST_STREAM on an idle stream"));
+                }
+                let error = w::rst_stream(f.payload)?;
+                let server = self.server;
+                match self.find(h.stream) {
+                    // A server that answered before reading the whole
+                    // request (413) stops the upload with NO_ERROR: the
+                    // response stands.
+                    Some(s) if !server && error == code::NO_ERROR && s.status != 0 => {
+                        s.remote_end = true;
+                        s.local_end = true;
+                        if let Some(w) = s.waker.take() {
+                            w.wake();
+                        }
+                    }
+                    _ => {
+                        self.remove(h.stream);
+                    }
+                }
+            }
+            kind::SETTINGS => self.on_settings(h, f.payload)?,
+            kind::PUSH_PROMISE => return Err(proto("PUSH_PROMISE")),
+            kind::PING => {
+                if h.stream != 0 {
+                    return Err(proto("PING on a stream"));
+                }
+                let data = w::ping(f.payload)?;
+                if h.flags & flag::ACK == 0 {
+                    w::emit_ping(true, data, &mut self.out);
+                }
+            }
+            kind::GOAWAY => {
+                if h.stream != 0 {
+                    return Err(proto("GOAWAY on a stream"));
+                }
+                w::goaway(f.payload)?;
+            }
+            kind::WINDOW_UPDATE => {
+                let inc = i64::from(w::window_update(f.payload)?);
+                if h.stream == 0 {
+                    if inc == 0 {
+                        return Err(proto("zero WINDOW_UPDATE"));
+                    }
+                    self.send_conn += inc;
+                    if self.send_conn > w::MAX_WINDOW {
+                        return Err(w::Error {
+                            code: code::FLOW_CONTROL,
+                            why: "connection window overflow",
+                        });
+                    }
+                    self.wake_all();
+                } else if let Some(s) = self.find(h.stream) {
+                    s.send += inc;
+                    let bad = if inc == 0 {
+                        Some(code::PROTOCOL)
+                    } else if s.send > w::MAX_WINDOW {
+                        Some(code::FLOW_CONTROL)
+                    } else {
+                        None
+                    };
+                    if let Some(w) = s.waker.take() {
+                        w.wake();
+                    }
+                    if let Some(c) = bad {
+                        self.reset(h.stream, c);
+                    }
+                } else if self.idle(h.stream) {
+                    return Err(proto("WINDOW_UPDATE on an idle stream"));
+                }
+            }
+            _ => {} // unknown frame types are ignored (§4.1)
+        }
+        Ok(())
+    }
+
+    /// A stream id the peer has not opened yet (server) or we have not.
+    fn idle(&self, id: u32) -> bool {
+        if self.server == (id % 2 == 1) {
+            id > self.last_peer
+        } else {
+            id >= self.next_local
+        }
+    }
+
+    fn add_fragment(&mut self, frag: &[u8]) -> Result<(), w::Error> {
+        if self.hblock.len() + frag.len() > self.limits.max_header_block {
+            return Err(w::Error {
+                code: code::ENHANCE_YOUR_CALM,
+                why: "header block too large",
+            });
+        }
+        self.hblock.extend_from_slice(frag);
+        Ok(())
+    }
+
+    fn on_settings(&mut self, h: w::Header, payload: &[u8]) -> Result<(), w::Error> {
+        if h.stream != 0 {
+            return Err(w::Error {
+                code: code::PROTOCOL,
+                why: "SETTINGS on a stream",
+            });
+        }
+        if h.flags & flag::ACK != 0 {
+            if !payload.is_empty() {
+                return Err(w::Error {
+                    code: code::FRAME_SIZE,
+                    why: "SETTINGS ACK with payload",
+                });
+            }
+            return Ok(());
+        }
+        for (id, v) in w::settings(payload)? {
+            match id {
+                setting::INITIAL_WINDOW_SIZE => {
+                    let v = i64::from(v);
+                    if v > w::MAX_WINDOW {
+                        return Err(w::Error {
+                            code: code::FLOW_CONTROL,
+                            why: "initial window too large",
+                        });
+                    }
+                    let delta = v - self.peer_window;
+                    self.peer_window = v;
+                    for s in &mut self.streams {
+                        s.send += delta;
+                        if s.send > w::MAX_WINDOW {
+                            return Err(w::Error {
+                                code: code::FLOW_CONTROL,
+                                why: "stream window overflow",
+                            });
+                        }
+                    }
+                    self.wake_all();
+                }
+                setting::MAX_FRAME_SIZE => {
+                    if !(w::DEFAULT_MAX_FRAME as u32..1 << 24).contains(&v) {
+                        return Err(w::Error {
+                            code: code::PROTOCOL,
+                            why: "bad SETTINGS_MAX_FRAME_SIZE",
+                        });
+                    }
+                    self.peer_max_frame = v as usize;
+                }
+                setting::ENABLE_PUSH if v > 1 => {
+                    return Err(w::Error {
+                        code: code::PROTOCOL,
+                        why: "bad SETTINGS_ENABLE_PUSH",
+                    });
+                }
+                _ => {} // table size (our encoder uses no table), others
+            }
+        }
+        w::emit_settings_ack(&mut self.out);
+        self.got_settings = true;
+        Ok(())
+    }
+
+    fn on_header_block(
+        &mut self,
+        sh: &Arc<Shared>,
+        reqs: &mut Vec<Request>,
+    ) -> Result<(), w::Error> {
+        let id = std::mem::replace(&mut self.hstream, 0);
+        let end = self.hflags & flag::END_STREAM != 0;
+        let block = std::mem::take(&mut self.hblock);
+        let mut path = String::new();
+        let mut status = 0u16;
+        let mut list = 0usize;
+        let cap = self.limits.max_header_list;
+        self.hpack
+            .decode(&block, |n, v| {
+                list += n.len() + v.len() + 32;
+                if list > cap {
+                    return;
+                }
+                match n {
+                    b":path" => path = String::from_utf8_lossy(v).into_owned(),
+                    b":status" => {
+                        status = std::str::from_utf8(v)
+                            .ok()
+                            .and_then(|s| s.parse().ok())
+                            .unwrap_or(0)
+                    }
+                    _ => {}
+                }
+            })
+            .map_err(|_| w::Error {
+                code: code::COMPRESSION,
+                why: "bad header block",
+            })?;
+        let too_big = list > cap;
+        let proto = |why| w::Error {
+            code: code::PROTOCOL,
+            why,
+        };
+        if !self.server {
+            let Some(s) = self.find(id) else {
+                return Ok(()); // a stream we already dropped
+            };
+            if s.status == 0 {
+                if (100..200).contains(&status) {
+                    return Ok(());
+                }
+                s.status = if status == 0 { 502 } else { status };
+            } else if !end {
+                return Err(proto("trailers without END_STREAM"));
+            }
+            s.remote_end |= end;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+            return Ok(());
+        }
+        if let Some(s) = self.find(id) {
+            // Trailers: they end the request; their content is ignored.
+            if !end || s.remote_end {
+                return Err(proto("HEADERS on a half-closed stream"));
+            }
+            s.remote_end = true;
+            return self.dispatch(id, sh, reqs);
+        }
+        if id % 2 == 0 || id <= self.last_peer {
+            return Err(w::Error {
+                code: code::STREAM_CLOSED,
+                why: "HEADERS on a closed stream",
+            });
+        }
+        self.last_peer = id;
+        self.requests += 1;
+        if self.streams.len() >= self.limits.max_streams {
+            w::emit_rst_stream(id, code::REFUSED_STREAM, &mut self.out);
+            return Ok(());
+        }
+        self.streams.push(Stream {
+            id,
+            send: self.peer_window,
+            recv: i64::from(self.limits.stream_window),
+            waker: None,
+            body: Vec::new(),
+            remote_end: end,
+            local_end: false,
+            status: 0,
+            path,
+        });
+        if too_big {
+            self.refuse(id, 431, end);
+        } else if end {
+            self.dispatch(id, sh, reqs)?;
+        }
+        Ok(())
+    }
+
+    fn dispatch(
+        &mut self,
+        id: u32,
+        sh: &Arc<Shared>,
+        reqs: &mut Vec<Request>,
+    ) -> Result<(), w::Error> {
+        let Some(s) = self.find(id) else {
+            return Ok(());
+        };
+        let body = std::mem::take(&mut s.body);
+        let path = std::mem::take(&mut s.path);
+        self.buffered -= body.len();
+        reqs.push(Request {
+            path,
+            body,
+            resp: Responder { sh: sh.clone(), id },
+        });
+        Ok(())
+    }
+
+    fn on_data(
+        &mut self,
+        h: w::Header,
+        payload: &[u8],
+        sh: &Arc<Shared>,
+        reqs: &mut Vec<Request>,
+    ) -> Result<(), w::Error> {
+        if h.stream == 0 {
+            return Err(w::Error {
+                code: code::PROTOCOL,
+                why: "DATA on stream 0",
+            });
+        }
+        let n = payload.len() as i64;
+        self.recv_conn -= n;
+        if self.recv_conn < 0 {
+            return Err(w::Error {
+                code: code::FLOW_CONTROL,
+                why: "connection window exceeded",
+            });
+        }
+        let data = w::unpad(h.flags, payload)?;
+        let end = h.flags & flag::END_STREAM != 0;
+        let server = self.server;
+        let (max_body, budget) = (self.limits.max_body, self.limits.body_budget);
+        let buffered = self.buffered;
+        let Some(s) = self.find(h.stream) else {
+            if self.idle(h.stream) {
+                return Err(w::Error {
+                    code: code::PROTOCOL,
+                    why: "DATA on an idle stream",
+                });
+            }
+            // A stream we reset or finished: the bytes still count against
+            // the connection window, which we give back.
+            self.give_back(0, n);
+            return Ok(());
+        };
+        if s.remote_end {
+            self.give_back(0, n);
+            self.reset(h.stream, code::STREAM_CLOSED);
+            return Ok(());
+        }
+        s.recv -= n;
+        if s.recv < 0 {
+            self.give_back(0, n);
+            self.reset(h.stream, code::FLOW_CONTROL);
+            return Ok(());
+        }
+        if server && (s.body.len() + data.len() > max_body || buffered + data.len() > budget) {
+            self.give_back(0, n);
+            self.refuse(h.stream, 413, end);
+            return Ok(());
+        }
+        s.body.extend_from_slice(data);
+        s.remote_end = end;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        if server {
+            // Buffered within the budget: the peer may send the next bytes.
+            self.buffered += data.len();
+            self.give_back(if end { 0 } else { h.stream }, n);
+            if end {
+                self.dispatch(h.stream, sh, reqs)?;
+            }
+        } else {
+            // Client: the connection window is given back at once, and
+            // padding on the stream; the data's when the reader takes it.
+            self.give_back(0, n);
+            let pad = n - data.len() as i64;
+            if pad > 0 && !end {
+                if let Some(s) = self.find(h.stream) {
+                    s.recv += pad;
+                }
+                w::emit_window_update(h.stream, pad as u32, &mut self.out);
+            }
+        }
+        Ok(())
+    }
+
+    /// Returns `n` received bytes to the connection window and, if
+    /// `stream` is not 0, to that stream's.
+    fn give_back(&mut self, stream: u32, n: i64) {
+        if n <= 0 {
+            return;
+        }
+        self.recv_conn += n;
+        w::emit_window_update(0, n as u32, &mut self.out);
+        if stream != 0 {
+            if let Some(s) = self.find(stream) {
+                s.recv += n;
+                w::emit_window_update(stream, n as u32, &mut self.out);
+            }
+        }
+    }
+
+    /// Queues as much of `data[*sent..]` as the windows allow.
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        id: u32,
+        data: &[u8],
+        sent: &mut usize,
+        end: bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if let Some(why) = self.dead {
+                return Poll::Ready(Err(closed(why)));
+            }
+            let out_full = self.out.len() >= OUT_HIGH;
+            let (conn, max_frame) = (self.send_conn, self.peer_max_frame as i64);
+            let Some(s) = self.find(id) else {
+                return Poll::Ready(Err(closed("stream reset")));
+            };
+            if s.local_end {
+                if s.status != 0 {
+                    return Poll::Ready(Ok(())); // answered early (client)
+                }
+                return Poll::Ready(Err(closed("stream already ended")));
+            }
+            let rest = (data.len() - *sent) as i64;
+            let n = rest.min(conn).min(s.send).min(max_frame);
+            if out_full || (rest > 0 && n <= 0) {
+                s.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+            s.send -= n;
+            let last = n == rest;
+            if last && end {
+                s.local_end = true;
+            }
+            self.send_conn -= n;
+            let chunk = &data[*sent..*sent + n as usize];
+            w::emit_data(id, chunk, last && end, &mut self.out);
+            *sent += n as usize;
+            self.wake_driver();
+            if last {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
+    fn send_headers(&mut self, id: u32, block: &[u8], end: bool) -> io::Result<()> {
+        if let Some(why) = self.dead {
+            return Err(closed(why));
+        }
+        let s = self.find(id).ok_or_else(|| closed("stream reset"))?;
+        if s.local_end {
+            return Err(closed("stream already ended"));
+        }
+        s.local_end = end;
+        w::emit_headers(id, block, end, &mut self.out);
+        self.wake_driver();
+        Ok(())
+    }
+
+    /// A handle was dropped: forget the stream, resetting it if it is
+    /// still open on either side.
+    fn release(&mut self, id: u32) {
+        if let Some(s) = self.find(id) {
+            if !(s.local_end && s.remote_end) && self.dead.is_none() {
+                w::emit_rst_stream(id, code::CANCEL, &mut self.out);
+            }
+            self.remove(id);
+            self.wake_driver();
+        }
+    }
+}
+
+fn encode_status(status: u16, out: &mut Vec<u8>) {
+    let s = status.to_string();
+    if !hpack::encode_indexed(":status", &s, out) {
+        hpack::encode_literal(":status", &s, out);
+    }
+}
+
+struct Shared {
+    st: Mutex<State>,
+}
+
+/// Answers one request (server role).
+pub struct Responder {
+    sh: Arc<Shared>,
+    id: u32,
+}
+
+impl Responder {
+    /// Sends the response head; `end` when there is no body.
+    pub fn start(&mut self, status: u16, ctype: &str, end: bool) -> io::Result<()> {
+        let mut block = Vec::with_capacity(40);
+        encode_status(status, &mut block);
+        hpack::encode_literal("content-type", ctype, &mut block);
+        lock(&self.sh.st).send_headers(self.id, &block, end)
+    }
+
+    /// Sends body bytes under flow control (a slow reader holds us here,
+    /// not in a growing buffer); `end` finishes the response.
+    pub async fn send(&mut self, data: &[u8], end: bool) -> io::Result<()> {
+        let mut sent = 0;
+        poll_fn(|cx| lock(&self.sh.st).poll_send(cx, self.id, data, &mut sent, end)).await
+    }
+
+    /// Ends the response body (an empty DATA with END_STREAM).
+    pub fn end(&mut self) {
+        let mut st = lock(&self.sh.st);
+        if let Some(s) = st.find(self.id).filter(|s| !s.local_end) {
+            s.local_end = true;
+            w::emit_data(self.id, &[], true, &mut st.out);
+            st.wake_driver();
+        }
+    }
+
+    /// Resolves when the peer reset the stream or the connection ended.
+    pub async fn closed(&self) {
+        poll_fn(|cx| {
+            let mut st = lock(&self.sh.st);
+            if st.dead.is_some() {
+                return Poll::Ready(());
+            }
+            match st.find(self.id) {
+                Some(s) => {
+                    s.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+                None => Poll::Ready(()),
+            }
+        })
+        .await
+    }
+
+    /// A complete response.
+    pub async fn reply(&mut self, status: u16, ctype: &str, body: &[u8]) -> io::Result<()> {
+        self.start(status, ctype, body.is_empty())?;
+        if !body.is_empty() {
+            self.send(body, true).await?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        lock(&self.sh.st).release(self.id);
+    }
+}
+
+/// Watches a server connection's progress (for its deadlines).
+pub struct Watch(Arc<Shared>);
+
+impl Watch {
+    /// The preface and the client's SETTINGS have arrived.
+    pub fn settled(&self) -> bool {
+        lock(&self.0.st).got_settings
+    }
+    /// Requests opened so far.
+    pub fn requests(&self) -> u64 {
+        lock(&self.0.st).requests
+    }
+    /// Streams open now (requests being served).
+    pub fn open_streams(&self) -> usize {
+        lock(&self.0.st).streams.len()
+    }
+}
+
+/// Owns the socket of one connection.
+pub struct Driver<S> {
+    io: S,
+    sh: Arc<Shared>,
+    /// Bytes read and not yet a whole frame; freed when empty.
+    rbuf: Vec<u8>,
+    /// Frames being written: `wbuf[wpos..]`; freed when written.
+    wbuf: Vec<u8>,
+    wpos: usize,
+    flushing: bool,
+    preface: bool,
+}
+
+impl<S> Drop for Driver<S> {
+    fn drop(&mut self) {
+        let mut st = lock(&self.sh.st);
+        st.dead.get_or_insert("connection closed");
+        st.out = Vec::new();
+        st.wake_all();
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+    fn new(io: S, server: bool, limits: &'static Limits) -> Driver<S> {
+        let mut st = State::new(server, limits);
+        st.start();
+        Driver {
+            io,
+            sh: Arc::new(Shared { st: Mutex::new(st) }),
+            rbuf: Vec::new(),
+            wbuf: Vec::new(),
+            wpos: 0,
+            flushing: false,
+            preface: !server,
+        }
+    }
+
+    /// Server side: the caller then runs [`Driver::serve`].
+    pub fn server(io: S, limits: &'static Limits) -> Driver<S> {
+        Driver::new(io, true, limits)
+    }
+
+    pub fn watch(&self) -> Watch {
+        Watch(self.sh.clone())
+    }
+
+    /// Runs the connection; `on_request` gets each complete request.
+    pub async fn serve(mut self, mut on_request: impl FnMut(Request)) -> io::Result<()> {
+        poll_fn(|cx| self.poll(cx, &mut on_request)).await
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        on_request: &mut impl FnMut(Request),
+    ) -> Poll<io::Result<()>> {
+        loop {
+            let mut progress = false;
+            let (dead, queued) = {
+                let mut st = lock(&self.sh.st);
+                if !st.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    st.driver = Some(cx.waker().clone());
+                }
+                if !st.server && st.dead.is_none() && st.handles == 0 {
+                    // Client: every handle is gone.
+                    w::emit_goaway(0, code::NO_ERROR, &mut st.out);
+                    st.dead = Some("client closed");
+                }
+                if self.wpos == self.wbuf.len() && !st.out.is_empty() {
+                    self.wbuf = std::mem::take(&mut st.out);
+                    self.wpos = 0;
+                }
+                (st.dead, st.out.len())
+            };
+            while self.wpos < self.wbuf.len() {
+                match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => {
+                        self.wpos += n;
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            if !self.wbuf.is_empty() && self.wpos == self.wbuf.len() {
+                self.wbuf = Vec::new();
+                self.wpos = 0;
+                self.flushing = true;
+                lock(&self.sh.st).wake_all(); // senders waiting for room
+            }
+            if self.flushing {
+                match Pin::new(&mut self.io).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.flushing = false,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            let unsent = queued + self.wbuf.len() - self.wpos;
+            if let Some(why) = dead {
+                if unsent == 0 && !self.flushing {
+                    let _ = Pin::new(&mut self.io).poll_close(cx);
+                    return Poll::Ready(match why {
+                        "client closed" => Ok(()),
+                        _ => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+                    });
+                }
+            } else if unsent < READ_PAUSE {
+                let mut tmp = [0u8; 4096];
+                match Pin::new(&mut self.io).poll_read(cx, &mut tmp) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                    Poll::Ready(Ok(n)) => {
+                        self.rbuf.extend_from_slice(&tmp[..n]);
+                        self.process(on_request);
+                        progress = true;
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => {}
+                }
+            }
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+    }
+
+    fn process(&mut self, on_request: &mut impl FnMut(Request)) {
+        let mut reqs = Vec::new();
+        let mut st = lock(&self.sh.st);
+        let mut pos = 0;
+        if !self.preface {
+            if self.rbuf.len() < w::PREFACE.len() {
+                if !w::PREFACE.starts_with(&self.rbuf) {
+                    st.fail(w::Error {
+                        code: code::PROTOCOL,
+                        why: "bad connection preface",
+                    });
+                }
+                return;
+            }
+            if self.rbuf[..w::PREFACE.len()] != w::PREFACE[..] {
+                st.fail(w::Error {
+                    code: code::PROTOCOL,
+                    why: "bad connection preface",
+                });
+                return;
+            }
+            self.preface = true;
+            pos = w::PREFACE.len();
+        }
+        while st.dead.is_none() {
+            match w::split(&self.rbuf[pos..], w::DEFAULT_MAX_FRAME) {
+                Err(e) => st.fail(e),
+                Ok(None) => break,
+                Ok(Some((f, used))) => {
+                    pos += used;
+                    if let Err(e) = st.on_frame(f, &self.sh, &mut reqs) {
+                        st.fail(e);
+                    }
+                }
+            }
+        }
+        drop(st);
+        self.rbuf.drain(..pos);
+        if self.rbuf.is_empty() {
+            self.rbuf = Vec::new();
+        }
+        for r in reqs {
+            on_request(r);
+        }
+    }
+}
+
+/// Client side of a connection: opens request streams; the driver runs in
+/// its own task and ends when this and every [`RecvStream`] are dropped.
+pub struct Client {
+    sh: Arc<Shared>,
+}
+
+/// A response body being received (client role).
+pub struct RecvStream {
+    sh: Arc<Shared>,
+    id: u32,
+}
+
+impl Client {
+    /// Starts a client connection on `io`; returns it and the driver
+    /// future to run (spawn it).
+    pub fn new<S: AsyncRead + AsyncWrite + Unpin>(
+        io: S,
+        limits: &'static Limits,
+    ) -> (Client, impl std::future::Future<Output = io::Result<()>>) {
+        let mut d = Driver::new(io, false, limits);
+        let sh = d.sh.clone();
+        lock(&sh.st).handles += 1;
+        let run = async move { poll_fn(|cx| d.poll(cx, &mut |_| {})).await };
+        (Client { sh }, run)
+    }
+
+    /// POSTs `body` to `path`: returns the status and the response body.
+    pub async fn post(&self, path: &str, body: &[u8]) -> io::Result<(u16, RecvStream)> {
+        let id = {
+            let mut st = lock(&self.sh.st);
+            if let Some(why) = st.dead {
+                return Err(closed(why));
+            }
+            let id = st.next_local;
+            st.next_local += 2;
+            let mut block = Vec::with_capacity(path.len() + 16);
+            hpack::encode_indexed(":method", "POST", &mut block);
+            hpack::encode_indexed(":scheme", "https", &mut block);
+            hpack::encode_literal(":authority", "unused", &mut block);
+            hpack::encode_literal(":path", path, &mut block);
+            let (send, recv) = (st.peer_window, i64::from(st.limits.stream_window));
+            st.streams.push(Stream {
+                id,
+                send,
+                recv,
+                waker: None,
+                body: Vec::new(),
+                remote_end: false,
+                local_end: false,
+                status: 0,
+                path: String::new(),
+            });
+            st.send_headers(id, &block, body.is_empty())?;
+            st.handles += 1;
+            id
+        };
+        let rs = RecvStream {
+            sh: self.sh.clone(),
+            id,
+        };
+        if !body.is_empty() {
+            let mut sent = 0;
+            poll_fn(|cx| lock(&self.sh.st).poll_send(cx, id, body, &mut sent, true)).await?;
+        }
+        let status = poll_fn(|cx| {
+            let mut st = lock(&self.sh.st);
+            let dead = st.dead;
+            match st.find(id) {
+                None => Poll::Ready(Err(closed("stream reset by the server"))),
+                Some(s) if s.status != 0 => Poll::Ready(Ok(s.status)),
+                Some(_) if dead.is_some() => Poll::Ready(Err(closed(dead.unwrap_or("")))),
+                Some(s) => {
+                    s.waker = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        })
+        .await?;
+        Ok((status, rs))
+    }
+}
+
+impl RecvStream {
+    /// The next bytes of the body; None at its end.
+    pub async fn data(&mut self) -> Option<io::Result<Vec<u8>>> {
+        poll_fn(|cx| {
+            let mut st = lock(&self.sh.st);
+            let dead = st.dead;
+            let Some(s) = st.find(self.id) else {
+                return Poll::Ready(Some(Err(closed("stream reset"))));
+            };
+            if !s.body.is_empty() {
+                let b = std::mem::take(&mut s.body);
+                let end = s.remote_end;
+                if !end {
+                    s.recv += b.len() as i64;
+                    w::emit_window_update(self.id, b.len() as u32, &mut st.out);
+                    st.wake_driver();
+                }
+                return Poll::Ready(Some(Ok(b)));
+            }
+            if s.remote_end {
+                return Poll::Ready(None);
+            }
+            if let Some(why) = dead {
+                return Poll::Ready(Some(Err(closed(why))));
+            }
+            s.waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// The whole body, refusing more than `limit` bytes.
+    pub async fn read_all(&mut self, limit: usize) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        while let Some(chunk) = self.data().await {
+            let chunk = chunk?;
+            if out.len() + chunk.len() > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "response body too large",
+                ));
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for RecvStream {
+    fn drop(&mut self) {
+        let mut st = lock(&self.sh.st);
+        st.release(self.id);
+        st.handles -= 1;
+        st.wake_driver();
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        let mut st = lock(&self.sh.st);
+        st.handles -= 1;
+        st.wake_driver();
+    }
+}
