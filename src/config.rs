@@ -63,6 +63,8 @@ pub struct Config {
     pub extra_records_path: Option<PathBuf>,
     /// Offer Taildrop to nodes (`taildrop.enabled`).
     pub taildrop: bool,
+    /// Serve the admin page under `/admin` (`web.enabled`).
+    pub web_enabled: bool,
     pub search_domains: Vec<String>,
     pub policy_path: Option<PathBuf>,
     pub policy_mode: String,
@@ -201,6 +203,7 @@ impl Config {
             extra_records: vec![],
             extra_records_path: None,
             taildrop: true,
+            web_enabled: true,
             search_domains: vec![],
             policy_path: None,
             policy_mode: "file".into(),
@@ -482,6 +485,9 @@ pub fn from_yaml_str(
         .map(|s| data_dir.join(s));
     if let Some(b) = get_bool(&doc, "taildrop.enabled")? {
         c.taildrop = b;
+    }
+    if let Some(b) = get_bool(&doc, "web.enabled")? {
+        c.web_enabled = b;
     }
     c.policy_path = path("policy.path")?;
     if let Some(s) = get_str(&doc, "policy.mode")? {
@@ -836,6 +842,7 @@ const KNOWN: &[&str] = &[
     "dns.extra_records",
     "dns.extra_records_path",
     "taildrop.enabled",
+    "web.enabled",
     "policy.path",
     "policy.mode",
     "unix_socket",

@@ -26,4 +26,5 @@ pub mod secretfile;
 pub mod state;
 pub mod tailcfg;
 pub mod timefmt;
+pub mod web;
 pub mod wire;

@@ -49,17 +49,33 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let public = matches!(h.path.as_str(), "/health" | "/version");
+    let mut who = match caller {
+        Caller::Local => crate::web::api::Who::Local,
+        Caller::Network => crate::web::api::Who::ApiKey,
+    };
     if caller == Caller::Network && !public && !authorised(server, h).await {
-        // Headscale's answer, byte for byte: both UIs look for a 401.
-        write(
-            stream,
-            401,
-            "text/plain; charset=utf-8",
-            b"Unauthorized",
-            true,
-        )
-        .await?;
-        return Ok(false);
+        // No API key: the admin page's session cookie (+ CSRF token) is the
+        // one alternative (src/web).
+        match crate::web::authorise(server, h) {
+            crate::web::Browser::Session(c) => who = crate::web::api::Who::Session(c),
+            crate::web::Browser::Refused(status, why) => {
+                let r = routes::error(status, why);
+                write(stream, status, "application/json", r.body.as_bytes(), true).await?;
+                return Ok(false);
+            }
+            crate::web::Browser::NoCookie => {
+                // Headscale's answer, byte for byte: both UIs look for a 401.
+                write(
+                    stream,
+                    401,
+                    "text/plain; charset=utf-8",
+                    b"Unauthorized",
+                    true,
+                )
+                .await?;
+                return Ok(false);
+            }
+        }
     }
     if h.header("transfer-encoding").is_some() {
         let r = routes::error(411, "send the body with Content-Length");
@@ -97,6 +113,12 @@ where
             )
         }
         "/version" => (200, "application/json", version_json()),
+        p if crate::web::api::is_web_api_path(p) => {
+            let (s, m, p) = (server.clone(), h.method.to_ascii_uppercase(), p.to_string());
+            let Reply { status, body } =
+                smol::unblock(move || crate::web::api::handle(&s, &who, &m, &p)).await;
+            (status, "application/json", body)
+        }
         _ => {
             let (s, m) = (server.clone(), h.method.to_ascii_uppercase());
             let url = if h.query.is_empty() {

@@ -53,6 +53,7 @@ enum Cmd {
     Version(VersionCmd),
     Policy(crate::policy::cli::PolicyCmd),
     Debug(crate::debug::DebugCmd),
+    Web(WebCmd),
 }
 
 /// Run the control server.
@@ -328,6 +329,34 @@ struct ApiKeyDelete {
     #[argh(option, short = 'o', default = "String::new()")]
     output: String,
 }
+
+// ----- web page ----------------------------------------------------------
+
+/// The admin page under /admin: log in a browser, end sessions.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "web")]
+struct WebCmd {
+    #[argh(subcommand)]
+    cmd: WebSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum WebSub {
+    Login(WebLogin),
+    Revoke(WebRevoke),
+}
+
+/// Print a one-time link (5 minutes, single use) that logs a browser in to
+/// the admin page.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "login")]
+struct WebLogin {}
+
+/// End every admin page session (and spend unused login links).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "revoke")]
+struct WebRevoke {}
 
 // ----- interactive logins ---------------------------------------------
 
@@ -722,6 +751,23 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
         Cmd::ApiKeys(k) => {
             let cfg = load_config(explicit)?;
             api_keys(&Api(&cfg), k.cmd)
+        }
+        Cmd::Web(w) => {
+            let cfg = load_config(explicit)?;
+            let api = Api(&cfg);
+            match w.cmd {
+                WebSub::Login(_) => {
+                    let r = api.call("POST", "/api/v1/web/login-link", None)?;
+                    let url: String = field(&r, "url")?;
+                    outln!("{url}");
+                }
+                WebSub::Revoke(_) => {
+                    let r = api.call("POST", "/api/v1/web/sessions/revoke", None)?;
+                    let n: u64 = field(&r, "revoked")?;
+                    outln!("{n} session(s) ended");
+                }
+            }
+            Ok(())
         }
         Cmd::Auth(a) => {
             let cfg = load_config(explicit)?;

@@ -124,6 +124,20 @@ impl Registry {
         self.lock().get(id).and_then(|p| p.done)
     }
 
+    /// Every registration still waiting for approval: (ID, Hostinfo,
+    /// expiry), soonest to expire first (the admin page lists them).
+    pub fn list(&self) -> Vec<(String, serde_json::Value, i64)> {
+        let t = now();
+        let g = self.lock();
+        let mut v: Vec<_> = g
+            .iter()
+            .filter(|(_, p)| p.done.is_none() && p.expires > t)
+            .map(|(id, p)| (id.clone(), p.req.hostinfo.clone(), p.expires))
+            .collect();
+        v.sort_by_key(|e| e.2);
+        v
+    }
+
     /// The machine a pending (not yet approved) registration is for.
     pub fn machine_key(&self, id: &str) -> Option<[u8; 32]> {
         let g = self.lock();
@@ -305,8 +319,13 @@ pub fn page(server: &Server, id: &str) -> (u16, String) {
         Some((true, _)) => "<p>This registration has expired. Run <code>tailscale up</code> again.</p>".to_string(),
         Some((false, Some(_))) => "<p>This machine is registered. You can close this page.</p>".to_string(),
         Some((false, None)) => format!(
-            "<p>An administrator approves this machine on the server with:</p>\n<pre>tinyscale auth register --auth-id {} --user USERNAME</pre>",
-            esc(id)
+            "<p>An administrator approves this machine on the server with:</p>\n<pre>tinyscale auth register --auth-id {} --user USERNAME</pre>{}",
+            esc(id),
+            if server.cfg.web_enabled {
+                format!("\n<p>or, logged in to the admin page, <a href=\"/admin/#pending/{0}\">approves it there</a>.</p>", esc(id))
+            } else {
+                String::new()
+            }
         ),
     };
     let status = if server.pending.status(id).is_some() {

@@ -58,6 +58,8 @@ pub struct Server {
     /// ACME certificates (`tls_letsencrypt_hostname` set).
     #[cfg(feature = "acme")]
     pub acme: Option<Arc<crate::acme::Manager>>,
+    /// The admin page's sessions and login links.
+    pub web: crate::web::Web,
 }
 
 impl Server {
@@ -201,6 +203,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             tls_port: std::sync::OnceLock::new(),
             derp_map: Mutex::new(None),
             pending: interactive::Registry::default(),
+            web: crate::web::Web::default(),
             primaries: Mutex::new(Default::default()),
             expiry_announced: Mutex::new(Default::default()),
             full_maps: smol::lock::Semaphore::new(map::FULL_MAPS_IN_FLIGHT),

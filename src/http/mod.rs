@@ -136,9 +136,9 @@ async fn respond_with<S: AsyncWrite + Unpin>(
     stream.flush().await
 }
 
-/// Every `Cookie` header of a request, joined.
-#[cfg(feature = "oidc")]
-fn cookies(h: &head::Head) -> String {
+/// Every `Cookie` header of a request, joined (OIDC state, the admin
+/// page's session).
+pub(crate) fn cookies(h: &head::Head) -> String {
     let v: Vec<&str> = h
         .headers
         .iter()
@@ -312,6 +312,10 @@ where
                     b"{\"status\":\"pass\"}",
                 )
                 .await?;
+            }
+            (_, p) if server.cfg.web_enabled && crate::web::is_page_path(p) => {
+                let pg = crate::web::serve_page(&server, &h, tls);
+                respond_with(&mut stream, pg.status, pg.ctype, &pg.headers, &pg.body).await?;
             }
             ("GET", "/") => {
                 respond(
