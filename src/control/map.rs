@@ -155,15 +155,15 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) -> bool {
     }
     st.nodes.insert(id, n);
     drop(st);
-    server.hub.notify(if patch_only {
-        Change::NodePatch(id)
+    if patch_only {
+        server.hub.notify(Change::NodePatch(id));
     } else if routes_changed {
-        Change::NodeUpsert(id)
+        server.hub.notify(Change::NodeUpsert(id));
     } else {
         // Hostinfo churn (NetInfo, versions): peers need the node again,
-        // the policy does not need recompiling.
-        Change::NodeInfo(id)
-    });
+        // the policy does not need recompiling; at most once per window.
+        server.churn.node_info(server, id);
+    }
     if routes_changed {
         server.auto_approve(id);
     }

@@ -1,6 +1,7 @@
 //! The control plane: register, map sessions, lite updates and the hub that
 //! fans changes out to connected map sessions.
 
+pub mod churn;
 pub mod derpmap;
 pub mod ephemeral;
 pub mod hub;
@@ -50,6 +51,8 @@ pub struct Server {
     pub expiry_announced: Mutex<std::collections::BTreeSet<u64>>,
     /// Full maps being built or sent at once (see `map::send_full_map`).
     pub full_maps: smol::lock::Semaphore,
+    /// Per-node rate limit on Hostinfo fan-out.
+    pub churn: churn::Churn,
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
     /// OpenID Connect login (`oidc.issuer` set).
@@ -205,6 +208,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             pending: interactive::Registry::default(),
             web: crate::web::Web::default(),
             primaries: Mutex::new(Default::default()),
+            churn: Default::default(),
             expiry_announced: Mutex::new(Default::default()),
             full_maps: smol::lock::Semaphore::new(map::FULL_MAPS_IN_FLIGHT),
             me,
