@@ -6,19 +6,11 @@ mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
-use tinyscale::client::{self, Node};
+use tinyscale::client::Node;
 
 /// Registers without ever opening a map stream; returns the node's id.
 async fn register_only(ts: &TestServer, node: &Node, key: &str) -> u64 {
-    let server_pub = client::fetch_key(ts.addr).await.unwrap();
-    let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
-        .await
-        .unwrap();
-    let r = conn
-        .register(&node.register_request(Some(key)))
-        .await
-        .unwrap();
-    assert_eq!(r.error, "");
+    register_with(ts, node, key, &[]).await;
     let st = ts.server.state();
     st.node_by_machine_key(&node.machine_key().0)
         .map(|n| n.id)

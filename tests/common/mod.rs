@@ -111,15 +111,14 @@ pub fn block_on_timeout<T>(secs: u64, f: impl std::future::Future<Output = T>) -
 
 use tinyscale::client::{self, netmap::NetMap, Node};
 
-/// Registers `node` with `key` (advertising `routes`), opens its streaming
-/// map (reporting `endpoints`) and applies the first map.
-pub async fn join_with(
+/// Connects `node` and registers it with `key` (advertising `routes`),
+/// without opening a map stream.
+pub async fn register_with(
     ts: &TestServer,
     node: &Node,
     key: &str,
     routes: &[&str],
-    endpoints: &[&str],
-) -> (client::Conn, client::MapStream, NetMap) {
+) -> client::Conn {
     let server_pub = client::fetch_key(ts.addr).await.unwrap();
     let mut conn = client::connect(ts.addr, &server_pub, &node.machine_private)
         .await
@@ -129,6 +128,19 @@ pub async fn join_with(
     let r = conn.register(&rr).await.unwrap();
     assert_eq!(r.error, "", "register error");
     assert!(r.machine_authorized);
+    conn
+}
+
+/// Registers `node` with `key` (advertising `routes`), opens its streaming
+/// map (reporting `endpoints`) and applies the first map.
+pub async fn join_with(
+    ts: &TestServer,
+    node: &Node,
+    key: &str,
+    routes: &[&str],
+    endpoints: &[&str],
+) -> (client::Conn, client::MapStream, NetMap) {
+    let mut conn = register_with(ts, node, key, routes).await;
     let mut mr = node.map_request(true, endpoints);
     mr.hostinfo = Some(node.hostinfo(routes));
     let mut stream = conn.map(&mr).await.unwrap();
