@@ -448,6 +448,7 @@ fn the_page_in_chromium_manages_the_tailnet() {
         "{st}"
     );
     assert!(st.contains("healthy"), "{st}");
+    assert!(st.contains("packets relayed"), "{st}");
     b.screenshot("11-status");
 
     // A phone-sized screen.

@@ -110,9 +110,13 @@ fn status(server: &Server) -> serde_json::Value {
         (st.nodes.len(), online)
     };
     let derp = server.derp.as_ref().map(|d| {
+        let st = d.stats();
+        let n = |a: &crate::atomic64::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
         json!({
             "clients": d.connected_keys().len(),
             "served": server.derp_served().is_some(),
+            "packetsRelayed": n(&st.packets_forwarded),
+            "packetsDropped": n(&st.packets_dropped_unknown_dst) + n(&st.packets_dropped_queue_full),
         })
     });
     let regions: Vec<serde_json::Value> = server

@@ -279,7 +279,7 @@ async function statusPage() {
       item("Version", "tinyscale " + s.version), item("Uptime", up(s.uptimeSeconds)), item("Server URL", s.serverUrl),
       item("Database", mb(s.databaseBytes) + (s.databaseHealthy ? ", healthy" : ", NOT HEALTHY")),
       item("Nodes", s.nodes + " (" + s.online + " connected)"),
-      item("DERP relay", s.derp ? s.derp.clients + " clients" + (s.derp.served ? "" : " (not offered: TLS listener not bound)") : "off"),
+      item("DERP relay", s.derp ? s.derp.clients + " clients, " + s.derp.packetsRelayed + " packets relayed, " + s.derp.packetsDropped + " dropped" + (s.derp.served ? "" : " (not offered: TLS listener not bound)") : "off"),
       item("DERP regions", s.derpRegions.map((r) => r.code + " (" + r.id + ", " + r.nodes + " nodes)").join(", ") || "none"),
       item("STUN", s.stun || "off"), item("Policy", s.policyMode), item("Browser sessions", String(s.sessions)),
       item("Memory", s.residentBytes != null ? mb(s.residentBytes) + " resident" : "?"),
