@@ -437,6 +437,7 @@ fn the_page_in_chromium_manages_the_tailnet() {
         "saved",
     );
     assert_eq!(ts.server.policy_text().unwrap(), good);
+    assert_ne!(b.text("#policyset"), "-", "the page shows when it was set");
     b.screenshot("10-policy-saved");
 
     // Status.

@@ -235,6 +235,8 @@ async function policyPage() {
   const ta = h("textarea", { id: "policy", spellcheck: "false", "aria-label": "policy (HuJSON)" });
   ta.value = p.policy || "";
   const out = h("pre", { id: "policyresult", role: "status" });
+  const when = (t) => (t && !t.startsWith("0001") ? t : "-");
+  const last = h("span", { id: "policyset" }, when(p.updatedAt));
   let bad = 0;
   const draw = () => {
     const n = ta.value.split("\n").length;
@@ -245,7 +247,8 @@ async function policyPage() {
   ta.addEventListener("scroll", () => { nums.scrollTop = ta.scrollTop; });
   const run = async (what, f) => {
     try {
-      await f();
+      const r = await f();
+      if (r.updatedAt) last.textContent = when(r.updatedAt);
       bad = 0;
       out.textContent = what === "check" ? "Valid; the policy's tests passed." : "Saved and in force.";
       out.className = "ok";
@@ -259,7 +262,7 @@ async function policyPage() {
     if (bad) $("errline").scrollIntoView({ block: "center" });
   };
   show("policy", h("h1", {}, "Policy"),
-    h("p.muted", {}, "Last set: ", p.updatedAt && !p.updatedAt.startsWith("0001") ? p.updatedAt : "-"),
+    h("p.muted", {}, "Last set: ", last),
     h("div.editor", {}, nums, ta),
     h("div.row", {},
       h("button", { id: "check", onclick: () => run("check", () => api("POST", "/api/v1/policy/check", { policy: ta.value })) }, "Check"),
