@@ -171,6 +171,8 @@ pub struct ServerOpts {
     pub dns: Option<String>,
     /// More top-level YAML appended to the config as is (e.g. an `oidc:` section); "" = none.
     pub extra_yaml: String,
+    /// DERP map files (`derp.paths`) merged over the embedded region.
+    pub derp_paths: Vec<PathBuf>,
 }
 
 /// Spawns `bin serve --config cfg` in its own process group, bounded by `timeout` and tied to the
@@ -504,7 +506,7 @@ derp:
     region_name: tinyscale e2e
     stun_listen_addr: {host}:3478
     ipv4: {host}
-database:
+{derp_paths}database:
   path: db.redb
 unix_socket: tinyscale.sock
 dns:
@@ -512,6 +514,16 @@ dns:
   level: debug
 {extra}",
             extra = opts.extra_yaml,
+            derp_paths = if opts.derp_paths.is_empty() {
+                String::new()
+            } else {
+                let l: Vec<String> = opts
+                    .derp_paths
+                    .iter()
+                    .map(|p| format!("    - {}\n", p.display()))
+                    .collect();
+                format!("  paths:\n{}", l.concat())
+            },
             data = data.display(),
             port = opts.port,
             tls_port = opts.tls_port,
