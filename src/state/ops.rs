@@ -1,6 +1,7 @@
-//! Admin operations on [`State`]. Each one validates, writes the change to
-//! the store first (one durable transaction) and only then changes memory,
-//! so a failed write leaves memory untouched.
+//! Admin operations on [`State`]. Each one validates, queues the change for
+//! the store first (one atomic batch of the next group commit) and only
+//! then changes memory, so a refused write leaves memory untouched. The
+//! caller acknowledges only after the batch is durable (`Committer::wait`).
 //!
 //! The caller (admin handler, register handler) tells the hub what changed:
 //! the returned record carries the id to notify about.

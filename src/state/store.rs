@@ -2,9 +2,11 @@
 //! model structs, plus a `meta` table holding the schema version and the
 //! id counters.
 //!
-//! Every `apply` is one write transaction committed with
-//! `Durability::Immediate` (fsync) before it returns, so a change the caller
-//! acknowledges survives a crash. The server process is the only writer.
+//! Every `apply` is one atomic batch, queued for the group-commit thread
+//! (`commit.rs`), which writes all queued batches in one transaction with
+//! `Durability::Immediate` (one fsync); a caller acknowledges its change
+//! only after waiting for that, so an acknowledged change survives a crash.
+//! The server process is the only writer.
 //!
 //! Schema versioning: `meta["schema_version"]` (u32, little endian). A
 //! database written by a newer tinyscale is refused with a clear error; an
