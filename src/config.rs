@@ -805,7 +805,7 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
 }
 
 /// Every key tinyscale reads, dotted.
-const KNOWN: &[&str] = &[
+pub(crate) const KNOWN: &[&str] = &[
     "server_url",
     "listen_addr",
     "data_dir",

@@ -130,7 +130,7 @@ pub fn load_or_create_key(path: &Path) -> io::Result<[u8; 32]> {
     }
 }
 
-fn parse_key(b: &[u8]) -> Option<[u8; 32]> {
+pub(crate) fn parse_key(b: &[u8]) -> Option<[u8; 32]> {
     let s = std::str::from_utf8(b).ok()?.trim();
     crate::keys::from_hex::<32>(s.strip_prefix("privkey:").unwrap_or(s))
 }

@@ -4,8 +4,12 @@
 //! creation. The admin socket needs no key: its peer is checked by uid.
 //!
 //! Keys are few (one per UI or script), so they live together in one meta
-//! value of the database (postcard), rewritten durably on every change:
-//! no new table, no schema bump.
+//! value of the database (postcard), rewritten durably on every change.
+//!
+//! Keys imported from Headscale (`tinyscale migrate`) keep Headscale's
+//! bcrypt hash of their secret instead (schema 4 added the field), so
+//! `hskey-api-…` keys and Headscale's legacy `<7-char prefix>.<secret>`
+//! keys keep working without their secrets ever being known here.
 
 use crate::state::{now, Op, OpError, Store, StoreError, Unix};
 use blake2::{Blake2s256, Digest};
@@ -18,7 +22,7 @@ const SECRET_LEN: usize = 64;
 /// Default lifetime of a new key (Headscale's: 90 days).
 pub const DEFAULT_LIFETIME: i64 = 90 * 24 * 3600;
 /// Meta key of the table.
-const META_API_KEYS: &str = "api_keys";
+pub(crate) const META_API_KEYS: &str = "api_keys";
 /// More keys than any installation needs; bounds the table's size.
 const MAX_KEYS: usize = 256;
 
@@ -30,6 +34,9 @@ pub struct ApiKey {
     pub created: Unix,
     /// 0 = never (only keys created with an explicit zero time).
     pub expiration: Unix,
+    /// bcrypt hash of the secret for a key imported from Headscale; empty
+    /// for tinyscale's own keys, which are checked against `hash`.
+    pub bcrypt: String,
 }
 
 impl ApiKey {
@@ -108,6 +115,7 @@ pub fn create(store: &Store, expiration: Option<Unix>) -> Result<(ApiKey, String
         hash: hash(&full),
         created,
         expiration: expiration.unwrap_or(created + DEFAULT_LIFETIME),
+        bcrypt: String::new(),
     };
     t.keys.push(k.clone());
     save(store, &t)?;
@@ -157,28 +165,93 @@ fn not_found(which: &str) -> OpError {
     OpError::NotFound(format!("API key {which:?} not found"))
 }
 
+/// Headscale's legacy API keys: `<7-char prefix>.<secret>`.
+const LEGACY_PREFIX_LEN: usize = 7;
+
 /// True when `full` is a current key: its prefix is known, the hash of the
 /// whole text matches (compared in constant time) and it has not expired.
+/// An imported key is checked against its bcrypt hash of the secret.
 pub fn validate(store: &Store, full: &str) -> bool {
-    let Some(rest) = full.trim().strip_prefix(KEY_PREFIX) else {
-        return false;
+    let full = full.trim();
+    let (prefix, secret, legacy) = match full.strip_prefix(KEY_PREFIX) {
+        Some(rest) => match rest.split_once('-') {
+            Some((p, s)) if p.len() == PREFIX_LEN && s.len() == SECRET_LEN => (p, s, false),
+            _ => return false,
+        },
+        None => match full.split_once('.') {
+            Some((p, s)) if p.len() == LEGACY_PREFIX_LEN && !s.is_empty() => (p, s, true),
+            _ => return false,
+        },
     };
-    let Some((prefix, secret)) = rest.split_once('-') else {
-        return false;
-    };
-    if prefix.len() != PREFIX_LEN || secret.len() != SECRET_LEN {
-        return false;
-    }
     let Ok(t) = load(store) else { return false };
     let Some(k) = t.keys.iter().find(|k| k.prefix == prefix) else {
         return false;
     };
-    let h = hash(full.trim());
+    if !k.bcrypt.is_empty() {
+        return !k.is_expired(now())
+            && crate::migrate::bcrypt::verify(k.bcrypt.as_bytes(), secret.as_bytes());
+    }
+    if legacy {
+        return false;
+    }
+    let h = hash(full);
     let mut d = 0u8;
     for (x, y) in k.hash.iter().zip(&h) {
         d |= x ^ y;
     }
     std::hint::black_box(d) == 0 && !k.is_expired(now())
+}
+
+/// The meta value holding `keys` (imported from Headscale) as the whole
+/// table, for the import's one transaction.
+pub fn import_table(keys: &[ApiKey]) -> Result<(&'static str, Vec<u8>), OpError> {
+    let t = Table {
+        next_id: keys.iter().map(|k| k.id).max().unwrap_or(0),
+        keys: keys.to_vec(),
+    };
+    let b = postcard::to_stdvec(&t)
+        .map_err(|e| OpError::Storage(StoreError(format!("api key table: {e}"))))?;
+    Ok((META_API_KEYS, b))
+}
+
+/// Schema 3 → 4: the stored table gains `bcrypt` (empty) on every key.
+/// Returns the meta key and the rewritten value, if there is a table.
+pub(crate) fn upgrade_v3(
+    old: Option<&[u8]>,
+) -> Result<Option<(&'static str, Vec<u8>)>, StoreError> {
+    #[derive(Deserialize)]
+    struct KeyV3 {
+        id: u64,
+        prefix: String,
+        hash: [u8; 32],
+        created: Unix,
+        expiration: Unix,
+    }
+    #[derive(Deserialize)]
+    struct TableV3 {
+        next_id: u64,
+        keys: Vec<KeyV3>,
+    }
+    let Some(old) = old else { return Ok(None) };
+    let v3: TableV3 = postcard::from_bytes(old)
+        .map_err(|e| StoreError(format!("migrating the api key table: {e}")))?;
+    let t = Table {
+        next_id: v3.next_id,
+        keys: v3
+            .keys
+            .into_iter()
+            .map(|k| ApiKey {
+                id: k.id,
+                prefix: k.prefix,
+                hash: k.hash,
+                created: k.created,
+                expiration: k.expiration,
+                bcrypt: String::new(),
+            })
+            .collect(),
+    };
+    let b = postcard::to_stdvec(&t).map_err(|e| StoreError(format!("api key table: {e}")))?;
+    Ok(Some((META_API_KEYS, b)))
 }
 
 #[cfg(test)]

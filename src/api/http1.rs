@@ -119,6 +119,17 @@ where
                 smol::unblock(move || crate::web::api::handle(&s, &who, &m, &p)).await;
             (status, "application/json", body)
         }
+        // The server writes the file itself: only for the local admin.
+        "/api/v1/backup" if caller == Caller::Local && h.method.eq_ignore_ascii_case("POST") => {
+            let s = server.clone();
+            let Reply { status, body } =
+                smol::unblock(move || super::backup::handle(&s, &body)).await;
+            (status, "application/json", body)
+        }
+        "/api/v1/backup" => {
+            let r = routes::error(403, "backups are taken over the admin socket only");
+            (403, "application/json", r.body)
+        }
         _ => {
             let (s, m) = (server.clone(), h.method.to_ascii_uppercase());
             let url = if h.query.is_empty() {

@@ -9,8 +9,10 @@
 //! - [`http1`]: one HTTP/1.1 request on any async stream, with the
 //!   caller's authorisation decided before the body is read.
 //! - [`socket`]: the admin socket.
+//! - [`backup`]: `POST /api/v1/backup`, served on the admin socket only.
 
 pub mod apikey;
+pub mod backup;
 pub mod http1;
 pub mod routes;
 pub mod socket;

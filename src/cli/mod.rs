@@ -21,6 +21,7 @@ macro_rules! outln {
 }
 
 pub mod client;
+pub mod migrate;
 pub mod output;
 
 use crate::api::types::{ApiNode, ApiPreAuthKey, ApiUser};
@@ -54,6 +55,10 @@ enum Cmd {
     Policy(crate::policy::cli::PolicyCmd),
     Debug(crate::debug::DebugCmd),
     Web(WebCmd),
+    #[cfg(feature = "migrate")]
+    Migrate(migrate::MigrateCmd),
+    Backup(migrate::BackupCmd),
+    Restore(migrate::RestoreCmd),
 }
 
 /// Run the control server.
@@ -769,6 +774,10 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             }
             Ok(())
         }
+        #[cfg(feature = "migrate")]
+        Cmd::Migrate(m) => migrate::migrate(explicit, m),
+        Cmd::Backup(b) => migrate::backup(&load_config(explicit)?, b),
+        Cmd::Restore(r) => migrate::restore(&load_config(explicit)?, r),
         Cmd::Auth(a) => {
             let cfg = load_config(explicit)?;
             let AuthSub::Register(r) = a.cmd;

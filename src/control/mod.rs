@@ -168,9 +168,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
         None => None,
     };
     let derp = if cfg.derp_server_enabled {
-        let key_path = cfg
-            .noise_private_key_path
-            .with_file_name("derp_server_private.key");
+        let key_path = derp_key_path(&cfg);
         let key = load_or_create_key(&key_path)
             .map_err(|e| Error::new(e.kind(), format!("DERP key {}: {e}", key_path.display())))?;
         Some(Arc::new(crate::derp::server::DerpServer::new(key)))
@@ -252,6 +250,30 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 }
 
 pub use crate::secretfile::load_or_create_key;
+
+/// The embedded DERP server's private key: next to the Noise key.
+pub fn derp_key_path(cfg: &Config) -> std::path::PathBuf {
+    cfg.noise_private_key_path
+        .with_file_name("derp_server_private.key")
+}
+
+/// The key in a `privkey:<64 hex>` file (Headscale's format too; the prefix
+/// is optional).
+pub fn parse_key_file(s: &str) -> Option<[u8; 32]> {
+    crate::secretfile::parse_key(s.as_bytes())
+}
+
+/// Writes `key` as a `privkey:<hex>` file, mode 0600, atomically (see
+/// [`crate::secretfile::write_atomic`]); creates the directory owner-only.
+pub fn write_new_key(path: &std::path::Path, key: &[u8; 32]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        create_private_dir(dir)?;
+    }
+    crate::secretfile::write_atomic(
+        path,
+        format!("privkey:{}\n", crate::keys::to_hex(key)).as_bytes(),
+    )
+}
 
 /// Starts every listener and serves until the process ends.
 pub fn run_forever(server: SharedServer) -> std::io::Result<()> {

@@ -85,18 +85,23 @@ pub fn topology_for(server: &Server, st: &State) -> Topology {
 
 /// The server's state as the policy engine sees it.
 pub fn topology(st: &State) -> Topology {
-    let users = st
-        .users
-        .values()
+    topology_of(st.users.values(), st.nodes.values())
+}
+
+/// The policy engine's view of these users and nodes (also used to check
+/// a policy against a tailnet before it is imported).
+pub fn topology_of<'a>(
+    users: impl Iterator<Item = &'a crate::state::User>,
+    nodes: impl Iterator<Item = &'a crate::state::Node>,
+) -> Topology {
+    let users = users
         .map(|u| TopoUser {
             id: u.id,
             name: u.name.clone(),
             email: (!u.email.is_empty()).then(|| u.email.clone()),
         })
         .collect();
-    let nodes = st
-        .nodes
-        .values()
+    let nodes = nodes
         .map(|n| TopoNode {
             id: n.id,
             name: n.given_name.clone(),

@@ -278,6 +278,11 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
             return error_response(e.to_string()).into();
         }
     };
+    if !key.bcrypt.is_empty() {
+        if let Err(e) = st.rehash_imported_key(key.id, secret) {
+            log::warn!("register: rehashing imported key {}: {e}", key.id);
+        }
+    }
     if let Err(e) = check_request_tags(&key.tags, &hostinfo) {
         return error_response(e).into();
     }

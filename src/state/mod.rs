@@ -7,6 +7,7 @@
 //! writing to the network.
 
 pub mod commit;
+pub mod imported;
 pub mod ipalloc;
 pub mod model;
 pub mod ops;

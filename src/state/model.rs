@@ -53,6 +53,12 @@ pub struct PreAuthKey {
     /// 0 = never expires.
     pub expiration: Unix,
     pub tags: Vec<String>,
+    /// bcrypt hash of the secret, for a key imported from Headscale (schema
+    /// 4): such keys are checked against it instead of `hash`, so they keep
+    /// working without their secret ever being known here. Empty for
+    /// tinyscale's own keys. Appended last: an old row plus one zero byte
+    /// (an empty string in postcard) is a valid new row.
+    pub bcrypt: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -157,6 +157,7 @@ impl State {
             created,
             expiration,
             tags,
+            bcrypt: String::new(),
         };
         self.store.apply(&[Op::PutKey(&key)])?;
         self.next_key_id = key.id + 1;
@@ -234,20 +235,39 @@ impl State {
     /// The register handler then calls [`State::mark_preauth_key_used`].
     pub fn validate_preauth_key(&self, secret: &str) -> Result<&PreAuthKey, OpError> {
         let invalid = || OpError::Invalid(ERR_INVALID_KEY.into());
-        let rest = secret.strip_prefix(KEY_PREFIX).ok_or_else(invalid)?;
-        let (prefix, _) = rest.split_once('-').ok_or_else(invalid)?;
-        if prefix.len() != KEY_PREFIX_HEX {
-            return Err(invalid());
-        }
         let hash = hash_key(secret);
-        let key = self
-            .keys
-            .values()
-            .find(|k| k.prefix == prefix)
-            .ok_or_else(invalid)?;
-        if !ct_eq(&key.hash, &hash) {
-            return Err(invalid());
-        }
+        let key = match secret.strip_prefix(KEY_PREFIX) {
+            Some(rest) => {
+                let (prefix, tail) = rest.split_once('-').ok_or_else(invalid)?;
+                if prefix.len() != KEY_PREFIX_HEX {
+                    return Err(invalid());
+                }
+                let key = self
+                    .keys
+                    .values()
+                    .find(|k| k.prefix == prefix)
+                    .ok_or_else(invalid)?;
+                // Keys imported from Headscale carry a bcrypt hash of the
+                // part after the prefix; tinyscale's own a BLAKE2s of it all.
+                let ok = if key.bcrypt.is_empty() {
+                    ct_eq(&key.hash, &hash)
+                } else {
+                    tail.len() == KEY_SECRET_HEX
+                        && crate::migrate::bcrypt::verify(key.bcrypt.as_bytes(), tail.as_bytes())
+                };
+                if !ok {
+                    return Err(invalid());
+                }
+                key
+            }
+            // Headscale's legacy plaintext keys were hashed on import and
+            // have no prefix: the hash alone finds them.
+            None => self
+                .keys
+                .values()
+                .find(|k| k.prefix.is_empty() && k.bcrypt.is_empty() && ct_eq(&k.hash, &hash))
+                .ok_or_else(invalid)?,
+        };
         if key.expiration != 0 && key.expiration <= now() {
             return Err(OpError::Invalid(ERR_KEY_EXPIRED.into()));
         }
@@ -473,7 +493,7 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-fn hash_key(full: &str) -> [u8; 32] {
+pub(crate) fn hash_key(full: &str) -> [u8; 32] {
     Blake2s256::digest(full.as_bytes()).into()
 }
 

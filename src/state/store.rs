@@ -20,7 +20,7 @@ use std::path::Path;
 
 /// Version of the on-disk layout. Bump it whenever a model struct or a table
 /// changes, and teach [`migrate`] to convert the previous version.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 const USERS: TableDefinition<u64, &[u8]> = TableDefinition::new("users");
 const KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("preauth_keys");
@@ -314,6 +314,85 @@ impl Store {
     }
 }
 
+/// Meta keys a backup made with `--with-keys` carries the server keys
+/// under; `restore` writes them to their files and removes them.
+pub const META_BACKUP_NOISE_KEY: &str = "backup.noise_private_key";
+pub const META_BACKUP_DERP_KEY: &str = "backup.derp_private_key";
+
+impl Store {
+    /// A read transaction: a consistent snapshot holding every commit made
+    /// before it began, for [`write_backup`]. Taking it is cheap, so the
+    /// caller can hold the state lock just for this and copy without it.
+    pub fn begin_backup(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.settle()?;
+        self.db.begin_read().map_err(err("begin read"))
+    }
+
+    /// Deletes a meta value (durably), returning what it held.
+    pub fn take_meta(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.settle()?;
+        let mut txn = self.db.begin_write().map_err(err("begin write"))?;
+        txn.set_durability(Durability::Immediate);
+        let old = {
+            let mut meta = txn.open_table(META).map_err(err("open meta"))?;
+            let v = meta.remove(key).map_err(err("delete meta"))?;
+            v.map(|g| g.value().to_vec())
+        };
+        txn.commit().map_err(err("commit"))?;
+        Ok(old)
+    }
+}
+
+/// Writes every table of `snap` into a new database file `dest` (which must
+/// not exist; created 0600), plus `extra` meta values, durably.
+pub fn write_backup(
+    snap: &redb::ReadTransaction,
+    dest: &Path,
+    extra: &[(&str, Vec<u8>)],
+) -> Result<(), StoreError> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(dest)
+        .map_err(|e| StoreError(format!("creating {}: {e}", dest.display())))?;
+    let result = (|| {
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(dest)
+            .map_err(err("creating backup database"))?;
+        let mut txn = db.begin_write().map_err(err("begin write"))?;
+        txn.set_durability(Durability::Immediate);
+        for def in [USERS, KEYS, NODES] {
+            let from = snap.open_table(def).map_err(err("open table"))?;
+            let mut to = txn.open_table(def).map_err(err("open table"))?;
+            for row in from.iter().map_err(err("iterate"))? {
+                let (k, v) = row.map_err(err("read row"))?;
+                to.insert(k.value(), v.value()).map_err(err("write row"))?;
+            }
+        }
+        {
+            let from = snap.open_table(META).map_err(err("open meta"))?;
+            let mut to = txn.open_table(META).map_err(err("open meta"))?;
+            for row in from.iter().map_err(err("iterate"))? {
+                let (k, v) = row.map_err(err("read row"))?;
+                to.insert(k.value(), v.value()).map_err(err("write meta"))?;
+            }
+            for (k, v) in extra {
+                to.insert(*k, v.as_slice()).map_err(err("write meta"))?;
+            }
+        }
+        txn.commit().map_err(err("commit"))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(dest);
+    }
+    result
+}
+
 impl Drop for Store {
     /// Everything queued is made durable when the store goes away.
     fn drop(&mut self) {
@@ -391,6 +470,9 @@ fn migrate(txn: &redb::WriteTransaction, from: u32) -> Result<(), StoreError> {
             1 => migrate_users_v1(txn)?,
             // 2 → 3: nodes gained `register_method` (appended last).
             2 => migrate_nodes_v2(txn)?,
+            // 3 → 4: pre-auth keys and API keys gained `bcrypt` (appended
+            // last) for keys imported from Headscale.
+            3 => migrate_keys_v3(txn)?,
             other => {
                 return Err(StoreError(format!(
                     "no migration from database schema version {other}"
@@ -467,6 +549,41 @@ fn migrate_nodes_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
         table
             .insert(id, bytes.as_slice())
             .map_err(err("write node"))?;
+    }
+    Ok(())
+}
+
+/// Appends an empty `bcrypt` string (one zero byte in postcard) to every
+/// pre-auth key row of schema 3, checking that each then decodes whole.
+fn migrate_keys_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let mut table = txn.open_table(KEYS).map_err(err("open keys"))?;
+    let mut rewrite = Vec::new();
+    for row in table.iter().map_err(err("iterate"))? {
+        let (k, v) = row.map_err(err("read row"))?;
+        let mut bytes = v.value().to_vec();
+        bytes.push(0);
+        match postcard::take_from_bytes::<PreAuthKey>(&bytes) {
+            Ok((_, [])) => rewrite.push((k.value(), bytes)),
+            _ => {
+                return Err(StoreError(format!(
+                    "migrating pre-auth key {}: not a schema 3 key record",
+                    k.value()
+                )))
+            }
+        }
+    }
+    for (id, bytes) in rewrite {
+        table
+            .insert(id, bytes.as_slice())
+            .map_err(err("write key"))?;
+    }
+    let mut meta = txn.open_table(META).map_err(err("open meta"))?;
+    let old = meta
+        .get(crate::api::apikey::META_API_KEYS)
+        .map_err(err("read meta"))?
+        .map(|g| g.value().to_vec());
+    if let Some((k, v)) = crate::api::apikey::upgrade_v3(old.as_deref())? {
+        meta.insert(k, v.as_slice()).map_err(err("write meta"))?;
     }
     Ok(())
 }
@@ -603,6 +720,7 @@ mod tests {
             created: 3,
             expiration: 0,
             tags: vec![],
+            bcrypt: String::new(),
         }
     }
 
@@ -805,6 +923,151 @@ mod tests {
         let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
     }
 
+    /// A database as schema 1 wrote it (users without OIDC fields, nodes
+    /// without `register_method`, keys without `bcrypt`, no `api_keys`
+    /// table) is brought to the current schema in one open.
+    #[test]
+    fn schema_1_database_upgrades_in_one_step() {
+        #[derive(serde::Serialize)]
+        struct UserV1<'a> {
+            id: u64,
+            name: &'a str,
+            display_name: &'a str,
+            email: &'a str,
+            created: i64,
+        }
+        let p = tmp("v1full");
+        let (n, k) = (node(5), key(6));
+        {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            let db = redb::Builder::new().create(&p).unwrap();
+            let mut txn = db.begin_write().unwrap();
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut users = txn.open_table(USERS).unwrap();
+                let u = UserV1 {
+                    id: 1,
+                    name: "ann",
+                    display_name: "Ann",
+                    email: "",
+                    created: 9,
+                };
+                users
+                    .insert(1, postcard::to_stdvec(&u).unwrap().as_slice())
+                    .unwrap();
+                let mut nodes = txn.open_table(NODES).unwrap();
+                let mut nb = postcard::to_stdvec(&n).unwrap();
+                assert_eq!(nb.pop(), Some(0), "register_method is the last byte");
+                nodes.insert(5, nb.as_slice()).unwrap();
+                let mut keys = txn.open_table(KEYS).unwrap();
+                let mut kb = postcard::to_stdvec(&k).unwrap();
+                assert_eq!(kb.pop(), Some(0), "bcrypt is the last byte");
+                keys.insert(6, kb.as_slice()).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_SCHEMA_VERSION, &1u32.to_le_bytes()[..])
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        let snap = s.load().unwrap();
+        assert_eq!(snap.users.len(), 1);
+        assert_eq!(snap.users[0].name, "ann");
+        assert_eq!(snap.nodes, vec![n]);
+        assert_eq!(snap.keys, vec![k]);
+        drop(s);
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn schema_3_keys_gain_bcrypt() {
+        let p = tmp("v3");
+        let k = key(2);
+        {
+            let s = Store::open(&p).unwrap();
+            let mut txn = s.db.begin_write().unwrap();
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut bytes = postcard::to_stdvec(&k).unwrap();
+                assert_eq!(bytes.pop(), Some(0));
+                let mut keys = txn.open_table(KEYS).unwrap();
+                keys.insert(2, bytes.as_slice()).unwrap();
+                let mut meta = txn.open_table(META).unwrap();
+                meta.insert(META_SCHEMA_VERSION, &3u32.to_le_bytes()[..])
+                    .unwrap();
+                // Schema 3's API key table (meta "api_keys").
+                #[derive(serde::Serialize)]
+                struct KeyV3 {
+                    id: u64,
+                    prefix: &'static str,
+                    hash: [u8; 32],
+                    created: i64,
+                    expiration: i64,
+                }
+                let t = (
+                    9u64,
+                    vec![KeyV3 {
+                        id: 9,
+                        prefix: "abcdefghijkl",
+                        hash: [5; 32],
+                        created: 1,
+                        expiration: 0,
+                    }],
+                );
+                meta.insert("api_keys", postcard::to_stdvec(&t).unwrap().as_slice())
+                    .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        assert_eq!(s.load().unwrap().keys, vec![k]);
+        let api = crate::api::apikey::list(&s).unwrap();
+        assert_eq!(api.len(), 1);
+        assert_eq!((api[0].id, api[0].prefix.as_str()), (9, "abcdefghijkl"));
+        assert_eq!((api[0].hash, api[0].bcrypt.as_str()), ([5; 32], ""));
+        drop(s);
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
+    #[test]
+    fn backup_copies_every_table() {
+        let p = tmp("bk");
+        let s = Store::open(&p).unwrap();
+        s.apply(&[
+            Op::PutUser(&user(1, "u")),
+            Op::PutKey(&key(2)),
+            Op::PutNode(&node(4)),
+            Op::PutMeta("policy", b"{}".to_vec()),
+        ])
+        .unwrap();
+        let snap = s.begin_backup().unwrap();
+        // Written after the snapshot began: not in the backup.
+        s.apply(&[Op::PutUser(&user(9, "late"))]).unwrap();
+        let dest = p.with_file_name("backup.redb");
+        write_backup(&snap, &dest, &[(META_BACKUP_NOISE_KEY, vec![7; 32])]).unwrap();
+        assert!(
+            write_backup(&snap, &dest, &[]).is_err(),
+            "must not overwrite"
+        );
+        drop(snap);
+        let b = Store::open(&dest).unwrap();
+        let got = b.load().unwrap();
+        assert_eq!(got.users, vec![user(1, "u")]);
+        assert_eq!(got.keys, vec![key(2)]);
+        assert_eq!(got.nodes, vec![node(4)]);
+        assert_eq!(got.next_node_id, 5);
+        assert_eq!(b.get_meta("policy").unwrap().as_deref(), Some(&b"{}"[..]));
+        assert_eq!(
+            b.take_meta(META_BACKUP_NOISE_KEY).unwrap(),
+            Some(vec![7; 32])
+        );
+        assert_eq!(b.get_meta(META_BACKUP_NOISE_KEY).unwrap(), None);
+        drop((s, b));
+        let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
+    }
+
     #[test]
     fn refuses_newer_schema() {
         let p = tmp("newer");
@@ -819,8 +1082,14 @@ mod tests {
             }
             txn.commit().unwrap();
         }
+        let before = std::fs::read(&p).unwrap();
         let e = Store::open(&p).err().expect("must refuse").to_string();
         assert!(e.contains("newer than this tinyscale supports"), "{e}");
+        // Nothing written: the file is byte for byte what it was.
+        assert!(
+            std::fs::read(&p).unwrap() == before,
+            "refused database was modified"
+        );
         let _ = std::fs::remove_dir_all(p.parent().unwrap().parent().unwrap());
     }
 }
