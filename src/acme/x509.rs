@@ -29,6 +29,10 @@ fn tlv(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 /// UTCTime (YYMMDDHHMMSSZ) or GeneralizedTime (YYYYMMDDHHMMSSZ) as Unix
 /// seconds.
 fn time(tag: u8, v: &[u8]) -> Option<u64> {
+    // ASCII digits only, so the byte slicing below cannot split a character.
+    if !v.is_ascii() {
+        return None;
+    }
     let s = std::str::from_utf8(v).ok()?.strip_suffix('Z')?;
     let (y, rest) = match (tag, s.len()) {
         (0x17, 12) => {
@@ -94,5 +98,7 @@ mod tests {
         assert_eq!(na, 2561241600); // 2051-03-01 (GeneralizedTime after 2049)
         assert!(super::validity(&c.der()[..40]).is_none());
         assert!(super::validity(b"").is_none());
+        assert_eq!(super::time(0x17, "2612031058\u{e9}Z".as_bytes()), None);
+        assert_eq!(super::time(0x17, b"261203105823Z"), Some(1796295503));
     }
 }
