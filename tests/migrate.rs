@@ -7,14 +7,13 @@
 //! The bcrypt hashes were made by the system's libxcrypt (Python's `crypt`
 //! module), not by the code under test.
 
+mod headscale_fixture;
+
+use headscale_fixture::*;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use tinyscale::state::{State, Store};
 
-const PAK_SECRET: &str = "5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a5a";
-const PAK_HASH: &str = "$2b$05$VyHtpuxep43uVOBNXokQpeVfx6TDyHMhdVF2s83.9sbMfb9xyBHDi";
-const API_SECRET: &str = "6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b6b";
-const API_HASH: &str = "$2b$05$dAs/PltqcH5jrl1B892ZWuMJe2rrZzEoBM5jeYwpjeRiWsjpro3je";
 const LEGACY_API_SECRET: &str = "legacysecretlegacysecretlegacyse";
 const LEGACY_API_HASH: &str = "$2b$05$vgc9zgsnwOxMyvCEYOoge.wA5tzcawGPf5O6R0aS9TjzZCQLMfm/K";
 const LEGACY_PAK: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -28,22 +27,7 @@ fn hexkey(b: u8) -> String {
 fn current_schema() -> String {
     format!(
         r#"
-CREATE TABLE users(id integer PRIMARY KEY AUTOINCREMENT, name text, display_name text,
-  email text, provider_identifier text, provider text, profile_pic_url text,
-  created_at datetime, updated_at datetime, deleted_at datetime);
-CREATE TABLE pre_auth_keys(id integer PRIMARY KEY AUTOINCREMENT, key text, prefix text,
-  hash blob, user_id integer, description text, reusable numeric, ephemeral numeric DEFAULT false,
-  used numeric DEFAULT false, tags text, expiration datetime, revoked datetime, created_at datetime);
-CREATE TABLE api_keys(id integer PRIMARY KEY AUTOINCREMENT, prefix text, hash blob,
-  user_id integer, expiration datetime, last_seen datetime, created_at datetime);
-CREATE TABLE nodes(id integer PRIMARY KEY AUTOINCREMENT, machine_key text, node_key text,
-  disco_key text, endpoints text, host_info text, ipv4 text, ipv6 text, hostname text,
-  given_name varchar(63), user_id integer, register_method text, tags text, auth_key_id integer,
-  last_seen datetime, expiry datetime, approved_routes text, created_at datetime,
-  updated_at datetime, deleted_at datetime);
-CREATE TABLE policies(id integer PRIMARY KEY AUTOINCREMENT, data text, created_at datetime,
-  updated_at datetime, deleted_at datetime);
-INSERT INTO users VALUES(1,'alice','Alice','alice@example.com',NULL,NULL,NULL,
+{SCHEMA}INSERT INTO users VALUES(1,'alice','Alice','alice@example.com',NULL,NULL,NULL,
   '2024-01-01 00:00:00+00:00','2024-01-01 00:00:00+00:00',NULL);
 INSERT INTO users VALUES(2,'bob','Bob','bob@example.com','https://idp.example.com/1234','oidc',
   'https://idp.example.com/bob.png','2024-02-01 10:00:00.123456+00:00',NULL,NULL);

@@ -526,20 +526,25 @@ fn migrate_users_v1(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Appends `RegisterMethod::Unknown` (variant 0, one zero byte in postcard)
-/// to every node row of schema 2, checking that each then decodes whole.
-fn migrate_nodes_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let mut table = txn.open_table(NODES).map_err(err("open nodes"))?;
+/// Appends one zero byte to every row of `def` (a field added last whose
+/// default postcard-encodes as 0: enum variant 0, an empty string),
+/// checking that each row then decodes whole as `T`.
+fn append_zero_byte<T: DeserializeOwned>(
+    txn: &redb::WriteTransaction,
+    def: TableDefinition<u64, &[u8]>,
+    what: &str,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(def).map_err(err("open table"))?;
     let mut rewrite = Vec::new();
     for row in table.iter().map_err(err("iterate"))? {
         let (k, v) = row.map_err(err("read row"))?;
         let mut bytes = v.value().to_vec();
         bytes.push(0);
-        match postcard::take_from_bytes::<Node>(&bytes) {
+        match postcard::take_from_bytes::<T>(&bytes) {
             Ok((_, [])) => rewrite.push((k.value(), bytes)),
             _ => {
                 return Err(StoreError(format!(
-                    "migrating node {}: not a schema 2 node record",
+                    "migrating {what} {}: not a record of the previous schema",
                     k.value()
                 )))
             }
@@ -548,35 +553,20 @@ fn migrate_nodes_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     for (id, bytes) in rewrite {
         table
             .insert(id, bytes.as_slice())
-            .map_err(err("write node"))?;
+            .map_err(err("write row"))?;
     }
     Ok(())
 }
 
-/// Appends an empty `bcrypt` string (one zero byte in postcard) to every
-/// pre-auth key row of schema 3, checking that each then decodes whole.
+/// Schema 2 → 3: `RegisterMethod::Unknown` appended to every node row.
+fn migrate_nodes_v2(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    append_zero_byte::<Node>(txn, NODES, "node")
+}
+
+/// Schema 3 → 4: an empty `bcrypt` appended to every pre-auth key row and
+/// to every key of the API key table.
 fn migrate_keys_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
-    let mut table = txn.open_table(KEYS).map_err(err("open keys"))?;
-    let mut rewrite = Vec::new();
-    for row in table.iter().map_err(err("iterate"))? {
-        let (k, v) = row.map_err(err("read row"))?;
-        let mut bytes = v.value().to_vec();
-        bytes.push(0);
-        match postcard::take_from_bytes::<PreAuthKey>(&bytes) {
-            Ok((_, [])) => rewrite.push((k.value(), bytes)),
-            _ => {
-                return Err(StoreError(format!(
-                    "migrating pre-auth key {}: not a schema 3 key record",
-                    k.value()
-                )))
-            }
-        }
-    }
-    for (id, bytes) in rewrite {
-        table
-            .insert(id, bytes.as_slice())
-            .map_err(err("write key"))?;
-    }
+    append_zero_byte::<PreAuthKey>(txn, KEYS, "pre-auth key")?;
     let mut meta = txn.open_table(META).map_err(err("open meta"))?;
     let old = meta
         .get(crate::api::apikey::META_API_KEYS)
