@@ -46,11 +46,11 @@ fi
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$REPO/target}
 if [ "${NO_BUILD:-}" != 1 ]; then
-    (cd "$REPO" && cargo build --release --quiet)
+    (cd "$REPO" && cargo build --release --quiet --features loadgen)
 fi
 BIN=$CARGO_TARGET_DIR/release/tinyscale
-if ! "$BIN" debug loadgen --help >/dev/null 2>&1; then
-    echo "$BIN has no 'debug loadgen' subcommand (is Debug(crate::debug::DebugCmd) in the CLI?)" >&2
+if ! "$BIN" debug loadgen --help 2>&1 | grep -q -- --nodes; then
+    echo "$BIN has no load generator: build it with cargo build --release --features loadgen" >&2
     exit 1
 fi
 

@@ -6,7 +6,24 @@
 //! - `debug loadgen`: N synthetic nodes against a server in another
 //!   process, with its RSS and CPU read from /proc (benches/loadgen.sh).
 
+#[cfg(feature = "loadgen")]
 pub mod loadgen;
+#[cfg(not(feature = "loadgen"))]
+pub mod loadgen {
+    //! Stand-in when built without the `loadgen` feature (the default:
+    //! routers never run it, and it costs binary size).
+    use argh::FromArgs;
+
+    /// Load generator: not in this build (cargo build --features loadgen).
+    #[derive(FromArgs, Debug)]
+    #[argh(subcommand, name = "loadgen")]
+    pub struct LoadgenCmd {}
+
+    pub fn run(_: LoadgenCmd) -> i32 {
+        eprintln!("tinyscale was built without the load generator: cargo build --release --features loadgen");
+        2
+    }
+}
 pub mod procfs;
 pub mod smoke;
 
