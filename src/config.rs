@@ -48,6 +48,8 @@ pub struct Config {
     pub derp_region_code: String,
     pub derp_region_name: String,
     pub stun_listen_addr: Option<SocketAddr>,
+    /// Prometheus `/metrics` (Headscale's key); None = off.
+    pub metrics_listen_addr: Option<SocketAddr>,
     /// Address advertised to clients for DERP/STUN (defaults to server_url's host).
     pub derp_ipv4: Option<String>,
     pub derp_ipv6: Option<String>,
@@ -186,6 +188,7 @@ impl Config {
             derp_region_code: "tinyscale".into(),
             derp_region_name: "tinyscale embedded DERP".into(),
             stun_listen_addr: Some("0.0.0.0:3478".parse().expect("literal")),
+            metrics_listen_addr: Some("127.0.0.1:9090".parse().expect("literal")),
             tls_listen_addr: Some("0.0.0.0:443".parse().expect("literal")),
             tls_cert_path: None,
             tls_key_path: None,
@@ -377,6 +380,9 @@ pub fn from_yaml_str(
                 ))
             }
         };
+    }
+    if let Some(a) = optional_addr(&doc, "metrics_listen_addr")? {
+        c.metrics_listen_addr = a;
     }
     if let Some(v) = get(&doc, "tls_listen_addr") {
         c.tls_listen_addr = match v {
@@ -825,6 +831,7 @@ pub(crate) const KNOWN: &[&str] = &[
     "derp.update_frequency",
     "derp.auto_update_enabled",
     "tls_listen_addr",
+    "metrics_listen_addr",
     "tls_cert_path",
     "tls_key_path",
     "tls_letsencrypt_hostname",
@@ -1005,6 +1012,18 @@ fn parse_duration_units(s: &str, long: bool) -> Result<Duration, String> {
         return Err("too large".into());
     }
     Ok(Duration::from_secs_f64(total))
+}
+
+/// An address key where empty or null means "off": None when the key is
+/// absent, Some(None) when it is turned off.
+fn optional_addr(doc: &Value, key: &str) -> Result<Option<Option<SocketAddr>>, ConfigError> {
+    match get(doc, key) {
+        None => Ok(None),
+        Some(Value::Null) => Ok(Some(None)),
+        Some(Value::String(s)) if s.is_empty() => Ok(Some(None)),
+        Some(Value::String(s)) => Ok(Some(Some(parse_socket(s).map_err(|m| key_err(key, m))?))),
+        Some(other) => Err(key_err(key, format!("expected an address, got {other}"))),
+    }
 }
 
 fn parse_socket(s: &str) -> Result<SocketAddr, String> {

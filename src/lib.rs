@@ -18,6 +18,7 @@ pub mod derp;
 pub mod http;
 pub mod keys;
 pub mod logging;
+pub mod metrics;
 pub mod migrate;
 pub mod noise;
 #[cfg(feature = "oidc")]

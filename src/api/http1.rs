@@ -217,6 +217,7 @@ async fn write<S: AsyncWrite + Unpin>(
     body: &[u8],
     close: bool,
 ) -> io::Result<()> {
+    crate::metrics::http_answer(status);
     let mut out = format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{}\r\n",
         reason(status),

@@ -51,6 +51,7 @@ enum Cmd {
     Nodes(NodesCmd),
     Auth(AuthCmd),
     ApiKeys(ApiKeysCmd),
+    Health(HealthCmd),
     Version(VersionCmd),
     Policy(crate::policy::cli::PolicyCmd),
     Debug(crate::debug::DebugCmd),
@@ -260,6 +261,16 @@ struct KeyDelete {
     /// key ID, prefix or the full key
     #[argh(positional)]
     key: Option<String>,
+    /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Check the running server's health: exit 0 when it answers and can read
+/// its database, 1 otherwise (for container health checks).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "health")]
+struct HealthCmd {
     /// output format: json or json-line
     #[argh(option, short = 'o', default = "String::new()")]
     output: String,
@@ -752,6 +763,26 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
         Cmd::Nodes(n) => {
             let cfg = load_config(explicit)?;
             nodes(&Api(&cfg), n.cmd)
+        }
+        Cmd::Health(h) => {
+            let cfg = load_config(explicit)?;
+            let f = Format::parse(&h.output)?;
+            let r = Api(&cfg).call("GET", "/api/v1/health", None)?;
+            let up = r["databaseConnectivity"].as_bool() == Some(true);
+            // Go's encoding/json of the response: false is omitted.
+            let v = if up {
+                json!({ "database_connectivity": true })
+            } else {
+                json!({})
+            };
+            if !output::machine(f, &v) && up {
+                outln!("healthy: the server answers and its database is readable");
+            }
+            if up {
+                Ok(())
+            } else {
+                Err("the server cannot read its database".into())
+            }
         }
         Cmd::ApiKeys(k) => {
             let cfg = load_config(explicit)?;

@@ -594,6 +594,7 @@ async fn send_full_map(
     zstd: bool,
 ) -> io::Result<Option<Sent>> {
     let slot = server.full_maps.acquire().await;
+    let _in_flight = crate::metrics::full_map();
     let Some(m) = full_map(server, id, known, vis_cache, resync) else {
         return Ok(None);
     };
@@ -647,6 +648,7 @@ async fn stream(
     keep_alive: bool,
 ) -> io::Result<()> {
     let id = sub.node_id;
+    let _session = crate::metrics::session();
     tx.start(200, "application/octet-stream", false)?;
     let known = &*sub.known;
     let mut vis_cache = None;
@@ -678,7 +680,10 @@ async fn stream(
                 tx.end();
                 return Ok(());
             }
-            Event::KeepAlive => tx.send(&ka_msg, false).await?,
+            Event::KeepAlive => {
+                crate::metrics::sent_keepalive();
+                tx.send(&ka_msg, false).await?
+            }
             // A wake-up whose changes an earlier read already took.
             Event::Changes(changes) if changes.is_empty() => {}
             Event::Changes(changes) if changes.contains(&Change::Everything) => {
@@ -702,6 +707,7 @@ async fn stream(
                     &mut sent,
                 );
                 if let Some(m) = msg {
+                    crate::metrics::sent_delta();
                     tx.send(&frame(&m, zstd), false).await?;
                 } else if !server.state().nodes.contains_key(&id) {
                     tx.end();

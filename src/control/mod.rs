@@ -11,6 +11,7 @@ pub mod netmap;
 pub mod policy;
 pub mod register;
 pub mod routes;
+pub mod signals;
 
 use crate::config::Config;
 use crate::state::State;
@@ -290,10 +291,14 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
         }
     }
     start_admin(&server)?;
+    if let Some(addr) = server.cfg.metrics_listen_addr {
+        crate::metrics::spawn(&server, addr);
+    }
     let _tls = start_tls(&server);
     #[cfg(feature = "acme")]
     let _http01 = start_acme_http01(&server);
     spawn_background(&server);
+    signals::spawn(&server);
     println!(
         "tinyscale listening on {}; server_url {}",
         server.cfg.listen_addr, server.cfg.server_url

@@ -234,6 +234,7 @@ impl Server {
         res: Result<Compiled, policy::PolicyError>,
         took: Duration,
     ) -> bool {
+        crate::metrics::policy_compiled(took);
         let mut live = Live::lock(&self.policy);
         live.compiling = false;
         live.last_compile = Some(Instant::now());
@@ -272,7 +273,9 @@ impl Server {
     fn prepare_policy(&self, text: &str) -> Result<(Arc<Policy>, Arc<Compiled>), String> {
         let topo = topology_for(self, &self.state());
         let p = policy::parse_and_check(text, &topo).map_err(|e| e.to_string())?;
+        let t0 = Instant::now();
         let c = policy::compile_bounded(&p, &topo).map_err(|e| e.to_string())?;
+        crate::metrics::policy_compiled(t0.elapsed());
         Ok((Arc::new(p), Arc::new(c)))
     }
 

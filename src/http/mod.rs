@@ -126,6 +126,7 @@ async fn respond_with<S: AsyncWrite + Unpin>(
     extra: &str,
     body: &[u8],
 ) -> io::Result<()> {
+    crate::metrics::http_answer(status.get(..3).and_then(|c| c.parse().ok()).unwrap_or(0));
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n{extra}\r\n",
         body.len()
@@ -395,7 +396,9 @@ where
         stream.write_all(&out).await?;
         return stream.flush().await;
     }
-    let accepted = match noise::accept(&server.noise_private, &init) {
+    let accepted = noise::accept(&server.noise_private, &init);
+    crate::metrics::noise_handshake(accepted.is_ok());
+    let accepted = match accepted {
         Ok(a) => a,
         Err(e) => {
             // Wrong server key (stale client) or garbage: tell that client alone.
