@@ -249,15 +249,7 @@ const LOCAL_CONFIG: &str = "config.yaml";
 /// Finds, reads and validates the configuration. Returns it and the file it
 /// came from (None = embedded defaults). Warnings go to stderr.
 pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
-    let env = std::env::var_os(ENV_CONFIG).filter(|v| !v.is_empty());
-    let file = match (explicit, env) {
-        (Some(p), _) => Some(p.to_path_buf()),
-        (None, Some(e)) => Some(PathBuf::from(e)),
-        (None, None) => [SYSTEM_CONFIG, LOCAL_CONFIG]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file()),
-    };
+    let file = config_file(explicit);
     let data_dir = default_data_dir();
     match file {
         None => {
@@ -282,6 +274,34 @@ pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), Config
             Ok((cfg, Some(path)))
         }
     }
+}
+
+/// Which file to read: `--config`, `$TINYSCALE_CONFIG`, then tinyscale's
+/// own places; when none of those exists, Headscale's (`$HEADSCALE_CONFIG`,
+/// `/etc/headscale/config.yaml`, `~/.headscale/config.yaml`), so a
+/// Headscale installation's config is picked up as it is.
+fn config_file(explicit: Option<&Path>) -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(p) = explicit {
+        return Some(p.to_path_buf());
+    }
+    if let Some(p) = env(ENV_CONFIG) {
+        return Some(p);
+    }
+    let own = [SYSTEM_CONFIG, LOCAL_CONFIG]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file());
+    own.or_else(|| env("HEADSCALE_CONFIG")).or_else(|| {
+        let home = env("HOME").map(|h| h.join(".headscale/config.yaml"));
+        std::iter::once(PathBuf::from("/etc/headscale/config.yaml"))
+            .chain(home)
+            .find(|p| p.is_file())
+    })
 }
 
 /// Parses a config document. `file_dir` anchors a relative `data_dir`;

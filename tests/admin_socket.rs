@@ -5,30 +5,19 @@
 //! the flood ends. (tiny_http, which served this socket before, unwrapped a
 //! failed socket clone on that path and a release build aborted.)
 
+mod common;
+
+use common::{eventually, free_port, tempdir, Serve};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
-fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!(
-        "tinyscale-admin-{tag}-{}-{}",
-        std::process::id(),
-        tinyscale::keys::to_hex(&tinyscale::keys::random32()[..4])
-    ));
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn write_config(dir: &Path) -> PathBuf {
     let cfg = dir.join("config.yaml");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     std::fs::write(
         &cfg,
         format!(
@@ -61,27 +50,6 @@ fn cli(cfg: &Path, args: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
-}
-
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Retries `f` until it holds or `secs` pass.
-fn eventually(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 #[test]

@@ -138,11 +138,11 @@ fn users_keys_nodes() {
         "-o",
         "json",
     ]);
-    assert_eq!(u["id"], "1");
+    assert_eq!(u["id"], 1);
     assert_eq!(u["name"], "alice");
-    assert_eq!(u["displayName"], "Alice A");
+    assert_eq!(u["display_name"], "Alice A");
     assert_eq!(u["email"], "alice@example.com");
-    assert!(u["createdAt"].as_str().unwrap().ends_with('Z'));
+    assert!(u["created_at"]["seconds"].as_i64().unwrap() > 0, "{u}");
     let (code, out, _) = env.cli(&["users", "create", "bob"]);
     assert_eq!((code, out.trim()), (0, "User created"));
     env.fails(&["users", "create", "alice"], "already exists");
@@ -156,7 +156,7 @@ fn users_keys_nodes() {
     let (_, table, _) = env.cli(&["users", "list"]);
     assert!(table.starts_with("ID") && table.contains("alice") && table.contains("bob"));
     let one = env.ok_json(&["users", "list", "--name", "bob", "-o", "json"]);
-    assert_eq!(one[0]["id"], "2");
+    assert_eq!(one[0]["id"], 2);
 
     let r = env.ok_json(&[
         "users",
@@ -187,10 +187,12 @@ fn users_keys_nodes() {
     let key = k["key"].as_str().unwrap().to_string();
     assert!(key.starts_with("hskey-auth-") && !key.contains("--TL"));
     assert_eq!(k["user"]["name"], "alice");
-    assert_eq!(k["reusable"], false);
-    assert_eq!(k["used"], false);
-    assert_eq!(k["aclTags"], serde_json::json!([]));
-    assert_eq!(k["id"], "1");
+    // Go's omitempty: false flags and empty lists are left out.
+    assert_eq!(k["reusable"], serde_json::Value::Null);
+    assert_eq!(k["used"], serde_json::Value::Null);
+    assert_eq!(k["acl_tags"], serde_json::Value::Null);
+    assert_eq!(k["id"], 1);
+    assert!(k["expiration"]["seconds"].as_i64().unwrap() > 0);
     // Plain output is the key alone.
     let (code, plain, _) = env.cli(&["preauthkeys", "create", "--user", "1", "--reusable"]);
     assert_eq!(code, 0);
@@ -206,7 +208,7 @@ fn users_keys_nodes() {
         "json",
     ]);
     assert_eq!(tagged["user"], serde_json::Value::Null);
-    assert_eq!(tagged["aclTags"], serde_json::json!(["tag:db", "tag:web"]));
+    assert_eq!(tagged["acl_tags"], serde_json::json!(["tag:db", "tag:web"]));
     env.fails(&["preauthkeys", "create", "--user", "nobody"], "not found");
     env.fails(&["preauthkeys", "create", "--tags", "web"], "invalid tag");
     env.fails(
@@ -216,10 +218,13 @@ fn users_keys_nodes() {
             "--user",
             "alice",
             "--expiration",
-            "1d",
+            "1 day",
         ],
         "--expiration",
     );
+    // Headscale's units: d, w, y.
+    let (code, _, err) = env.cli(&["preauthkeys", "create", "--user", "alice", "-e", "2w"]);
+    assert_eq!(code, 0, "{err}");
 
     // The register path: valid, then spent (single use), expired.
     {
@@ -239,14 +244,14 @@ fn users_keys_nodes() {
         assert!(st.validate_preauth_key(&key2).is_ok());
     }
     let listed = env.ok_json(&["preauthkeys", "list", "-o", "json"]);
-    assert_eq!(listed.as_array().unwrap().len(), 3);
+    assert_eq!(listed.as_array().unwrap().len(), 4);
     assert_eq!(listed[0]["used"], true);
     // Listings never show the secret.
     let (_, table, _) = env.cli(&["preauthkeys", "list"]);
     assert!(!table.contains(&key) && !table.contains(&key2));
     assert!(table.contains("-***"));
     let mine = env.ok_json(&["preauthkeys", "list", "--user", "alice", "-o", "json"]);
-    assert_eq!(mine.as_array().unwrap().len(), 2);
+    assert_eq!(mine.as_array().unwrap().len(), 3);
 
     let prefix2 = &key2["hskey-auth-".len().."hskey-auth-".len() + 12];
     env.fails(
@@ -273,14 +278,17 @@ fn users_keys_nodes() {
     let arr = nodes.as_array().unwrap();
     assert_eq!(arr.len(), 3);
     assert_eq!(
-        arr[0]["ipAddresses"],
+        arr[0]["ip_addresses"],
         serde_json::json!(["100.64.0.1", "fd7a:115c:a1e0::1"])
     );
-    assert_eq!(arr[1]["givenName"], "laptop-1");
-    assert!(arr[0]["machineKey"].as_str().unwrap().starts_with("mkey:"));
-    assert!(arr[0]["nodeKey"].as_str().unwrap().starts_with("nodekey:"));
-    assert_eq!(arr[0]["online"], false);
-    assert_eq!(arr[0]["clientVersion"], "1.90.9-test");
+    assert_eq!(arr[1]["given_name"], "laptop-1");
+    assert!(arr[0]["machine_key"].as_str().unwrap().starts_with("mkey:"));
+    assert!(arr[0]["node_key"].as_str().unwrap().starts_with("nodekey:"));
+    assert_eq!(arr[0]["online"], serde_json::Value::Null);
+    assert_eq!(arr[0]["id"], 1);
+    // Not a field of Headscale's Node (the table shows it).
+    assert_eq!(arr[0]["client_version"], serde_json::Value::Null);
+    assert_eq!(arr[2]["user"]["name"], "tagged-devices");
     assert_eq!(arr[0]["user"]["name"], "alice");
     assert_eq!(arr[2]["tags"], serde_json::json!(["tag:web"]));
     let alices = env.ok_json(&["nodes", "list", "--user", "alice", "-o", "json"]);
@@ -301,7 +309,7 @@ fn users_keys_nodes() {
         "-o",
         "json",
     ]);
-    assert_eq!(r["givenName"], "desk");
+    assert_eq!(r["given_name"], "desk");
     env.fails(
         &["nodes", "rename", "-i", &n1.to_string(), "desk"],
         "already in use",
@@ -318,7 +326,7 @@ fn users_keys_nodes() {
         "-o",
         "json",
     ]);
-    assert!(e["expiry"].is_string());
+    assert!(e["expiry"]["seconds"].is_i64(), "{e}");
     assert!(env.server.state().nodes[&n1].is_expired(tinyscale::state::now() + 1));
     env.fails(&["nodes", "expire", "-i", "999"], "not found");
 
@@ -353,13 +361,13 @@ fn users_keys_nodes() {
         "json",
     ]);
     assert_eq!(
-        r["approvedRoutes"],
+        r["approved_routes"],
         serde_json::json!(["0.0.0.0/0", "10.0.0.0/24", "::/0"])
     );
     // Serving: node 3 has no map stream, so it is nobody's primary for 10.0.0.0/24; approved exit
     // routes are served regardless (Headscale's subnetRoutes).
     assert_eq!(
-        r["subnetRoutes"],
+        r["subnet_routes"],
         serde_json::json!(["0.0.0.0/0", "::/0"]),
         "{r}"
     );
@@ -583,9 +591,9 @@ fn approve_interactive_login() {
         "-o",
         "json",
     ]);
-    assert_eq!(n["givenName"], "desk-top");
+    assert_eq!(n["given_name"], "desk-top");
     assert_eq!(n["user"]["name"], "dave");
-    assert_eq!(n["registerMethod"], "REGISTER_METHOD_CLI");
+    assert_eq!(n["register_method"], 2);
     env.fails(
         &[
             "auth",
@@ -796,7 +804,7 @@ fn api_keys() {
         key2.trim()
     ));
     let id = env.ok_json(&["apikeys", "list", "-o", "json"])[1]["id"]
-        .as_str()
+        .as_u64()
         .unwrap()
         .to_string();
     let (code, out, err) = env.cli(&["apikeys", "delete", "--id", &id]);

@@ -530,7 +530,7 @@ log:
     };
     let nx = nodes
         .iter()
-        .find(|n| str_field(n, &["givenName", "name"]) == Some("derpx"))
+        .find(|n| str_field(n, &["given_name", "name"]) == Some("derpx"))
         .unwrap_or_else(|| panic!("derpx not listed: {}", describe_all(&nodes)));
     let t_del = std::time::Instant::now();
     cli(

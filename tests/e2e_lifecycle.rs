@@ -130,8 +130,15 @@ fn until_peer_valid(h: &Harness, id: u64, key: &str) {
     );
 }
 
+/// The CLI prints Headscale's enum number (Go's encoding/json of the proto).
 fn method(n: &Value) -> String {
-    str_field(n, &["registerMethod"]).unwrap_or("?").to_owned()
+    match n.get("register_method").and_then(Value::as_u64) {
+        Some(1) => "REGISTER_METHOD_AUTH_KEY",
+        Some(2) => "REGISTER_METHOD_CLI",
+        Some(3) => "REGISTER_METHOD_OIDC",
+        _ => "?",
+    }
+    .to_owned()
 }
 
 fn find_by_id<'a>(nodes: &'a [Value], id: &str) -> Option<&'a Value> {
@@ -263,7 +270,9 @@ fn real_clients_node_lifecycle() {
         "REGISTER_METHOD_CLI",
         "a was approved by the CLI: {node_a}"
     );
-    let node_key_1 = str_field(node_a, &["nodeKey"]).expect("nodeKey").to_owned();
+    let node_key_1 = str_field(node_a, &["node_key"])
+        .expect("node_key")
+        .to_owned();
     say!(
         "1. a is up {:.1}s after approval: {} (user alice, {})",
         up.as_secs_f64(),
@@ -338,7 +347,7 @@ fn real_clients_node_lifecycle() {
 
     let created = h.cli_json(&["preauthkeys", "create", "--user", "alice", "-o", "json"]);
     let key_new = str_field(&created, &["key"]).expect("key").to_owned();
-    let key_new_id = str_field(&created, &["id"]).expect("key id").to_owned();
+    let key_new_id = created["id"].as_u64().expect("key id");
     let t_re = Instant::now();
     h.node(
         &[
@@ -376,7 +385,7 @@ fn real_clients_node_lifecycle() {
         ips_a.first(),
         "a's IPv4 in nodes list"
     );
-    let node_key_2 = str_field(na, &["nodeKey"]).expect("nodeKey").to_owned();
+    let node_key_2 = str_field(na, &["node_key"]).expect("node_key").to_owned();
     assert_ne!(
         node_key_2, node_key_1,
         "the forced re-login rotates a's node key"
@@ -384,8 +393,8 @@ fn real_clients_node_lifecycle() {
     assert_eq!(method(na), "REGISTER_METHOD_AUTH_KEY", "{na}");
     until_peer_valid(&h, id_num, &node_key_2);
     assert_eq!(
-        na.get("preAuthKey").and_then(|k| str_field(k, &["id"])),
-        Some(key_new_id.as_str()),
+        na.get("pre_auth_key").and_then(|k| k["id"].as_u64()),
+        Some(key_new_id),
         "a now holds the new pre-auth key: {na}"
     );
     say!(
@@ -429,7 +438,7 @@ fn real_clients_node_lifecycle() {
         describe_all(&nodes)
     );
     let na = find_by_id(&nodes, &id_a).expect("a keeps its node id");
-    let node_key_3 = str_field(na, &["nodeKey"]).expect("nodeKey").to_owned();
+    let node_key_3 = str_field(na, &["node_key"]).expect("node_key").to_owned();
     assert_ne!(
         node_key_3, node_key_2,
         "the interactive re-login rotates a's node key"

@@ -130,15 +130,15 @@ fn real_clients_move_from_headscale_in_place() {
              '[]',1,'2025-01-02 00:00:00+00:00','0001-01-01 00:00:00+00:00','[]',\
              '2025-01-01 00:00:00+00:00',NULL,NULL);\n",
             id = node_id(n),
-            mk = q(&s("machineKey")),
-            nk = q(&s("nodeKey")),
-            dk = q(&s("discoKey")),
+            mk = q(&s("machine_key")),
+            nk = q(&s("node_key")),
+            dk = q(&s("disco_key")),
             v4 = q(&v4),
             v6 = q(&v6),
             hn = q(&s("name")),
-            gn = q(&s("givenName")),
+            gn = q(&s("given_name")),
         );
-        want.push((node_id(n), s("givenName"), ips));
+        want.push((node_id(n), s("given_name"), ips));
     }
     let db = hs.join("db.sqlite");
     let mut child = std::process::Command::new("sqlite3")
@@ -186,7 +186,7 @@ fn real_clients_move_from_headscale_in_place() {
             .iter()
             .find(|n| &node_id(n) == id)
             .unwrap_or_else(|| panic!("node {id} missing after the move: {after:?}"));
-        assert_eq!(str_field(n, &["givenName"]).unwrap_or(""), name);
+        assert_eq!(str_field(n, &["given_name"]).unwrap_or(""), name);
         assert_eq!(&node_ips(n), ips, "node {id}'s addresses");
     }
     let a_ips_now = wait_for("a logs its IPs again", Duration::from_secs(60), || {

@@ -294,11 +294,11 @@ fn approve(h: &Harness, id: u64, routes: &str) -> Vec<String> {
         "json",
     ]);
     assert_eq!(
-        n["approvedRoutes"].as_array().map(Vec::len),
+        n["approved_routes"].as_array().map(Vec::len),
         Some(routes.split(',').count()),
         "{n}"
     );
-    serde_json::from_value(n["subnetRoutes"].clone()).unwrap_or_default()
+    serde_json::from_value(n["subnet_routes"].clone()).unwrap_or_default()
 }
 
 /// What `nodes list-routes -o json` says node `id` serves ("Serving (Primary)").
@@ -308,7 +308,7 @@ fn serving(h: &Harness, id: u64) -> Vec<String> {
         .into_iter()
         .flatten()
         .find(|n| node_id(n) == id.to_string())
-        .and_then(|n| serde_json::from_value(n["subnetRoutes"].clone()).ok())
+        .and_then(|n| serde_json::from_value(n["subnet_routes"].clone()).ok())
         .unwrap_or_default()
 }
 
@@ -545,8 +545,11 @@ fn routes_and_magicdns_reach_real_clients() {
         .cloned()
         .unwrap_or_else(|| panic!("r1 not in list-routes: {listed}"));
     assert_eq!(
-        (&r1_routes["availableRoutes"], &r1_routes["approvedRoutes"]),
-        (&serde_json::json!([SUBNET]), &serde_json::json!([])),
+        (
+            &r1_routes["available_routes"],
+            &r1_routes["approved_routes"]
+        ),
+        (&serde_json::json!([SUBNET]), &serde_json::Value::Null),
         "the server has r1's advertisement, unapproved: {r1_routes}"
     );
     say!(

@@ -3,20 +3,15 @@
 //! the client, `tinyscale health` (0, and 1 when the database file cannot
 //! be read) and SIGTERM stopping cleanly.
 
+mod common;
+
+use common::{eventually, free_port, Serve};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 use tinyscale::client::{self, netmap::NetMap, Node};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Exit code and stdout (stderr appended after a NUL, for messages).
 fn cli(cfg: &Path, args: &[&str]) -> (i32, String) {
@@ -51,25 +46,6 @@ fn sample(text: &str, series: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or_else(|| panic!("no {series} in {text}"))
-}
-
-struct Serve(Child);
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn until(secs: u64, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    false
 }
 
 const ALLOW_ALL: &str = r#"{"acls":[{"action":"accept","src":["*"],"dst":["*:*"]}]}"#;
@@ -109,7 +85,10 @@ fn metrics_sighup_health_sigterm() {
             .unwrap(),
     );
     let mut srv = srv;
-    assert!(until(30, || cli(&cfg, &["health"]).0 == 0), "not healthy");
+    assert!(
+        eventually(30, || cli(&cfg, &["health"]).0 == 0),
+        "not healthy"
+    );
     let (code, out) = cli(&cfg, &["health", "-o", "json"]);
     assert_eq!(code, 0);
     let stdout = out.split('\0').next().unwrap();
@@ -240,7 +219,7 @@ fn metrics_sighup_health_sigterm() {
     )
     .unwrap();
     let mut status = None;
-    assert!(until(20, || {
+    assert!(eventually(20, || {
         status = srv.0.try_wait().unwrap();
         status.is_some()
     }));

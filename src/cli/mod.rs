@@ -21,6 +21,7 @@ macro_rules! outln {
 }
 
 pub mod client;
+pub mod goshape;
 pub mod migrate;
 pub mod output;
 
@@ -52,6 +53,7 @@ enum Cmd {
     Auth(AuthCmd),
     ApiKeys(ApiKeysCmd),
     Health(HealthCmd),
+    Generate(GenerateCmd),
     Version(VersionCmd),
     Policy(crate::policy::cli::PolicyCmd),
     Debug(crate::debug::DebugCmd),
@@ -210,7 +212,8 @@ struct KeyCreate {
     /// nodes registered with it are ephemeral
     #[argh(switch)]
     ephemeral: bool,
-    /// lifetime, e.g. 30m, 24h (default 1h; 0 = never expires)
+    /// lifetime, e.g. 30m, 24h, 90d (default 1h; as Headscale's, 0 makes a
+    /// key that has already expired)
     #[argh(option, short = 'e', default = "String::from(\"1h\")")]
     expiration: String,
     /// tags for nodes registered with it, comma separated (tag:a,tag:b)
@@ -272,6 +275,29 @@ struct KeyDelete {
 #[argh(subcommand, name = "health")]
 struct HealthCmd {
     /// output format: json or json-line
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Generate keys.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "generate")]
+struct GenerateCmd {
+    #[argh(subcommand)]
+    cmd: GenerateSub,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum GenerateSub {
+    PrivateKey(GeneratePrivateKey),
+}
+
+/// Print a new private key (`privkey:<hex>`), e.g. for noise.private_key_path.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "private-key")]
+struct GeneratePrivateKey {
+    /// output format: json, json-line or yaml
     #[argh(option, short = 'o', default = "String::new()")]
     output: String,
 }
@@ -388,6 +414,33 @@ struct AuthCmd {
 #[argh(subcommand)]
 enum AuthSub {
     Register(AuthRegister),
+    Approve(AuthVerdict),
+    Reject(AuthReject),
+}
+
+/// Approve a pending login of a machine that already has a node (a
+/// re-authentication): its owner stays.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "approve")]
+struct AuthVerdict {
+    /// registration ID (or the whole URL)
+    #[argh(option)]
+    auth_id: String,
+    /// output format: json, json-line or yaml
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
+}
+
+/// Reject a pending login: the client is sent a fresh login URL.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "reject")]
+struct AuthReject {
+    /// registration ID (or the whole URL)
+    #[argh(option)]
+    auth_id: String,
+    /// output format: json, json-line or yaml
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
 }
 
 /// Approve a pending login for a user: `auth register --auth-id ID --user U`
@@ -443,6 +496,17 @@ enum NodesSub {
     ApproveRoutes(NodeApproveRoutes),
     ListRoutes(NodeListRoutes),
     Register(NodeRegister),
+    Backfillips(NodeBackfill),
+}
+
+/// Give every node an address of each configured family (tinyscale does so
+/// at registration, so there is nothing to do; kept for scripts).
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "backfillips")]
+struct NodeBackfill {
+    /// output format: json, json-line or yaml
+    #[argh(option, short = 'o', default = "String::new()")]
+    output: String,
 }
 
 /// Set a node's tags (replaces them): `nodes tag -i ID -t tag:a,tag:b`.
@@ -583,6 +647,7 @@ fn canonical_commands(args: &mut [String]) {
         "node" | "machines" | "machine" => "nodes",
         "preauthkey" | "authkey" | "authkeys" | "pre" => "preauthkeys",
         "apikey" | "api" => "apikeys",
+        "gen" => "generate",
         other => other,
     }
     .to_string();
@@ -591,6 +656,8 @@ fn canonical_commands(args: &mut [String]) {
         return;
     };
     let sub = match (top.as_str(), second.as_str()) {
+        ("policy", "show" | "view" | "fetch") => "get",
+        ("policy", "put" | "update") => "set",
         (_, "ls" | "show") => "list",
         ("users" | "preauthkeys" | "apikeys", "c" | "new") => "create",
         ("apikeys", "remove" | "del") => "delete",
@@ -620,6 +687,14 @@ pub fn run(mut args: Vec<String>) -> i32 {
             return 1;
         }
     };
+    match take_global_flags(&mut args) {
+        Ok(Some(o)) => output::set_global(o),
+        Ok(None) => {}
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return 1;
+        }
+    }
     if args.len() == 2 && matches!(args[1].as_str(), "--version" | "-V") {
         outln!("tinyscale {}", env!("CARGO_PKG_VERSION"));
         return 0;
@@ -660,10 +735,42 @@ pub fn run(mut args: Vec<String>) -> i32 {
     match dispatch(cmd, explicit.as_deref()) {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("Error: {e}");
+            match output::machine_error(&e) {
+                Some(m) => eprintln!("{m}"),
+                None => eprintln!("Error: {e}"),
+            }
             1
         }
     }
+}
+
+/// Takes `-o`/`--output` (anywhere, as Headscale's persistent flag) and
+/// `--force` (accepted everywhere: tinyscale never prompts) out of the
+/// command line; returns the output format if one was given.
+fn take_global_flags(args: &mut Vec<String>) -> Result<Option<String>, String> {
+    let mut found = None;
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].as_str();
+        if a == "--" {
+            break;
+        }
+        if a == "--force" {
+            args.remove(i);
+        } else if let Some(v) = a.strip_prefix("--output=") {
+            found = Some(v.to_string());
+            args.remove(i);
+        } else if a == "-o" || a == "--output" {
+            if i + 1 >= args.len() {
+                return Err(format!("{a} needs a format (json, json-line or yaml)"));
+            }
+            found = Some(args.remove(i + 1));
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    Ok(found)
 }
 
 fn load_config(explicit: Option<&std::path::Path>) -> Result<Config, String> {
@@ -727,6 +834,9 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             outln!("Policy updated.");
             Ok(())
         }
+        Cmd::Policy(crate::policy::cli::PolicyCmd {
+            cmd: crate::policy::cli::PolicySub::Check(c),
+        }) if c.topology.is_none() => policy_check(explicit, &c.file),
         Cmd::Policy(p) => match crate::policy::cli::run(p) {
             0 => Ok(()),
             // The policy tools print their own error.
@@ -784,6 +894,16 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
                 Err("the server cannot read its database".into())
             }
         }
+        Cmd::Generate(GenerateCmd {
+            cmd: GenerateSub::PrivateKey(g),
+        }) => {
+            let f = Format::parse(&g.output)?;
+            let key = format!("privkey:{}", crate::keys::to_hex(&crate::keys::random32()));
+            if !output::machine(f, &json!({ "private_key": key })) {
+                outln!("{key}");
+            }
+            Ok(())
+        }
         Cmd::ApiKeys(k) => {
             let cfg = load_config(explicit)?;
             api_keys(&Api(&cfg), k.cmd)
@@ -811,8 +931,24 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
         Cmd::Restore(r) => migrate::restore(&load_config(explicit)?, r),
         Cmd::Auth(a) => {
             let cfg = load_config(explicit)?;
-            let AuthSub::Register(r) = a.cmd;
-            register(&Api(&cfg), &r.auth_id, &r.user, &r.output)
+            let (verb, id, output) = match a.cmd {
+                AuthSub::Register(r) => {
+                    return register(&Api(&cfg), &r.auth_id, &r.user, &r.output)
+                }
+                AuthSub::Approve(v) => ("approve", v.auth_id, v.output),
+                AuthSub::Reject(v) => ("reject", v.auth_id, v.output),
+            };
+            let f = Format::parse(&output)?;
+            let id = id.rsplit('/').next().unwrap_or(&id).to_string();
+            let r = Api(&cfg).call(
+                "POST",
+                &format!("/api/v1/auth/{verb}"),
+                Some(json!({ "authId": id })),
+            )?;
+            if !output::machine(f, &r) {
+                outln!("Auth request {verb}d");
+            }
+            Ok(())
         }
     }
 }
@@ -948,15 +1084,11 @@ fn keys(api: &Api, cmd: KeysSub) -> Result<(), String> {
     match cmd {
         KeysSub::Create(c) => {
             let f = Format::parse(&c.output)?;
-            let secs = config::parse_duration(&c.expiration)
+            let secs = config::parse_long_duration(&c.expiration)
                 .map_err(|e| format!("--expiration: invalid duration {:?}: {e}", c.expiration))?
                 .as_secs();
-            let expiration = if secs == 0 {
-                Value::Null
-            } else {
-                let t = crate::state::now().saturating_add(secs as i64);
-                Value::String(crate::timefmt::rfc3339(t))
-            };
+            let t = crate::state::now().saturating_add(secs as i64);
+            let expiration = Value::String(crate::timefmt::rfc3339(t));
             let tags = split_list(&c.tags);
             let r = api.call(
                 "POST",
@@ -1127,6 +1259,39 @@ fn api_keys(api: &Api, cmd: ApiKeysSub) -> Result<(), String> {
     Ok(())
 }
 
+/// `policy check --file F`: with a server running, exactly what `policy
+/// set` would check (its `tests` against the live tailnet); without one,
+/// everything else, naming the tests left unevaluated.
+fn policy_check(explicit: Option<&std::path::Path>, file: &str) -> Result<(), String> {
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
+    if let Ok(cfg) = load_config(explicit) {
+        let body = json!({ "policy": text });
+        match client::call(
+            &cfg.unix_socket,
+            "POST",
+            "/api/v1/policy/check",
+            Some(&body),
+        ) {
+            Ok(_) => {
+                outln!("Policy is valid (checked by the running server, tests included)");
+                return Ok(());
+            }
+            Err(client::ClientError::Unreachable(_)) => {}
+            Err(e) => return Err(format!("{file}: {e}")),
+        }
+    }
+    let (tests, ssh_tests) =
+        crate::policy::cli::check_offline(&text).map_err(|e| format!("{file}: {e}"))?;
+    outln!("Policy is valid");
+    if tests + ssh_tests > 0 {
+        eprintln!(
+            "note: {tests} tests and {ssh_tests} sshTests not evaluated: no running server \
+             to resolve users, groups and tags against (run it with the server up)"
+        );
+    }
+    Ok(())
+}
+
 /// Approves a pending interactive login.
 fn register(api: &Api, id: &str, user: &str, output: &str) -> Result<(), String> {
     let f = Format::parse(output)?;
@@ -1176,6 +1341,13 @@ fn node_change(
 fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
     match cmd {
         NodesSub::Register(r) => register(api, &r.key, &r.user, &r.output)?,
+        NodesSub::Backfillips(b) => {
+            let f = Format::parse(&b.output)?;
+            let r = api.call("POST", "/api/v1/node/backfillips?confirmed=true", None)?;
+            if !output::machine(f, &r["changes"]) {
+                outln!("Node IPs backfilled successfully");
+            }
+        }
         NodesSub::Tag(t) => node_change(
             api,
             &t.output,
@@ -1301,8 +1473,9 @@ fn nodes(api: &Api, cmd: NodesSub) -> Result<(), String> {
         NodesSub::Delete(d) => {
             let f = Format::parse(&d.output)?;
             let _ = d.force;
-            let r = api.call("DELETE", &format!("/api/v1/node/{}", d.identifier), None)?;
-            if !output::machine(f, &r) {
+            api.call("DELETE", &format!("/api/v1/node/{}", d.identifier), None)?;
+            // Headscale prints a Go map here, not the (empty) response.
+            if !output::machine(f, &json!({ "Result": "Node deleted" })) {
                 outln!("Node deleted");
             }
         }

@@ -1,36 +1,73 @@
-//! Output: `-o json` (pretty), `-o json-line` (one line) or a human table.
+//! Output: `-o json` / `json-line` / `yaml` as Headscale's CLI prints them
+//! (see [`super::goshape`]), or a human table.
 
+use super::goshape;
 use serde::Serialize;
+use std::sync::OnceLock;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
     Table,
     Json,
     JsonLine,
+    Yaml,
+}
+
+/// `-o`/`--output` given anywhere on the command line (taken out before
+/// argh parses, as Headscale's persistent flag allows).
+static GLOBAL: OnceLock<String> = OnceLock::new();
+
+pub fn set_global(s: String) {
+    let _ = GLOBAL.set(s);
 }
 
 impl Format {
+    /// A command's own `-o` value, else the global one.
     pub fn parse(s: &str) -> Result<Format, String> {
+        let s = if s.is_empty() {
+            GLOBAL.get().map_or("", String::as_str)
+        } else {
+            s
+        };
         match s {
             "" | "table" => Ok(Format::Table),
             "json" => Ok(Format::Json),
             "json-line" => Ok(Format::JsonLine),
+            "yaml" => Ok(Format::Yaml),
             other => Err(format!(
-                "unsupported output format {other:?} (use json or json-line)"
+                "unsupported output format {other:?} (use json, json-line or yaml)"
             )),
         }
     }
 }
 
-/// Prints `v` as JSON in the machine formats; returns false for `Table`
-/// so the caller prints its human form.
+/// Prints `v` (REST API JSON) in Headscale's CLI shape in the machine
+/// formats; returns false for `Table` so the caller prints its human form.
 pub fn machine<T: Serialize + ?Sized>(f: Format, v: &T) -> bool {
+    let v = serde_json::to_value(v).unwrap_or_default();
+    let g = |yaml| goshape::top_level(goshape::from_api(&v, yaml));
     match f {
         Format::Table => return false,
-        Format::Json => outln!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
-        Format::JsonLine => outln!("{}", serde_json::to_string(v).unwrap_or_default()),
+        Format::Json => outln!("{}", goshape::json(&g(false), true)),
+        Format::JsonLine => outln!("{}", goshape::json(&g(false), false)),
+        Format::Yaml => out!("{}", goshape::yaml(&g(true))),
     }
     true
+}
+
+/// An error as Headscale prints it under a machine format (on stderr);
+/// None for the table format.
+pub fn machine_error(msg: &str) -> Option<String> {
+    let g = goshape::G::Obj(vec![(
+        "error".into(),
+        goshape::G::Scalar(serde_json::Value::String(msg.into())),
+    )]);
+    match Format::parse("").ok()? {
+        Format::Table => None,
+        Format::Json => Some(goshape::json(&g, true)),
+        Format::JsonLine => Some(goshape::json(&g, false)),
+        Format::Yaml => Some(goshape::yaml(&g).trim_end().to_string()),
+    }
 }
 
 /// Writes to stdout; a closed pipe ends the process with status 0 (the
@@ -105,6 +142,6 @@ mod tests {
         assert_eq!(t, "ID  Name\n1   alice\n10  b\n");
         assert_eq!(short_time("2026-01-02T03:04:05Z"), "2026-01-02 03:04:05");
         assert_eq!(short_time("0001-01-01T00:00:00Z"), "-");
-        assert!(Format::parse("yaml").is_err());
+        assert!(Format::parse("xml").is_err());
     }
 }

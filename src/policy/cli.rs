@@ -23,18 +23,20 @@ pub enum PolicySub {
     Set(SetCmd),
 }
 
-/// Print the policy in force on the running server.
+/// Print the policy in force on the running server (aliases: show, view,
+/// fetch).
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "get")]
 pub struct GetCmd {}
 
 /// Validate and activate a policy on the running server (policy.mode:
-/// database); a rejected policy leaves the previous one in force.
+/// database); a rejected policy leaves the previous one in force
+/// (aliases: put, update).
 #[derive(FromArgs, Debug, PartialEq)]
 #[argh(subcommand, name = "set")]
 pub struct SetCmd {
     /// policy file (HuJSON)
-    #[argh(option)]
+    #[argh(option, short = 'f')]
     pub file: String,
 }
 
@@ -61,7 +63,7 @@ pub struct ExplainCmd {
 #[argh(subcommand, name = "check")]
 pub struct CheckCmd {
     /// policy file (HuJSON)
-    #[argh(option)]
+    #[argh(option, short = 'f')]
     pub file: String,
     /// optional topology JSON to run the policy's tests against
     #[argh(option)]
@@ -85,6 +87,17 @@ fn load(policy_path: &str, topo_path: Option<&str>) -> Result<(Policy, Topology)
     };
     check_tests(&pol, &topo).map_err(|e| format!("{policy_path}: {e}"))?;
     Ok((pol, topo))
+}
+
+/// `policy check` without a server: everything but the `tests` and
+/// `sshTests` blocks, which name users and groups only a live tailnet can
+/// resolve. Returns how many of each were left unevaluated.
+pub fn check_offline(text: &str) -> Result<(usize, usize), String> {
+    let p = Policy::parse(text).map_err(|e| e.to_string())?;
+    if let Some(e) = p.test_errors.first() {
+        return Err(e.clone());
+    }
+    Ok((p.tests.len(), p.ssh_tests.len()))
 }
 
 /// Run a `policy` subcommand; returns the process exit code.

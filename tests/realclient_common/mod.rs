@@ -842,6 +842,11 @@ pub fn str_field<'a>(v: &'a Value, names: &[&str]) -> Option<&'a str> {
     names.iter().find_map(|n| v.get(*n).and_then(Value::as_str))
 }
 
+/// A Headscale CLI timestamp (`{"seconds": N}`) as Unix seconds.
+pub fn ts_field(v: &Value, name: &str) -> Option<i64> {
+    v.get(name)?.get("seconds")?.as_i64()
+}
+
 /// Node id as the CLI prints it (number, or string in the REST API shape).
 pub fn node_id(n: &Value) -> String {
     match n.get("id") {
@@ -852,7 +857,8 @@ pub fn node_id(n: &Value) -> String {
 }
 
 pub fn node_ips(n: &Value) -> Vec<String> {
-    n.get("ipAddresses")
+    n.get("ip_addresses")
+        .or_else(|| n.get("ipAddresses"))
         .and_then(Value::as_array)
         .map(|a| {
             a.iter()
@@ -870,7 +876,7 @@ pub fn find_node<'a>(nodes: &'a [Value], name: &str, ip4: &str) -> Option<&'a Va
         .or_else(|| {
             nodes
                 .iter()
-                .find(|n| str_field(n, &["givenName", "name"]) == Some(name))
+                .find(|n| str_field(n, &["given_name", "givenName", "name"]) == Some(name))
         })
 }
 
@@ -878,7 +884,7 @@ pub fn describe(n: &Value) -> String {
     format!(
         "id={} name={} ips={:?} online={}",
         node_id(n),
-        str_field(n, &["givenName", "name"]).unwrap_or("?"),
+        str_field(n, &["given_name", "givenName", "name"]).unwrap_or("?"),
         node_ips(n),
         n.get("online").and_then(Value::as_bool).unwrap_or(false)
     )
