@@ -510,3 +510,22 @@ fn users_keys_nodes_policy() {
     grpc_error(&http(a, "GET", "/api/v1/nothing", k, None), 404, 5);
     grpc_error(&http(a, "PATCH", "/api/v1/user", k, None), 405, 12);
 }
+
+/// The server writes a backup file itself, so `POST /api/v1/backup` is the
+/// admin socket's alone: with a valid API key on the main listener it is
+/// refused (403) and nothing is written.
+#[test]
+fn backup_is_refused_on_the_main_listener() {
+    let ts = start_db_policy();
+    let key = api_key(&ts);
+    let dest = ts.dir.join("stolen.redb");
+    let body = format!(r#"{{"path":"{}","withKeys":true}}"#, dest.display());
+    let r = http(ts.addr, "POST", "/api/v1/backup", Some(&key), Some(&body));
+    assert_eq!(r.status, 403, "{}", r.text);
+    assert!(!dest.exists(), "a backup was written for a network caller");
+    // The key itself works: the refusal is about the endpoint.
+    assert_eq!(
+        http(ts.addr, "GET", "/api/v1/user", Some(&key), None).status,
+        200
+    );
+}
