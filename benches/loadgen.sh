@@ -98,6 +98,10 @@ noise:
 database:
   path: $TMP/data/db.redb
 unix_socket: $TMP/admin.sock
+# Every simulated node connects from 127.0.0.1, thousands at once.
+limits:
+  unidentified_connections: 1000000
+  unidentified_connections_per_source: 1000000
 # No TLS listener: the benchmark must not take port 443 from anyone.
 tls_listen_addr: ""
 derp:

@@ -93,6 +93,10 @@ pub struct Config {
     /// ACME certificates (Headscale's `tls_letsencrypt_*`, `acme_*`); None
     /// when `tls_letsencrypt_hostname` is unset.
     pub acme: Option<AcmeConfig>,
+    /// Connections that have not identified a node yet, in total and per
+    /// source address (`limits.unidentified_connections[_per_source]`).
+    pub max_unidentified: usize,
+    pub max_unidentified_per_source: usize,
 }
 
 /// How the ACME server validates that we hold the name (RFC 8555 §8).
@@ -207,6 +211,8 @@ impl Config {
             extra_records_path: None,
             taildrop: true,
             web_enabled: true,
+            max_unidentified: 256,
+            max_unidentified_per_source: 16,
             search_domains: vec![],
             policy_path: None,
             policy_mode: "file".into(),
@@ -533,6 +539,24 @@ pub fn from_yaml_str(
     }
     if let Some(p) = path("database.path")? {
         c.database_path = p;
+    }
+    for (key, field) in [
+        (
+            "limits.unidentified_connections",
+            &mut c.max_unidentified as &mut usize,
+        ),
+        (
+            "limits.unidentified_connections_per_source",
+            &mut c.max_unidentified_per_source,
+        ),
+    ] {
+        if let Some(v) = get(&doc, key) {
+            *field = v
+                .as_u64()
+                .filter(|n| *n > 0)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or_else(|| key_err(key, format!("expected a positive integer, got {v}")))?;
+        }
     }
     c.oidc = parse_oidc(&doc, &data_dir)?;
     c.acme = parse_acme(&doc, &data_dir)?;
@@ -877,6 +901,8 @@ pub(crate) const KNOWN: &[&str] = &[
     "node.ephemeral.inactivity_timeout",
     "node.expiry",
     "database.path",
+    "limits.unidentified_connections",
+    "limits.unidentified_connections_per_source",
     "oidc.issuer",
     "oidc.client_id",
     "oidc.client_secret",

@@ -24,6 +24,7 @@ pub mod noise;
 #[cfg(feature = "oidc")]
 pub mod oidc;
 pub mod policy;
+pub mod ratelimit;
 pub mod secretfile;
 pub mod state;
 pub mod tailcfg;

@@ -51,3 +51,21 @@ pub fn init(level: &str) {
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(parse_level(level).unwrap_or(LevelFilter::Info));
 }
+
+/// Raises the soft open-files limit to the hard one. Under systemd the
+/// soft limit is 1024 and Rust, unlike Go's runtime, does not raise it:
+/// every connected node is a socket, so 1024 would be the tailnet's size.
+/// (Linux refuses a soft limit above fs.nr_open, 1 Mi everywhere, even
+/// when the hard limit is "unlimited".)
+pub fn raise_nofile_limit() {
+    let before = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match crate::debug::procfs::raise_nofile(1 << 20) {
+        Ok((soft, hard)) if Some(soft) != before => {
+            log::info!(
+                "open files: soft limit raised from {before:?} to {soft} (hard limit {hard})"
+            )
+        }
+        Ok((soft, hard)) => log::info!("open files: soft limit {soft} (hard limit {hard})"),
+        Err(e) => log::warn!("open files: soft limit {before:?} kept: {e}"),
+    }
+}

@@ -1,6 +1,7 @@
 //! JSON wire objects, named and spelled exactly as the client names them
 //! (`tailcfg` in the Go tree). Decoders ignore unknown fields (every client
-//! release adds some); Hostinfo is kept as raw JSON and echoed to peers.
+//! release adds some). Hostinfo is decoded into [`Hostinfo`]: what peers
+//! and the server use, nothing else, from at most [`MAX_HOSTINFO`] bytes.
 
 use crate::keys::{DiscoKey, MachineKey, NodeKey};
 use serde::{Deserialize, Serialize};
@@ -38,8 +39,13 @@ pub struct RegisterRequest {
     pub expiry: Option<String>,
     #[serde(rename = "Followup", default, skip_serializing_if = "String::is_empty")]
     pub followup: String,
-    #[serde(rename = "Hostinfo", default, skip_serializing_if = "Option::is_none")]
-    pub hostinfo: Option<serde_json::Value>,
+    #[serde(
+        rename = "Hostinfo",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounded_hostinfo"
+    )]
+    pub hostinfo: Option<Hostinfo>,
     #[serde(rename = "Ephemeral", default)]
     pub ephemeral: bool,
 }
@@ -106,11 +112,23 @@ pub struct MapRequest {
     pub stream: bool,
     #[serde(rename = "OmitPeers", default)]
     pub omit_peers: bool,
-    #[serde(rename = "Hostinfo", default, skip_serializing_if = "Option::is_none")]
-    pub hostinfo: Option<serde_json::Value>,
-    /// Parsed leniently: an unparsable entry is skipped, not fatal.
-    #[serde(rename = "Endpoints", default)]
-    pub endpoints: Option<Vec<serde_json::Value>>,
+    #[serde(
+        rename = "Hostinfo",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounded_hostinfo"
+    )]
+    pub hostinfo: Option<Hostinfo>,
+    /// Parsed leniently: an entry that is not a string is skipped, not
+    /// fatal; at most [`MAX_ENDPOINTS`] are kept, nothing is built for the
+    /// rest.
+    #[serde(
+        rename = "Endpoints",
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "bounded_endpoints"
+    )]
+    pub endpoints: Option<Vec<String>>,
 }
 
 /// Pre-encoded JSON shared between many messages: a peer's `Node` is
@@ -179,7 +197,7 @@ pub struct Node {
     #[serde(rename = "HomeDERP", skip_serializing_if = "is_zero_i32", default)]
     pub home_derp: i32,
     #[serde(rename = "Hostinfo", default)]
-    pub hostinfo: Option<serde_json::Value>,
+    pub hostinfo: Option<Hostinfo>,
     #[serde(rename = "Created")]
     pub created: String,
     #[serde(rename = "Cap", skip_serializing_if = "is_zero_u32", default)]
@@ -390,31 +408,451 @@ pub struct MapResponse {
     pub debug: Option<Debug>,
 }
 
-/// Reads `Hostinfo.NetInfo.PreferredDERP`.
-pub fn preferred_derp(hostinfo: &serde_json::Value) -> i32 {
-    hostinfo
-        .get("NetInfo")
-        .and_then(|n| n.get("PreferredDERP"))
-        .and_then(|v| v.as_i64())
-        .unwrap_or(0) as i32
+/// Largest Hostinfo accepted, as JSON text. Real clients send 1–3 KB
+/// (SSH host keys and services being the largest parts); the request body
+/// cap (1 MiB) is no bound for something that is kept per node, stored,
+/// and sent to every peer.
+pub const MAX_HOSTINFO: usize = 16 * 1024;
+
+/// Decodes a Hostinfo of at most [`MAX_HOSTINFO`] bytes of JSON, checked on
+/// the borrowed text before anything is built from it.
+fn bounded_hostinfo<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Hostinfo>, D::Error> {
+    use serde::de::Error;
+    let Some(raw) = Option::<&'de RawValue>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if raw.get().len() > MAX_HOSTINFO {
+        return Err(D::Error::custom(format!(
+            "Hostinfo is larger than {MAX_HOSTINFO} bytes"
+        )));
+    }
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    serde_json::from_str(raw.get())
+        .map(Some)
+        .map_err(D::Error::custom)
 }
 
-/// Reads a string field of Hostinfo.
-pub fn hostinfo_str<'a>(hostinfo: &'a serde_json::Value, key: &str) -> &'a str {
-    hostinfo.get(key).and_then(|v| v.as_str()).unwrap_or("")
+/// A field of the wrong type (or `null`, which a client written in another
+/// language may send for an empty field) reads as its default instead of
+/// failing the whole request: Hostinfo is descriptive, never a reason to
+/// refuse a client.
+fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned + Default,
+{
+    let v = serde_json::Value::deserialize(d)?;
+    Ok(T::deserialize(v).unwrap_or_default())
 }
 
-/// Reads a string-array field of Hostinfo (RoutableIPs, RequestTags).
-pub fn hostinfo_strs(hostinfo: &serde_json::Value, key: &str) -> Vec<String> {
-    hostinfo
-        .get(key)
-        .and_then(|v| v.as_array())
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default()
+/// Endpoints kept from one MapRequest (a client reports a handful: LAN,
+/// STUN-mapped, port-mapped addresses).
+pub const MAX_ENDPOINTS: usize = 64;
+
+/// Endpoints as a list of strings: other entries (a client's
+/// `EndpointTypes` mix-up, garbage) are skipped without building them.
+fn bounded_endpoints<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Vec<String>>, D::Error> {
+    struct Seq;
+    impl<'de> serde::de::Visitor<'de> for Seq {
+        type Value = Option<Vec<String>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of endpoints")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut a: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::new();
+            while let Some(e) = a.next_element::<MaybeStr>()? {
+                if let (Some(s), true) = (e.0, out.len() < MAX_ENDPOINTS) {
+                    out.push(s);
+                }
+            }
+            Ok(Some(out))
+        }
+    }
+    d.deserialize_any(Seq)
+}
+
+/// A string, or anything else skipped (None) without being built.
+struct MaybeStr(Option<String>);
+
+impl<'de> Deserialize<'de> for MaybeStr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MaybeStr;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_str<E>(self, s: &str) -> Result<MaybeStr, E> {
+                Ok(MaybeStr((s.len() <= 64).then(|| s.to_string())))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeStr, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<MaybeStr, A::Error> {
+                while a.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<MaybeStr, A::Error> {
+                while a
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MaybeStr(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// What a client reports about itself (`tailcfg.Hostinfo`), reduced to
+/// what the server uses (name, routes, tags, home DERP, version) and what
+/// peers use (OS for `tailscale status`, services for Taildrop's peerapi,
+/// SSH host keys, ingress/app-connector flags). Everything else a client
+/// sends (log IDs, push tokens, …) is dropped at decode time.
+#[derive(Serialize, Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct Hostinfo {
+    #[serde(
+        rename = "IPNVersion",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub ipn_version: String,
+    #[serde(
+        rename = "OS",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub os: String,
+    #[serde(
+        rename = "OSVersion",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub os_version: String,
+    #[serde(
+        rename = "Container",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub container: Option<bool>,
+    #[serde(
+        rename = "Env",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub env: String,
+    #[serde(
+        rename = "Distro",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub distro: String,
+    #[serde(
+        rename = "DistroVersion",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub distro_version: String,
+    #[serde(
+        rename = "DistroCodeName",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub distro_code_name: String,
+    #[serde(
+        rename = "App",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub app: String,
+    #[serde(
+        rename = "Desktop",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub desktop: Option<bool>,
+    #[serde(
+        rename = "Package",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub package: String,
+    #[serde(
+        rename = "DeviceModel",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub device_model: String,
+    #[serde(
+        rename = "Hostname",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub hostname: String,
+    #[serde(
+        rename = "ShieldsUp",
+        skip_serializing_if = "is_false",
+        deserialize_with = "lenient"
+    )]
+    pub shields_up: bool,
+    #[serde(
+        rename = "ShareeNode",
+        skip_serializing_if = "is_false",
+        deserialize_with = "lenient"
+    )]
+    pub sharee_node: bool,
+    #[serde(
+        rename = "NoLogsNoSupport",
+        skip_serializing_if = "is_false",
+        deserialize_with = "lenient"
+    )]
+    pub no_logs_no_support: bool,
+    #[serde(
+        rename = "WireIngress",
+        skip_serializing_if = "is_false",
+        deserialize_with = "lenient"
+    )]
+    pub wire_ingress: bool,
+    #[serde(
+        rename = "IngressEnabled",
+        skip_serializing_if = "is_false",
+        deserialize_with = "lenient"
+    )]
+    pub ingress_enabled: bool,
+    #[serde(
+        rename = "AllowsUpdate",
+        skip_serializing_if = "is_false",
+        deserialize_with = "lenient"
+    )]
+    pub allows_update: bool,
+    #[serde(
+        rename = "Machine",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub machine: String,
+    #[serde(
+        rename = "GoArch",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub go_arch: String,
+    #[serde(
+        rename = "GoArchVar",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub go_arch_var: String,
+    #[serde(
+        rename = "GoVersion",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub go_version: String,
+    #[serde(
+        rename = "RoutableIPs",
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub routable_ips: Vec<String>,
+    #[serde(
+        rename = "RequestTags",
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub request_tags: Vec<String>,
+    #[serde(
+        rename = "Services",
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub services: Vec<Service>,
+    #[serde(
+        rename = "NetInfo",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub net_info: Option<NetInfo>,
+    #[serde(
+        rename = "SSH_HostKeys",
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub ssh_host_keys: Vec<String>,
+    #[serde(
+        rename = "Cloud",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub cloud: String,
+    #[serde(
+        rename = "Userspace",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub userspace: Option<bool>,
+    #[serde(
+        rename = "UserspaceRouter",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub userspace_router: Option<bool>,
+    #[serde(
+        rename = "AppConnector",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub app_connector: Option<bool>,
+    #[serde(
+        rename = "ServicesHash",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub services_hash: String,
+    #[serde(
+        rename = "Location",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub location: Option<Location>,
+}
+
+/// `tailcfg.Service`: what a node listens on (peerapi ports for Taildrop).
+#[derive(Serialize, Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct Service {
+    #[serde(rename = "Proto", deserialize_with = "lenient")]
+    pub proto: String,
+    #[serde(rename = "Port", deserialize_with = "lenient")]
+    pub port: u16,
+    #[serde(
+        rename = "Description",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub description: String,
+}
+
+/// `tailcfg.NetInfo`, reduced to what `tailscale status` and netcheck
+/// output show for a peer.
+#[derive(Serialize, Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct NetInfo {
+    #[serde(
+        rename = "MappingVariesByDestIP",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub mapping_varies_by_dest_ip: Option<bool>,
+    #[serde(
+        rename = "WorkingIPv6",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub working_ipv6: Option<bool>,
+    #[serde(
+        rename = "OSHasIPv6",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub os_has_ipv6: Option<bool>,
+    #[serde(
+        rename = "WorkingUDP",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub working_udp: Option<bool>,
+    #[serde(rename = "PreferredDERP", deserialize_with = "lenient")]
+    pub preferred_derp: i32,
+    #[serde(
+        rename = "LinkType",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub link_type: String,
+}
+
+/// `tailcfg.Location`: shown for exit nodes.
+#[derive(Serialize, Deserialize, Default, Debug, Clone, PartialEq)]
+#[serde(default)]
+pub struct Location {
+    #[serde(
+        rename = "Country",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub country: String,
+    #[serde(
+        rename = "CountryCode",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub country_code: String,
+    #[serde(
+        rename = "City",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub city: String,
+    #[serde(
+        rename = "CityCode",
+        skip_serializing_if = "String::is_empty",
+        deserialize_with = "lenient"
+    )]
+    pub city_code: String,
+    #[serde(
+        rename = "Priority",
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient"
+    )]
+    pub priority: Option<i32>,
+}
+
+impl Hostinfo {
+    /// `NetInfo.PreferredDERP`, 0 when unknown.
+    pub fn preferred_derp(&self) -> i32 {
+        self.net_info.as_ref().map_or(0, |n| n.preferred_derp)
+    }
+
+    /// Nothing reported (`{}`).
+    pub fn is_empty(&self) -> bool {
+        *self == Hostinfo::default()
+    }
 }
 
 #[cfg(test)]
@@ -430,7 +868,11 @@ mod tests {
             .or_else(|| v.get("json"))
             .cloned()
             .unwrap_or(v.clone());
-        let r: RegisterRequest = serde_json::from_value(body).unwrap();
+        // From text, as bodies arrive (Hostinfo's bound reads the text).
+        let r: RegisterRequest = serde_json::from_str(&body.to_string()).unwrap();
+        let h = r.hostinfo.as_ref().expect("the capture has a Hostinfo");
+        assert_eq!((h.hostname.as_str(), h.os.as_str()), ("cap", "linux"));
+        assert_eq!(h.container, Some(true));
         assert_eq!(r.version, 130);
         assert!(!r.node_key.is_zero());
         let m: MapRequest =
@@ -439,6 +881,37 @@ mod tests {
         let l: MapRequest =
             serde_json::from_str(include_str!("../tests/vectors/map-request-lite.json")).unwrap();
         assert!(!l.stream && l.omit_peers);
+    }
+
+    #[test]
+    fn hostinfo_is_bounded_and_lenient() {
+        // null and wrong types read as empty; unknown fields are dropped.
+        let r: RegisterRequest = serde_json::from_str(
+            r#"{"Hostinfo":{"Hostname":"h","OS":null,"RoutableIPs":"x","Desktop":"yes",
+            "NetInfo":{"PreferredDERP":3,"LinkType":null},"FrontendLogID":"f"}}"#,
+        )
+        .unwrap();
+        let h = r.hostinfo.unwrap();
+        assert_eq!(h.hostname, "h");
+        assert!(h.os.is_empty() && h.routable_ips.is_empty() && h.desktop.is_none());
+        assert_eq!(h.preferred_derp(), 3);
+        assert!(!serde_json::to_string(&h).unwrap().contains("FrontendLogID"));
+        // Over the bound: the request is refused, naming why.
+        let big = format!(
+            r#"{{"Hostinfo":{{"Hostname":"{}"}}}}"#,
+            "a".repeat(MAX_HOSTINFO)
+        );
+        let e = serde_json::from_str::<MapRequest>(&big).unwrap_err();
+        assert!(e.to_string().contains("larger than"), "{e}");
+        // Endpoints: strings only, at most MAX_ENDPOINTS.
+        let many: Vec<serde_json::Value> = (0..100)
+            .map(|i| serde_json::json!(format!("192.0.2.1:{i}")))
+            .chain([serde_json::json!({"x": [1, 2]}), serde_json::json!(7)])
+            .collect();
+        let m: MapRequest =
+            serde_json::from_str(&serde_json::json!({ "Endpoints": many }).to_string()).unwrap();
+        let eps = m.endpoints.unwrap();
+        assert_eq!((eps.len(), eps[0].as_str()), (MAX_ENDPOINTS, "192.0.2.1:0"));
     }
 
     #[test]

@@ -22,7 +22,7 @@ fn hostinfo_churn_reaches_peers_coalesced_and_complete() {
         for i in 0..N {
             let mut mr = a.map_request(false, &[]);
             let mut h = a.hostinfo(&[]);
-            h["OSVersion"] = serde_json::json!(format!("churn-{i}"));
+            h.os_version = format!("churn-{i}");
             mr.hostinfo = Some(h);
             let (status, _) = ca
                 .post_json("/machine/map", serde_json::to_vec(&mr).unwrap())

@@ -568,7 +568,11 @@ fn approve_interactive_login() {
                 machine_key: [mk; 32],
                 node_key: [mk + 1; 32],
                 old_node_key: [0; 32],
-                hostinfo: serde_json::json!({ "Hostname": "Desk Top" }),
+                hostinfo: tinyscale::tailcfg::Hostinfo {
+                    hostname: "Desk Top".into(),
+                    ..Default::default()
+                },
+                source: None,
                 ephemeral: false,
                 version: 100,
             })
@@ -717,7 +721,11 @@ fn bad_input_changes_nothing() {
         machine_key: [42; 32],
         node_key: [43; 32],
         old_node_key: [0; 32],
-        hostinfo: serde_json::json!({ "Hostname": "late" }),
+        hostinfo: tinyscale::tailcfg::Hostinfo {
+            hostname: "late".into(),
+            ..Default::default()
+        },
+        source: None,
         ephemeral: false,
         version: 113,
     };

@@ -271,3 +271,61 @@ fn ephemeral_timeout_shorter_than_the_offline_grace() {
         "deleted after {secs:.1} s: the 10 s grace, not the 1 s timeout"
     );
 }
+
+/// A node whose key has expired (here by `nodes expire`) is authorised for
+/// nothing on /machine/map, as on register: what it reports is not stored
+/// (endpoints, Hostinfo, routes), and a map request gets its own node (with
+/// the past KeyExpiry that makes a real client ask for a login), no peers
+/// and a packet filter that admits nothing, then the end of the body.
+#[test]
+fn expired_node_gets_no_peers_and_stores_nothing() {
+    let ts = start("expired-map");
+    let key = ts.key("alice", true, false, &[]);
+    block_on_timeout(30, async {
+        let watcher = Node::new("watcher");
+        let (_cw, _sw, _nmw) = join(&ts, &watcher, &key).await;
+        let desk = Node::new("desk");
+        let (mut cd, _sd, nmd) = join(&ts, &desk, &key).await;
+        let did = nmd.self_node["ID"].as_u64().unwrap();
+        assert_eq!(nmd.peers.len(), 1, "before expiry desk sees the watcher");
+        let r = tinyscale::api::handle(
+            &ts.server,
+            "POST",
+            &format!("/api/v1/node/{did}/expire"),
+            b"{}",
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let before = ts.server.state().nodes[&did].clone();
+
+        // A lite update with new endpoints and a route: accepted, not stored.
+        let mut lite = desk.map_request(false, &["203.0.113.77:41641"]);
+        lite.hostinfo = Some(desk.hostinfo(&["10.99.0.0/24"]));
+        let (status, _) = cd
+            .post_json("/machine/map", serde_json::to_vec(&lite).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(status, 200);
+        let after = ts.server.state().nodes[&did].clone();
+        assert_eq!(after.endpoints, before.endpoints, "endpoints stored");
+        assert!(after.advertised_routes.is_empty(), "routes stored");
+
+        // A streaming map: its own expired node, nothing else, then the end.
+        let mut mr = desk.map_request(true, &["203.0.113.77:41641"]);
+        mr.hostinfo = Some(desk.hostinfo(&["10.99.0.0/24"]));
+        let mut stream = cd.map(&mr).await.unwrap();
+        let first = stream.next().await.unwrap().expect("one message");
+        let mut nm = NetMap::default();
+        nm.apply(&first);
+        assert_eq!(nm.self_node["ID"].as_u64(), Some(did));
+        let expiry = nm.self_node["KeyExpiry"].as_str().unwrap().to_string();
+        let exp = tinyscale::timefmt::parse_rfc3339(&expiry).unwrap();
+        assert!(exp <= tinyscale::state::now(), "KeyExpiry {expiry}");
+        assert!(
+            nm.peers.is_empty(),
+            "peers sent to an expired node: {first}"
+        );
+        assert_eq!(first["PacketFilters"]["base"], serde_json::json!([]));
+        assert!(stream.next().await.unwrap().is_none(), "the body goes on");
+        assert!(ts.server.state().nodes[&did].advertised_routes.is_empty());
+    });
+}

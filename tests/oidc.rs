@@ -522,7 +522,11 @@ fn refusals_change_nothing() {
                     machine_key: [7; 32],
                     node_key: [8; 32],
                     old_node_key: [0; 32],
-                    hostinfo: json!({"Hostname": "late"}),
+                    hostinfo: tinyscale::tailcfg::Hostinfo {
+                        hostname: "late".into(),
+                        ..Default::default()
+                    },
+                    source: None,
                     ephemeral: false,
                     version: 130,
                 },

@@ -79,6 +79,11 @@ fn stored_hostinfo(ts: &TestServer, hostname: &str) -> serde_json::Value {
     serde_json::from_str(&n.hostinfo).unwrap()
 }
 
+/// A Hostinfo as a client would send it, decoded as the server does.
+fn hostinfo(v: serde_json::Value) -> tinyscale::tailcfg::Hostinfo {
+    serde_json::from_value(v).unwrap()
+}
+
 #[test]
 fn a_sparse_later_hostinfo_keeps_build_fields_and_netinfo() {
     let ts = start("hostinfo");
@@ -90,28 +95,32 @@ fn a_sparse_later_hostinfo_keeps_build_fields_and_netinfo() {
             .await
             .unwrap();
         let mut rr = n.register_request(Some(&key));
-        rr.hostinfo = Some(serde_json::json!({
+        rr.hostinfo = Some(hostinfo(serde_json::json!({
             "Hostname": "sparse", "IPNVersion": "rs/0.6.1", "OS": "linux",
             "RoutableIPs": ["10.9.0.0/24"], "NetInfo": {"PreferredDERP": 999},
-        }));
+        })));
         assert_eq!(conn.register(&rr).await.unwrap().error, "");
         // A map request as tailscale-rs sends it: Hostinfo nearly empty.
         let mut mr = n.map_request(false, &[]);
-        mr.hostinfo = Some(serde_json::json!({"Hostname": "sparse", "FrontendLogID": "f1"}));
+        mr.hostinfo = Some(hostinfo(serde_json::json!(
+            {"Hostname": "sparse", "DeviceModel": "f1", "FrontendLogID": "f1"}
+        )));
         let mut s = conn.map(&mr).await.unwrap();
         while s.next().await.unwrap().is_some() {}
         let h = stored_hostinfo(&ts, "sparse");
         assert_eq!(h["IPNVersion"], "rs/0.6.1", "version kept: {h}");
         assert_eq!(h["OS"], "linux");
         assert_eq!(h["NetInfo"]["PreferredDERP"], 999, "NetInfo kept: {h}");
-        assert_eq!(h["FrontendLogID"], "f1", "new fields taken: {h}");
+        assert_eq!(h["DeviceModel"], "f1", "new fields taken: {h}");
+        // Fields nobody here uses are not kept at all (bounded Hostinfo).
+        assert!(h.get("FrontendLogID").is_none(), "unused field stored: {h}");
         // Routes are not kept: a Go client omits an empty RoutableIPs.
         assert!(h.get("RoutableIPs").is_none(), "routes cleared: {h}");
         // A later value replaces a kept one.
-        mr.hostinfo = Some(
+        mr.hostinfo = Some(hostinfo(
             serde_json::json!({"Hostname": "sparse", "IPNVersion": "rs/0.7.0",
             "NetInfo": {"PreferredDERP": 5}}),
-        );
+        ));
         let mut s = conn.map(&mr).await.unwrap();
         while s.next().await.unwrap().is_some() {}
         let h = stored_hostinfo(&ts, "sparse");

@@ -20,6 +20,11 @@ mod wire {
     pub use super::derp_codec as derp;
 }
 
+/// `server.rs` resolves `crate::ratelimit` for its refusal log line.
+#[path = "../../src/ratelimit.rs"]
+#[allow(dead_code)]
+mod ratelimit;
+
 #[path = "../../src/derp/server.rs"]
 #[allow(dead_code)]
 mod server;

@@ -824,13 +824,21 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
                     crate::control::policy::MAX_POLICY
                 ));
             }
-            client::call(
-                &cfg.unix_socket,
-                "PUT",
-                "/api/v1/policy",
-                Some(&json!({ "policy": text })),
-            )
-            .map_err(|e| e.to_string())?;
+            // The admin socket takes requests of at most admin::MAX_BODY
+            // bytes; say so here rather than let the server answer 413.
+            let req = json!({ "policy": text });
+            let encoded = req.to_string().len();
+            if encoded > crate::api::MAX_BODY {
+                return Err(format!(
+                    "{}: the policy is {} bytes as a request ({encoded} bytes of JSON); `policy set` sends at most {} bytes over the admin socket. Use policy.mode: file with policy.path for a larger policy (up to {} bytes)",
+                    s.file,
+                    text.len(),
+                    crate::api::MAX_BODY,
+                    crate::control::policy::MAX_POLICY
+                ));
+            }
+            client::call(&cfg.unix_socket, "PUT", "/api/v1/policy", Some(&req))
+                .map_err(|e| e.to_string())?;
             outln!("Policy updated.");
             Ok(())
         }

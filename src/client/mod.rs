@@ -14,7 +14,7 @@ use crate::wire::{base64, mapframe, noise as wn};
 use async_io::Async;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use std::io::{self, Error, ErrorKind};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 
 /// The capability version this client claims (Go client 1.90).
 pub const CAPVER: u16 = 130;
@@ -45,9 +45,33 @@ async fn read_http_head(s: &mut Async<TcpStream>, buf: &mut Vec<u8>) -> io::Resu
     }
 }
 
+/// Opens a TCP connection to `addr`, from source address `from` when
+/// given (tests tell attackers and legitimate clients apart by source:
+/// 127.0.0.1 and 127.0.0.2 are both loopback).
+pub async fn dial(addr: SocketAddr, from: Option<IpAddr>) -> io::Result<Async<TcpStream>> {
+    let Some(from) = from else {
+        return Async::<TcpStream>::connect(addr).await;
+    };
+    use rustix::net::{AddressFamily, SocketType};
+    let family = match from {
+        IpAddr::V4(_) => AddressFamily::INET,
+        IpAddr::V6(_) => AddressFamily::INET6,
+    };
+    let fd = rustix::net::socket(family, SocketType::STREAM, None)?;
+    rustix::net::bind(&fd, &SocketAddr::new(from, 0))?;
+    // Blocking, but only ever to a local listener: immediate.
+    rustix::net::connect(&fd, &addr)?;
+    Async::new(TcpStream::from(fd))
+}
+
 /// `GET /key?v=N`: the server's Noise public key.
 pub async fn fetch_key(addr: SocketAddr) -> io::Result<[u8; 32]> {
-    let mut s = Async::<TcpStream>::connect(addr).await?;
+    fetch_key_from(addr, None).await
+}
+
+/// [`fetch_key`] from source address `from`.
+pub async fn fetch_key_from(addr: SocketAddr, from: Option<IpAddr>) -> io::Result<[u8; 32]> {
+    let mut s = dial(addr, from).await?;
     let req = format!("GET /key?v={CAPVER} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await?;
     let mut buf = Vec::new();
@@ -123,16 +147,31 @@ pub async fn connect_version(
     machine_private: &[u8; 32],
     version: u16,
 ) -> io::Result<Conn> {
-    let noise = connect_noise(addr, server_public, machine_private, version).await?;
+    let noise = connect_noise_from(addr, server_public, machine_private, version, None).await?;
+    Ok(h2_over(noise, machine_private))
+}
+
+/// [`connect`] from source address `from`.
+pub async fn connect_from(
+    addr: SocketAddr,
+    server_public: &[u8; 32],
+    machine_private: &[u8; 32],
+    from: Option<IpAddr>,
+) -> io::Result<Conn> {
+    let noise = connect_noise_from(addr, server_public, machine_private, CAPVER, from).await?;
+    Ok(h2_over(noise, machine_private))
+}
+
+fn h2_over(noise: NoiseStream<Async<TcpStream>>, machine_private: &[u8; 32]) -> Conn {
     let (send, conn) = Client::new(noise, &CLIENT_LIMITS);
     smol::spawn(async move {
         let _ = conn.await;
     })
     .detach();
-    Ok(Conn {
+    Conn {
         send,
         machine_public: keys::x25519_public(machine_private),
-    })
+    }
 }
 
 /// Dials `/ts2021` and completes the Noise handshake: the stream HTTP/2
@@ -143,7 +182,18 @@ pub async fn connect_noise(
     machine_private: &[u8; 32],
     version: u16,
 ) -> io::Result<NoiseStream<Async<TcpStream>>> {
-    let mut s = Async::<TcpStream>::connect(addr).await?;
+    connect_noise_from(addr, server_public, machine_private, version, None).await
+}
+
+/// [`connect_noise`] from source address `from`.
+pub async fn connect_noise_from(
+    addr: SocketAddr,
+    server_public: &[u8; 32],
+    machine_private: &[u8; 32],
+    version: u16,
+    from: Option<IpAddr>,
+) -> io::Result<NoiseStream<Async<TcpStream>>> {
+    let mut s = dial(addr, from).await?;
     let _ = s.get_ref().set_nodelay(true);
     let (ini, init) = Initiator::start(machine_private, server_public, version).map_err(other)?;
     let req = format!(
@@ -307,12 +357,18 @@ impl Node {
     pub fn disco_key(&self) -> DiscoKey {
         DiscoKey(keys::x25519_public(&self.disco_private))
     }
-    pub fn hostinfo(&self, routes: &[&str]) -> serde_json::Value {
-        serde_json::json!({
-            "Hostname": self.hostname, "OS": "linux", "IPNVersion": "tinyscale-testclient",
-            "BackendLogID": "0000000000000000000000000000000000000000000000000000000000000000",
-            "RoutableIPs": routes, "NetInfo": {"PreferredDERP": 999},
-        })
+    pub fn hostinfo(&self, routes: &[&str]) -> crate::tailcfg::Hostinfo {
+        crate::tailcfg::Hostinfo {
+            hostname: self.hostname.clone(),
+            os: "linux".into(),
+            ipn_version: "tinyscale-testclient".into(),
+            routable_ips: routes.iter().map(|r| r.to_string()).collect(),
+            net_info: Some(crate::tailcfg::NetInfo {
+                preferred_derp: 999,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
     }
     pub fn register_request(&self, auth_key: Option<&str>) -> RegisterRequest {
         RegisterRequest {
@@ -347,7 +403,7 @@ impl Node {
             stream,
             omit_peers: !stream,
             hostinfo: Some(self.hostinfo(&[])),
-            endpoints: Some(endpoints.iter().map(|e| serde_json::json!(e)).collect()),
+            endpoints: Some(endpoints.iter().map(|e| e.to_string()).collect()),
         }
     }
 }

@@ -13,18 +13,24 @@ use std::time::Duration;
 
 /// How long a pending registration waits for approval.
 pub const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
-/// Upper bound on simultaneously pending registrations (each costs memory
-/// and anybody who can reach the server can create one).
-pub const MAX_PENDING: usize = 1024;
+/// Upper bound on simultaneously pending registrations: anybody who can
+/// reach the server can start one. Each holds a decoded Hostinfo (≤ 16 KiB
+/// of JSON) and one held request: ≤ a few MB in all.
+pub const MAX_PENDING: usize = 256;
+/// A source address's share of [`MAX_PENDING`], so that one host cannot
+/// fill the registry and lock every real login out for [`PENDING_TTL`].
+pub const MAX_PENDING_PER_SOURCE: usize = 16;
 
 #[derive(Clone, Debug)]
 pub struct Request {
     pub machine_key: [u8; 32],
     pub node_key: [u8; 32],
     pub old_node_key: [u8; 32],
-    pub hostinfo: serde_json::Value,
+    pub hostinfo: crate::tailcfg::Hostinfo,
     pub ephemeral: bool,
     pub version: u32,
+    /// Where it came from (None: in-process callers).
+    pub source: Option<std::net::IpAddr>,
 }
 
 struct Pending {
@@ -47,8 +53,9 @@ impl Registry {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts (or reuses, for the same machine and node key) a pending
-    /// registration; returns its ID.
+    /// Starts a pending registration, or updates the one this machine key
+    /// already has (one per machine key: a client that varies its node key
+    /// replaces its own login, it does not add logins); returns its ID.
     pub fn start(&self, req: Request) -> Result<String, String> {
         self.start_with_ttl(req, PENDING_TTL)
     }
@@ -59,15 +66,23 @@ impl Registry {
         let t = now();
         let mut g = self.lock();
         g.retain(|_, p| p.expires > t || p.done.is_some() && p.expires + 60 > t);
-        if let Some((id, _)) = g.iter().find(|(_, p)| {
-            p.done.is_none()
-                && p.req.machine_key == req.machine_key
-                && p.req.node_key == req.node_key
-        }) {
+        if let Some((id, p)) = g
+            .iter_mut()
+            .find(|(_, p)| p.done.is_none() && p.req.machine_key == req.machine_key)
+        {
+            // Same login, newest details; its lifetime is not extended.
+            p.req = req;
             return Ok(id.clone());
         }
         if g.len() >= MAX_PENDING {
             return Err("too many pending registrations; try again later".into());
+        }
+        if let Some(src) = req.source {
+            if g.values().filter(|p| p.req.source == Some(src)).count() >= MAX_PENDING_PER_SOURCE {
+                return Err(
+                    "too many pending registrations from this address; try again later".into(),
+                );
+            }
         }
         let id = crate::keys::to_hex(&crate::keys::random32()[..12]);
         let (tx, rx) = channel::bounded(1);
@@ -96,7 +111,7 @@ impl Registry {
     pub fn hostname(&self, id: &str) -> Option<String> {
         let g = self.lock();
         let p = g.get(id)?;
-        Some(crate::tailcfg::hostinfo_str(&p.req.hostinfo, "Hostname").to_string())
+        Some(p.req.hostinfo.hostname.clone())
     }
 
     /// Holds a follow-up until approval or expiry. None = unknown or
@@ -126,7 +141,7 @@ impl Registry {
 
     /// Every registration still waiting for approval: (ID, Hostinfo,
     /// expiry), soonest to expire first (the admin page lists them).
-    pub fn list(&self) -> Vec<(String, serde_json::Value, i64)> {
+    pub fn list(&self) -> Vec<(String, crate::tailcfg::Hostinfo, i64)> {
         let t = now();
         let g = self.lock();
         let mut v: Vec<_> = g
@@ -225,6 +240,16 @@ pub(crate) fn approve_with(
     let req = server.pending.take_for_approval(id)?;
     let a = decide(&st)?;
     let uid = a.user;
+    // The node key may have been registered by another machine since the
+    // login started (a pre-auth key, another approval): never take it over.
+    if st
+        .node_by_node_key(&req.node_key)
+        .is_some_and(|n| n.machine_key != req.machine_key)
+    {
+        return Err(format!(
+            "registration {id}: its node key is in use by another machine; log in again"
+        ));
+    }
     let existing = st
         .nodes
         .values()

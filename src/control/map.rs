@@ -58,12 +58,16 @@ pub async fn handle(
         let st = server.state();
         st.node_by_node_key(&req.node_key.0)
             .filter(|n| n.machine_key == ctx.machine_key)
-            .map(|n| n.id)
+            .map(|n| (n.id, n.is_expired(now())))
     };
-    let Some(node_id) = found else {
+    let Some((node_id, expired)) = found else {
         let msg = b"node not found\n".to_vec();
         return h2srv::reply(&mut respond, 404, "text/plain", msg).await;
     };
+    if expired {
+        // As on register: an expired node key is authorised for nothing.
+        return answer_expired(&server, node_id, &req, respond).await;
+    }
     ctx.set_identified();
     let commits = server.state().store.committer();
     let durable = apply_update(&server, node_id, &req);
@@ -77,13 +81,13 @@ pub async fn handle(
             // Lite update: stored and fanned out above; the body is ignored.
             return h2srv::reply(&mut respond, 200, "text/plain", Vec::new()).await;
         }
-        let msg = full_map(&server, node_id, &Known::default(), &mut None, false)
-            .map(|m| frame(&m, zstd));
-        let Some(msg) = msg else {
-            return h2srv::reply(&mut respond, 404, "text/plain", Vec::new()).await;
-        };
+        // One-shot full map: it takes a full-map slot like a stream's
+        // first map, so a loop of them cannot build maps without bound.
         respond.start(200, "application/octet-stream", false)?;
-        return respond.send(&msg, true).await;
+        let no_cache = &mut None;
+        let known = &Known::default();
+        send_full_map(&server, &mut respond, node_id, known, no_cache, false, zstd).await?;
+        return respond.send(&[], true).await;
     }
     let (sub, was_online) = server.hub.subscribe(node_id);
     if !was_online {
@@ -99,6 +103,45 @@ pub async fn handle(
     }
     debug!("map: node {node_id} stream ended: {result:?}");
     result
+}
+
+/// The whole answer to a map request whose node key has expired (by
+/// `nodes expire`, its expiry date, or a logout): nothing it reports is
+/// stored or fanned out (no Hostinfo, routes, endpoints; no auto-approval);
+/// a lite update gets an empty 200, anything else one message with its
+/// own node (whose past KeyExpiry makes a real client ask for a login),
+/// no peers, a packet filter that admits nothing, and the end of the body.
+async fn answer_expired(
+    server: &Server,
+    node_id: u64,
+    req: &MapRequest,
+    mut respond: Responder,
+) -> io::Result<()> {
+    debug!("map: node {node_id} has an expired key: self node only");
+    if req.omit_peers && !req.stream {
+        return h2srv::reply(&mut respond, 200, "text/plain", Vec::new()).await;
+    }
+    let t = now();
+    let msg = {
+        let st = server.state();
+        st.nodes.get(&node_id).map(|me| {
+            let mut filters = BTreeMap::new();
+            filters.insert("base".to_string(), to_raw(&Vec::<()>::new()));
+            MapResponse {
+                node: Some(to_raw(&render_node(server, me, true, t))),
+                packet_filters: Some(filters),
+                control_time: Some(rfc3339(t)),
+                ..Default::default()
+            }
+        })
+    };
+    let Some(msg) = msg else {
+        return h2srv::reply(&mut respond, 404, "text/plain", Vec::new()).await;
+    };
+    respond.start(200, "application/octet-stream", false)?;
+    respond
+        .send(&frame(&msg, req.compress == "zstd"), true)
+        .await
 }
 
 /// Stores what a MapRequest reports and tells whoever must know.
@@ -117,10 +160,8 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) -> bool {
         // Tolerant: skip anything that is not an ip:port string.
         n.endpoints = eps
             .iter()
-            .filter_map(|e| e.as_str())
             .filter(|s| s.parse::<std::net::SocketAddr>().is_ok())
-            .take(64)
-            .map(String::from)
+            .cloned()
             .collect();
     }
     n.cap = req.version;

@@ -54,6 +54,8 @@ pub struct Server {
     pub full_maps: smol::lock::Semaphore,
     /// Per-node rate limit on Hostinfo fan-out.
     pub churn: churn::Churn,
+    /// Connections that have not identified a node yet (caps in config).
+    pub admission: Arc<crate::http::admission::Admission>,
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
     /// OpenID Connect login (`oidc.issuer` set).
@@ -194,6 +196,10 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             Arc::new(d.unwrap_or_else(|_| unreachable!("fresh Arc")))
         });
         Server {
+            admission: crate::http::admission::Admission::new(
+                cfg.max_unidentified,
+                cfg.max_unidentified_per_source,
+            ),
             cfg,
             state: Mutex::new(state),
             hub: Hub::default(),

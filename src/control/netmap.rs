@@ -106,10 +106,9 @@ pub fn render_node(server: &Server, n: &Node, self_view: bool, now: i64) -> tail
         .filter(|r| !crate::control::routes::is_exit(r))
         .cloned()
         .collect();
-    let hostinfo = serde_json::from_str::<serde_json::Value>(&n.hostinfo)
-        .ok()
-        .filter(|v| v.is_object())
-        .unwrap_or_else(|| serde_json::json!({}));
+    // Decoded into the known fields: a Hostinfo stored before they were
+    // the only ones kept loses the rest here.
+    let hostinfo = serde_json::from_str::<tailcfg::Hostinfo>(&n.hostinfo).unwrap_or_default();
     let online = server.hub.is_online(n.id);
     let expired = n.is_expired(now);
     let mut cap_map = None;

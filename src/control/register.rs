@@ -8,7 +8,7 @@ use crate::http::h2srv::ConnCtx;
 use crate::http::MIN_CAPVER;
 use crate::keys::NodeKey;
 use crate::state::{now, Node, Op, RegisterMethod, State};
-use crate::tailcfg::{self, RegisterRequest, RegisterResponse};
+use crate::tailcfg::{self, Hostinfo, RegisterRequest, RegisterResponse};
 use crate::timefmt::{parse_rfc3339, rfc3339};
 use log::{info, warn};
 
@@ -40,6 +40,7 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (u16, Vec<u8
         }
     }
     if resp.error.is_empty() && resp.machine_authorized {
+        ctx.set_identified();
         let id = server
             .state()
             .node_by_node_key(&req.node_key.0)
@@ -78,7 +79,7 @@ fn start_interactive(
     server: &Server,
     ctx: &ConnCtx,
     req: &RegisterRequest,
-    hostinfo: &serde_json::Value,
+    hostinfo: &Hostinfo,
 ) -> Outcome {
     let r = crate::control::interactive::Request {
         machine_key: ctx.machine_key,
@@ -87,6 +88,7 @@ fn start_interactive(
         hostinfo: hostinfo.clone(),
         ephemeral: req.ephemeral,
         version: req.version,
+        source: ctx.peer,
     };
     match server.pending.start(r) {
         Ok(id) => {
@@ -109,6 +111,8 @@ async fn wait_followup(
     req: &RegisterRequest,
     id: &str,
 ) -> RegisterResponse {
+    // Held for approval: the HTTP/2 driver's identify deadline waits for
+    // a request in flight; the connection still counts against the caps.
     if let Some(node_id) = server.pending.wait(id, &ctx.machine_key).await {
         let st = server.state();
         if let Some(n) = st.nodes.get(&node_id) {
@@ -117,10 +121,7 @@ async fn wait_followup(
             }
         }
     }
-    let hostinfo = req
-        .hostinfo
-        .clone()
-        .unwrap_or_else(|| serde_json::json!({}));
+    let hostinfo = req.hostinfo.clone().unwrap_or_default();
     match start_interactive(server, ctx, req, &hostinfo) {
         Outcome::Done(r) => *r,
         Outcome::Wait(_) => error_response("registration failed"),
@@ -166,10 +167,7 @@ fn success(server: &Server, st: &State, n: &Node) -> RegisterResponse {
 fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
     let t = now();
     let mut st = server.state();
-    let hostinfo = req
-        .hostinfo
-        .clone()
-        .unwrap_or_else(|| serde_json::json!({}));
+    let hostinfo = req.hostinfo.clone().unwrap_or_default();
     let expiry_req = req.expiry.as_deref().and_then(parse_rfc3339).unwrap_or(0);
     let by_key = st.node_by_node_key(&req.node_key.0).map(|n| n.id);
     if !req.followup.is_empty() && by_key.is_none() {
@@ -328,7 +326,7 @@ pub(crate) struct NewNode<'a> {
     pub node_key: [u8; 32],
     pub user: u64,
     pub tags: Vec<String>,
-    pub hostinfo: &'a serde_json::Value,
+    pub hostinfo: &'a Hostinfo,
     pub ephemeral: bool,
     pub version: u32,
     pub auth_key: u64,
@@ -344,7 +342,7 @@ pub(crate) fn new_node(
 ) -> Result<Node, String> {
     let (v4, v6) = crate::state::ipalloc::allocate(st, server.cfg.prefix_v4, server.cfg.prefix_v6)
         .map_err(|e| e.to_string())?;
-    let hostname = tailcfg::hostinfo_str(f.hostinfo, "Hostname").to_string();
+    let hostname = f.hostinfo.hostname.clone();
     let mut n = Node {
         id: st.alloc_node_id(),
         machine_key: f.machine_key,
@@ -389,8 +387,8 @@ pub(crate) fn default_expiry(server: &Server, tagged: bool, t: i64) -> i64 {
 
 /// Requested tags must be among those the key grants (until the policy's
 /// tagOwners can say more).
-fn check_request_tags(granted: &[String], hostinfo: &serde_json::Value) -> Result<(), String> {
-    let req = tailcfg::hostinfo_strs(hostinfo, "RequestTags");
+fn check_request_tags(granted: &[String], hostinfo: &Hostinfo) -> Result<(), String> {
+    let req = &hostinfo.request_tags;
     let bad: Vec<&String> = req.iter().filter(|t| !granted.contains(t)).collect();
     if bad.is_empty() {
         Ok(())
@@ -411,7 +409,7 @@ fn reauth(
     n: Node,
     secret: &str,
     req: &RegisterRequest,
-    hostinfo: &serde_json::Value,
+    hostinfo: &Hostinfo,
     t: i64,
 ) -> RegisterResponse {
     let key = match st.validate_preauth_key(secret) {
@@ -505,67 +503,67 @@ fn commit_node(
 }
 
 /// Copies what the client reports in Hostinfo onto the node.
-pub fn apply_hostinfo(n: &mut Node, hostinfo: &serde_json::Value) {
-    if !hostinfo.is_object() || hostinfo.as_object().is_some_and(|o| o.is_empty()) {
+/// Copies what the client reports in Hostinfo onto the node; the stored
+/// Hostinfo is the decoded one (known fields only, ≤ MAX_HOSTINFO).
+pub fn apply_hostinfo(n: &mut Node, hostinfo: &Hostinfo) {
+    if hostinfo.is_empty() {
         return;
     }
-    let hn = tailcfg::hostinfo_str(hostinfo, "Hostname");
-    if !hn.is_empty() {
-        n.hostname = hn.to_string();
+    if !hostinfo.hostname.is_empty() {
+        n.hostname = hostinfo.hostname.clone();
     }
-    let d = tailcfg::preferred_derp(hostinfo);
+    let d = hostinfo.preferred_derp();
     if d > 0 {
         n.home_derp = d;
     }
-    n.advertised_routes = tailcfg::hostinfo_strs(hostinfo, "RoutableIPs");
+    n.advertised_routes = hostinfo.routable_ips.clone();
     n.hostinfo = merged_hostinfo(&n.hostinfo, hostinfo);
 }
-
-/// Fields a later Hostinfo may leave out without meaning "cleared": what
-/// describes the build and machine (they cannot change while a client
-/// runs), and `NetInfo`, which Go clients since 1.66 send only when it
-/// changed (Headscale keeps the previous NetInfo for this reason).
-/// tailscale-rs reports its version only in the RegisterRequest's Hostinfo
-/// and sends a nearly empty one with its map requests.
-const KEPT_WHEN_ABSENT: &[&str] = &[
-    "NetInfo",
-    "IPNVersion",
-    "FrontendLogID",
-    "BackendLogID",
-    "OS",
-    "OSVersion",
-    "Container",
-    "Env",
-    "Distro",
-    "DistroVersion",
-    "DistroCodeName",
-    "App",
-    "Desktop",
-    "Package",
-    "DeviceModel",
-    "Machine",
-    "GoArch",
-    "GoArchVar",
-    "GoVersion",
-    "Cloud",
-    "Userspace",
-    "UserspaceRouter",
-];
 
 /// The Hostinfo to store: the new one replaces the old (a Go client sends
 /// its whole Hostinfo each time and omits empty fields, so an absent
 /// `RoutableIPs`, `RequestTags` or `Services` means none), except the
-/// fields in [`KEPT_WHEN_ABSENT`], which are carried over from `old_json`.
-fn merged_hostinfo(old_json: &str, new: &serde_json::Value) -> String {
-    let old: serde_json::Value = serde_json::from_str(old_json).unwrap_or_default();
-    let (Some(old), Some(new_obj)) = (old.as_object(), new.as_object()) else {
-        return serde_json::to_string(new).unwrap_or_default();
-    };
-    let mut out = new_obj.clone();
-    for k in KEPT_WHEN_ABSENT {
-        if let (None, Some(v)) = (out.get(*k), old.get(*k)) {
-            out.insert((*k).to_string(), v.clone());
-        }
+/// fields that a later Hostinfo may leave out without meaning "cleared",
+/// carried over from `old_json`: what describes the build and machine
+/// (they cannot change while a client runs), and `NetInfo`, which Go
+/// clients since 1.66 send only when it changed (Headscale keeps the
+/// previous NetInfo for this reason). tailscale-rs reports its version
+/// only in the RegisterRequest's Hostinfo and sends a nearly empty one
+/// with its map requests.
+fn merged_hostinfo(old_json: &str, new: &Hostinfo) -> String {
+    fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+        *v == T::default()
     }
+    let old: Hostinfo = serde_json::from_str(old_json).unwrap_or_default();
+    let mut out = new.clone();
+    macro_rules! kept_when_absent {
+        ($($f:ident),*) => {$(
+            if is_default(&out.$f) {
+                out.$f = old.$f;
+            }
+        )*};
+    }
+    kept_when_absent!(
+        net_info,
+        ipn_version,
+        os,
+        os_version,
+        container,
+        env,
+        distro,
+        distro_version,
+        distro_code_name,
+        app,
+        desktop,
+        package,
+        device_model,
+        machine,
+        go_arch,
+        go_arch_var,
+        go_version,
+        cloud,
+        userspace,
+        userspace_router
+    );
     serde_json::to_string(&out).unwrap_or_default()
 }

@@ -26,5 +26,8 @@ pub mod server;
 pub mod stun;
 
 pub use client::{ClientOptions, DerpClient};
-pub use server::{serve_derp_conn, serve_derp_conn_from, DerpConfig, DerpServer, VerifyFn};
+pub use server::{
+    serve_derp_conn, serve_derp_conn_admitted, serve_derp_conn_from, DerpConfig, DerpServer,
+    VerifyFn,
+};
 pub use stun::spawn_stun;

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use crate::ratelimit::RateLimited;
 use async_io::Timer;
 use crypto_box::aead::Aead;
 use crypto_box::{PublicKey, SalsaBox, SecretKey};
@@ -502,6 +503,21 @@ pub async fn serve_derp_conn_from<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    serve_derp_conn_admitted(stream, server, remote, || {}).await
+}
+
+/// [`serve_derp_conn_from`] that calls `admitted` once the client's key is
+/// admitted (the front door gives back the connection's charge as
+/// unidentified then, `http::admission`).
+pub async fn serve_derp_conn_admitted<S>(
+    stream: S,
+    server: Arc<DerpServer>,
+    remote: Option<SocketAddr>,
+    admitted: impl FnOnce(),
+) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let (r, mut w) = futures_lite::io::split(stream);
     // Two small reads per frame (header, payload) would be two syscalls;
     // a small buffer makes them one for the usual sub-1.5 KB WireGuard packet.
@@ -519,12 +535,10 @@ where
     let hello = Repr::ServerKey { key: server.public }.to_vec();
     with_timeout(cfg.write_timeout, write_flush(&mut w, &hello)).await?;
 
-    // 2. ClientInfo, within the handshake deadline.
+    // 2. ClientInfo, within the handshake deadline and its own small size
+    // bound, checked before anything is allocated for the payload.
     let mut buf = Vec::new();
-    let first = with_timeout(cfg.handshake_timeout, read_frame(&mut r, &mut buf)).await?;
-    if first != FrameType::ClientInfo {
-        return Err(proto("first frame is not ClientInfo"));
-    }
+    with_timeout(cfg.handshake_timeout, read_client_info(&mut r, &mut buf)).await?;
     let Ok((Repr::ClientInfo { key, nonce, sealed }, _)) = Repr::parse_bytes(&buf) else {
         return Err(proto("bad ClientInfo frame"));
     };
@@ -543,7 +557,15 @@ where
         if let Some(verify) = &server.verify {
             if !verify(&key) {
                 server.stats.clients_refused.fetch_add(1, Ordering::Relaxed);
-                log::info!("derp: refusing unknown node key {}", hex(&key));
+                // Anyone can make us refuse them: one line per 10 s at most.
+                static REFUSED: RateLimited = RateLimited::new(Duration::from_secs(10));
+                if let Some(n) = REFUSED.allow() {
+                    log::info!(
+                        "derp: refusing unknown node key {}{}",
+                        hex(&key),
+                        crate::ratelimit::held_back(n)
+                    );
+                }
                 // Tell the client why before closing; it shows up in its
                 // health state rather than as an unexplained EOF.
                 let msg = Repr::Health {
@@ -558,6 +580,8 @@ where
             }
         }
     }
+
+    admitted();
 
     // 4. Register, then ServerInfo. Frames other clients queue for us in
     // between wait in the queue until the writer starts after ServerInfo.
@@ -619,6 +643,30 @@ async fn with_timeout<T>(
 async fn write_flush<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> io::Result<()> {
     w.write_all(b).await?;
     w.flush().await
+}
+
+/// Largest first frame accepted: a ClientInfo is a key, a nonce and a
+/// sealed JSON of ~100 bytes (~200 bytes from real clients). The general
+/// bound for the type (256 KiB) would let every unauthenticated socket pin
+/// that much for the whole handshake deadline.
+pub const MAX_FIRST_FRAME: usize = 4 << 10;
+
+/// Reads the first frame into `buf`: it must be ClientInfo and at most
+/// [`MAX_FIRST_FRAME`] long, both checked from the header alone.
+async fn read_client_info<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> io::Result<()> {
+    let mut head = [0u8; HEADER_LEN];
+    r.read_exact(&mut head).await?;
+    let h = Header::parse(&head).map_err(|_| proto("DERP frame too long"))?;
+    if h.frame_type != FrameType::ClientInfo {
+        return Err(proto("first frame is not ClientInfo"));
+    }
+    if h.payload_len > MAX_FIRST_FRAME {
+        return Err(proto("ClientInfo frame too long"));
+    }
+    buf.clear();
+    buf.extend_from_slice(&head);
+    buf.resize(HEADER_LEN + h.payload_len, 0);
+    r.read_exact(&mut buf[HEADER_LEN..]).await
 }
 
 /// Read one frame into `buf` (header included). Payloads over the type's

@@ -61,18 +61,34 @@ pub struct ConnCtx {
     pub version: u16,
     /// A request on this connection named a node it may act for.
     pub identified: AtomicBool,
+    /// Source address (None for in-process callers).
+    pub peer: Option<std::net::IpAddr>,
+    /// The connection's charge against the caps on unidentified
+    /// connections (`http::admission`), given back once identified.
+    pub permit: std::sync::Mutex<crate::http::admission::Permit>,
 }
 
 impl ConnCtx {
-    pub fn new(machine_key: [u8; 32], version: u16) -> ConnCtx {
+    pub fn new(
+        machine_key: [u8; 32],
+        version: u16,
+        peer: Option<std::net::IpAddr>,
+        permit: crate::http::admission::Permit,
+    ) -> ConnCtx {
         ConnCtx {
             machine_key,
             version,
             identified: AtomicBool::new(false),
+            peer,
+            permit: std::sync::Mutex::new(permit),
         }
     }
     pub fn set_identified(&self) {
         self.identified.store(true, Ordering::Relaxed);
+        self.permit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .release();
     }
 }
 
@@ -130,10 +146,9 @@ async fn route(server: SharedServer, ctx: Arc<ConnCtx>, req: Request) -> io::Res
         resp: mut respond,
     } = req;
     if path.ends_with("/machine/register") {
+        // Identifies the connection itself, only when the node is known
+        // and authorised (every answer is a 200, errors included).
         let (status, json) = register::handle(&server, &ctx, &body).await;
-        if status == 200 {
-            ctx.set_identified();
-        }
         respond.reply(status, "application/json", &json).await
     } else if path.ends_with("/machine/map") {
         Box::pin(map::handle(server, ctx, body, respond)).await

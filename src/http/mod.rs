@@ -2,6 +2,7 @@
 //! HTTP/1.1 heads parsed with httparse, `GET /key`, the `/ts2021` upgrade
 //! into Noise, and HTTP/2 inside it (`h2srv`).
 
+pub mod admission;
 pub mod client;
 pub mod h2conn;
 pub mod h2srv;
@@ -24,24 +25,42 @@ use std::time::Duration;
 
 /// Oldest capability version we accept (client 1.80, as Headscale).
 pub const MIN_CAPVER: u16 = 113;
-/// Time allowed for a request head to arrive.
+/// Time allowed for a whole request head to arrive (not per read: a byte
+/// every few seconds must not hold a socket for days).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
+/// Time allowed for a whole request body once its head is in (bodies on
+/// the front door are ≤ 64 KiB).
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed for a TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time allowed to write an upgrade answer (101 + the Noise response): a
+/// peer that never reads must not hold the socket.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Accept back-off after an error (EMFILE, ENFILE, ENOBUFS): starts here
+/// and doubles up to [`ACCEPT_BACKOFF_MAX`] while errors continue.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// Log lines an attacker can trigger (refused connections, EMFILE) are
+/// written at most once per this.
+const LOG_EVERY: Duration = Duration::from_secs(10);
 /// Requests served on one plain-HTTP connection before it is closed.
 const MAX_KEEPALIVE_REQUESTS: usize = 100;
 
 /// Runs `tinyscale serve` until the process is stopped.
 pub fn serve(cfg: Config) -> io::Result<()> {
     crate::logging::init(&cfg.log_level);
+    crate::logging::raise_nofile_limit();
     let server = crate::control::build_server(cfg)?;
     crate::control::run_forever(server)
 }
 
 /// Accepts connections forever on `listener`.
 pub async fn accept_loop(server: SharedServer, listener: Async<TcpListener>) {
-    accept_each(listener, "accept", move |stream, peer| {
+    let adm = server.admission.clone();
+    accept_each(&adm, listener, "accept", move |stream, peer, permit| {
         let server = server.clone();
         async move {
-            if let Err(e) = handle_conn(server, stream, false).await {
+            if let Err(e) = handle_conn(server, stream, false, peer, permit).await {
                 debug!("connection from {peer}: {e}");
             }
         }
@@ -49,23 +68,60 @@ pub async fn accept_loop(server: SharedServer, listener: Async<TcpListener>) {
     .await
 }
 
-/// The accept loop both listeners share: each connection gets its own task.
-async fn accept_each<F, Fut>(listener: Async<TcpListener>, what: &str, serve: F)
-where
-    F: Fn(Async<std::net::TcpStream>, std::net::SocketAddr) -> Fut,
+/// The accept loop both listeners share: each admitted connection gets its
+/// own task; one over the unidentified caps is closed at once.
+async fn accept_each<F, Fut>(
+    adm: &Arc<admission::Admission>,
+    listener: Async<TcpListener>,
+    what: &str,
+    serve: F,
+) where
+    F: Fn(Async<std::net::TcpStream>, std::net::SocketAddr, admission::Permit) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    static REFUSED: crate::ratelimit::RateLimited = crate::ratelimit::RateLimited::new(LOG_EVERY);
+    static FAILED: crate::ratelimit::RateLimited = crate::ratelimit::RateLimited::new(LOG_EVERY);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                let permit = match adm.admit(peer.ip()) {
+                    Ok(p) => p,
+                    Err(why) => {
+                        // Dropped here: closed before anything is read.
+                        drop(stream);
+                        if let Some(n) = REFUSED.allow() {
+                            let (total, from) = adm.held(peer.ip());
+                            warn!(
+                                "{what}: refused a connection from {}: {} ({total} unidentified connections, {from} from that address){}",
+                                peer.ip(),
+                                match why {
+                                    admission::Refused::Total => "limits.unidentified_connections reached",
+                                    admission::Refused::Source => "limits.unidentified_connections_per_source reached",
+                                },
+                                crate::ratelimit::held_back(n)
+                            );
+                        }
+                        continue;
+                    }
+                };
                 // Without NODELAY, h2 setups measured 190x slower (design.md).
                 let _ = stream.get_ref().set_nodelay(true);
-                smol::spawn(serve(stream, peer)).detach();
+                smol::spawn(serve(stream, peer, permit)).detach();
             }
             Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!("{what}: {e}");
-                Timer::after(Duration::from_millis(100)).await;
+                // EMFILE and friends: back off instead of spinning, and
+                // say so once per LOG_EVERY, not once per attempt.
+                if let Some(n) = FAILED.allow() {
+                    warn!(
+                        "{what}: {e}; retrying in up to {:?}{}",
+                        ACCEPT_BACKOFF_MAX,
+                        crate::ratelimit::held_back(n)
+                    );
+                }
+                Timer::after(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
             }
         }
     }
@@ -176,8 +232,15 @@ async fn respond_page<S: AsyncWrite + Unpin>(
     .await
 }
 
-/// One front-door connection, plain or TLS.
-pub async fn handle_conn<S>(server: SharedServer, mut stream: S, tls: bool) -> io::Result<()>
+/// One front-door connection, plain or TLS, from `peer`, charged to the
+/// unidentified caps by `permit` until an upgrade identifies it.
+pub async fn handle_conn<S>(
+    server: SharedServer,
+    mut stream: S,
+    tls: bool,
+    peer: std::net::SocketAddr,
+    permit: admission::Permit,
+) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -205,19 +268,28 @@ where
             .await?;
             return Ok(());
         }
-        while buf.len() < body_len {
-            let mut tmp = [0u8; 4096];
-            let n = timeout(HEAD_TIMEOUT, stream.read(&mut tmp)).await?;
-            if n == 0 {
-                return Ok(());
+        // One deadline for the whole body, not per read.
+        let complete = timeout(BODY_TIMEOUT, async {
+            while buf.len() < body_len {
+                let mut tmp = [0u8; 4096];
+                let n = stream.read(&mut tmp).await?;
+                if n == 0 {
+                    return Ok(false);
+                }
+                buf.extend_from_slice(&tmp[..n]);
             }
-            buf.extend_from_slice(&tmp[..n]);
+            Ok(true)
+        })
+        .await?;
+        if !complete {
+            return Ok(());
         }
         buf.drain(..body_len);
         let close = h.header_has_token("connection", "close");
         match (h.method.as_str(), h.path.as_str()) {
             (_, "/ts2021") => {
-                return upgrade_ts2021(server, stream, h, std::mem::take(&mut buf)).await
+                let leftover = std::mem::take(&mut buf);
+                return upgrade_ts2021(server, stream, h, leftover, peer, permit).await;
             }
             ("GET", "/key") => {
                 if h.query_param("v")
@@ -243,7 +315,8 @@ where
             // Any method: Go's derphttp server looks only at the Upgrade
             // header, and tailscale-rs upgrades with `POST /derp`.
             (_, "/derp") if tls || server.cfg.derp_server_enabled => {
-                return upgrade_derp(server, stream, h, std::mem::take(&mut buf)).await;
+                let leftover = std::mem::take(&mut buf);
+                return upgrade_derp(server, stream, h, leftover, peer, permit).await;
             }
             ("GET" | "HEAD", "/derp/probe") | ("GET" | "HEAD", "/derp/latency-check") => {
                 respond_with(
@@ -345,6 +418,8 @@ async fn upgrade_ts2021<S>(
     mut stream: S,
     h: head::Head,
     leftover: Vec<u8>,
+    peer: std::net::SocketAddr,
+    permit: admission::Permit,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -393,8 +468,7 @@ where
             "unsupported client version: upgrade tailscale to 1.80 or newer",
             &mut out,
         );
-        stream.write_all(&out).await?;
-        return stream.flush().await;
+        return timeout(WRITE_TIMEOUT, write_flush(&mut stream, &out)).await;
     }
     let accepted = noise::accept(&server.noise_private, &init);
     crate::metrics::noise_handshake(accepted.is_ok());
@@ -403,23 +477,33 @@ where
         Err(e) => {
             // Wrong server key (stale client) or garbage: tell that client alone.
             wn::emit_error("noise handshake failed", &mut out);
-            stream.write_all(&out).await?;
-            stream.flush().await?;
+            timeout(WRITE_TIMEOUT, write_flush(&mut stream, &out)).await?;
             return Err(io::Error::new(io::ErrorKind::InvalidData, e.to_string()));
         }
     };
     out.extend_from_slice(&accepted.response);
-    stream.write_all(&out).await?;
-    stream.flush().await?;
+    timeout(WRITE_TIMEOUT, write_flush(&mut stream, &out)).await?;
     let conn = noise::NoiseStream::new(stream, &accepted.keys, leftover);
-    let ctx = h2srv::ConnCtx::new(accepted.machine_key, accepted.version);
+    let ctx = h2srv::ConnCtx::new(
+        accepted.machine_key,
+        accepted.version,
+        Some(peer.ip()),
+        permit,
+    );
     debug!(
         "noise connection from {:?} (capver {})",
         MachineKey(ctx.machine_key),
         ctx.version
     );
+    // The HTTP/2 phase's deadlines (preface, first request, identifying
+    // a node) are the driver's (h2srv).
     spawn_long_lived("control connection", h2srv::serve(server, conn, ctx));
     Ok(())
+}
+
+async fn write_flush<S: AsyncWrite + Unpin>(stream: &mut S, b: &[u8]) -> io::Result<()> {
+    stream.write_all(b).await?;
+    stream.flush().await
 }
 
 /// Runs what an upgraded connection does for the rest of its life (HTTP/2
@@ -447,6 +531,8 @@ async fn upgrade_derp<S>(
     mut stream: S,
     h: head::Head,
     leftover: Vec<u8>,
+    peer: std::net::SocketAddr,
+    permit: admission::Permit,
 ) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -476,11 +562,15 @@ where
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: DERP\r\nConnection: Upgrade\r\nDerp-Version: 2\r\nDerp-Public-Key: {}\r\n\r\n",
         crate::keys::to_hex(&derp.public_key())
     );
-    stream.write_all(head.as_bytes()).await?;
-    stream.flush().await?;
+    timeout(WRITE_TIMEOUT, write_flush(&mut stream, head.as_bytes())).await?;
     spawn_long_lived(
         "DERP connection",
-        crate::derp::server::serve_derp_conn(prefixed::Prefixed::new(leftover, stream), derp),
+        crate::derp::server::serve_derp_conn_admitted(
+            prefixed::Prefixed::new(leftover, stream),
+            derp,
+            Some(peer),
+            move || drop(permit),
+        ),
     );
     Ok(())
 }
@@ -491,22 +581,29 @@ pub async fn accept_loop_tls(
     listener: Async<TcpListener>,
     acceptor: futures_rustls::TlsAcceptor,
 ) {
-    accept_each(listener, "accept (TLS)", move |stream, peer| {
-        let server = server.clone();
-        let acceptor = acceptor.clone();
-        async move {
-            let tls = match timeout(HEAD_TIMEOUT, async { acceptor.accept(stream).await }).await {
-                Ok(t) => t,
-                Err(e) => {
-                    debug!("TLS handshake from {peer}: {e}");
-                    return;
+    let adm = server.admission.clone();
+    accept_each(
+        &adm,
+        listener,
+        "accept (TLS)",
+        move |stream, peer, permit| {
+            let server = server.clone();
+            let acceptor = acceptor.clone();
+            async move {
+                let handshake = async { acceptor.accept(stream).await };
+                let tls = match timeout(TLS_HANDSHAKE_TIMEOUT, handshake).await {
+                    Ok(t) => t,
+                    Err(e) => {
+                        debug!("TLS handshake from {peer}: {e}");
+                        return;
+                    }
+                };
+                if let Err(e) = handle_conn(server, tls, true, peer, permit).await {
+                    debug!("TLS connection from {peer}: {e}");
                 }
-            };
-            if let Err(e) = handle_conn(server, tls, true).await {
-                debug!("TLS connection from {peer}: {e}");
             }
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -515,12 +612,16 @@ pub async fn accept_loop_tls(
 /// else is 404. One request per connection.
 #[cfg(feature = "acme")]
 pub async fn accept_loop_http01(m: Arc<crate::acme::Manager>, listener: Async<TcpListener>) {
+    // Its own small caps: one request per connection, only the CA needs it.
+    let adm = admission::Admission::new(64, 8);
     accept_each(
+        &adm,
         listener,
         "accept (ACME HTTP-01)",
-        move |mut stream, _peer| {
+        move |mut stream, _peer, permit| {
             let m = m.clone();
             async move {
+                let _held = permit;
                 let mut buf = Vec::new();
                 let Ok(Some(h)) = timeout(HEAD_TIMEOUT, read_head(&mut stream, &mut buf)).await
                 else {

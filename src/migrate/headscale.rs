@@ -396,7 +396,9 @@ fn node(
         ipv6,
         hostname,
         given_name,
-        advertised_routes: crate::tailcfg::hostinfo_strs(&hostinfo, "RoutableIPs"),
+        advertised_routes: serde_json::from_value::<crate::tailcfg::Hostinfo>(hostinfo.clone())
+            .unwrap_or_default()
+            .routable_ips,
         hostinfo: hostinfo.to_string(),
         endpoints: string_list(t.get(r, "endpoints")).map_err(|e| format!("endpoints: {e}"))?,
         home_derp,

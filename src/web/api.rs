@@ -86,8 +86,8 @@ pub fn handle(server: &Server, who: &Who, method: &str, path: &str) -> Reply {
                 .map(|(id, hostinfo, expires)| {
                     json!({
                         "authId": id,
-                        "hostname": crate::tailcfg::hostinfo_str(&hostinfo, "Hostname"),
-                        "os": crate::tailcfg::hostinfo_str(&hostinfo, "OS"),
+                        "hostname": hostinfo.hostname,
+                        "os": hostinfo.os,
                         "expiresInSeconds": (expires - t).max(0),
                     })
                 })

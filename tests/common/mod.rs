@@ -41,6 +41,10 @@ pub fn config(dir: &std::path::Path) -> Config {
     cfg.tls_listen_addr = Some("127.0.0.1:0".parse().unwrap());
     cfg.base_domain = "tail.test".into();
     cfg.ephemeral_inactivity_timeout = Duration::from_secs(12);
+    // Every test client connects from 127.0.0.1, some in bursts; the
+    // unidentified-connection caps have tests of their own (hostile.rs).
+    cfg.max_unidentified = 100_000;
+    cfg.max_unidentified_per_source = 100_000;
     cfg
 }
 
