@@ -134,6 +134,7 @@ fn login_creates_user_and_registers_node() {
                 server_url: srv,
                 server_addr: addr,
                 cookies: vec![],
+                source: None,
             };
             let s = stranger.request("POST", &action);
             // The stranger's attempt used the token up, even for the
@@ -495,6 +496,7 @@ fn refusals_change_nothing() {
                 server_url: srv,
                 server_addr: addr,
                 cookies: vec![],
+                source: None,
             };
             let other = stranger.get(&cb);
             (other, b.get(&cb))
@@ -635,5 +637,52 @@ fn unreachable_provider_stops_start_unless_allowed() {
         let page = blocking(move || b.get(&url)).await;
         assert_eq!(page.status, 503, "{}", page.body);
         assert!(page.body.contains(&format!("auth register --auth-id {id}")));
+    });
+}
+
+/// Issue 10 (hostile internet): anyone may GET `/register/<id>`, and each
+/// GET starts a login held for ten minutes. One address gets 16 of them
+/// (MAX_FLOWS_PER_SOURCE); past that it is refused with 429 and nothing is
+/// held for it, while a browser from another address (127.0.0.2) still
+/// logs in. Without the share, all 40 would start and one host could fill
+/// the table (1,024) with a few seconds of reloads.
+#[test]
+fn login_flows_are_bounded_per_source() {
+    let p = start_provider();
+    let ts = start_oidc("oidc-flows", oidc_config(&p));
+    block_on_timeout(120, async {
+        let server_pub = client::fetch_key(ts.addr).await.unwrap();
+        let n = Node::new("laptop");
+        let mut c = client::connect(ts.addr, &server_pub, &n.machine_private)
+            .await
+            .unwrap();
+        let url = pending(&ts, &mut c, &n).await;
+        let id = interactive::id_from_url(&url).unwrap().to_string();
+
+        let mut attacker = browser(&ts);
+        let u = url.clone();
+        let (statuses, last) = blocking(move || {
+            let s: Vec<u16> = (0..40).map(|_| attacker.get(&u).status).collect();
+            (s, attacker.get(&u))
+        })
+        .await;
+        assert_eq!(statuses[..16], [302; 16], "{statuses:?}");
+        assert!(statuses[16..].iter().all(|&s| s == 429), "{statuses:?}");
+        assert_eq!(last.status, 429);
+        assert!(last.body.contains("from this address"), "{}", last.body);
+        assert!(last.location.is_none());
+        assert_eq!(ts.server.pending.status(&id), Some((false, None)));
+
+        // Another host is not locked out by the first one's logins.
+        let mut b = browser(&ts);
+        b.source = Some("127.0.0.2".parse().unwrap());
+        let page = blocking(move || b.login(&url)).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        assert!(page.body.contains("Logged in as amy"), "{}", page.body);
+        assert!(matches!(
+            ts.server.pending.status(&id),
+            Some((false, Some(_)))
+        ));
+        assert!(ts.server.state().users.values().any(|u| u.name == "amy"));
     });
 }

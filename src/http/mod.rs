@@ -218,6 +218,7 @@ async fn respond_page<S: AsyncWrite + Unpin>(
         404 => "Not Found",
         409 => "Conflict",
         410 => "Gone",
+        429 => "Too Many Requests",
         502 => "Bad Gateway",
         503 => "Service Unavailable",
         _ => "Internal Server Error",
@@ -344,7 +345,7 @@ where
             #[cfg(feature = "oidc")]
             ("GET", p) if p.starts_with("/register/") && server.oidc.is_some() => {
                 if let Some(o) = server.oidc.as_ref() {
-                    let pg = o.start(&server, &p["/register/".len()..]).await;
+                    let pg = o.start(&server, &p["/register/".len()..], peer.ip()).await;
                     respond_page(&mut stream, pg).await?;
                 }
             }

@@ -28,12 +28,17 @@ use crate::wire::base64::encode_url;
 use log::{info, warn};
 use provider::Provider;
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 
 /// How long a browser has between the redirect and the callback.
 const FLOW_TTL: i64 = 10 * 60;
 /// Upper bound on logins in progress (anyone can start one).
 const MAX_FLOWS: usize = 1024;
+/// A source address's share of [`MAX_FLOWS`]: one host reloading
+/// `/register/<id>` cannot fill the table and lock everyone else out for
+/// [`FLOW_TTL`] (the same share as pending interactive registrations).
+const MAX_FLOWS_PER_SOURCE: usize = 16;
 /// Longest authorization code accepted.
 const MAX_CODE: usize = 4096;
 /// Prefix of the per-login cookie that binds the callback to the browser
@@ -61,6 +66,8 @@ struct Flow {
     /// PKCE code verifier (None when PKCE is off).
     verifier: Option<String>,
     expires: i64,
+    /// The browser's address, for [`MAX_FLOWS_PER_SOURCE`].
+    source: IpAddr,
 }
 
 pub struct Oidc {
@@ -105,6 +112,15 @@ fn fail(status: u16, msg: &str) -> Page {
         .collect();
     info!("oidc: login refused ({status}): {line}");
     page(status, "login failed", msg)
+}
+
+/// An IPv4 browser on a dual-stack socket (`::ffff:a.b.c.d`) is the same
+/// source as `a.b.c.d`.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
 }
 
 fn random_token() -> String {
@@ -186,8 +202,10 @@ impl Oidc {
         )
     }
 
-    /// `GET /register/<id>`: start a login for pending registration `id`.
-    pub async fn start(&self, server: &Server, id: &str) -> Page {
+    /// `GET /register/<id>` from `source`: start a login for pending
+    /// registration `id`.
+    pub async fn start(&self, server: &Server, id: &str, source: IpAddr) -> Page {
+        let source = canonical(source);
         match server.pending.status(id) {
             None => {
                 return fail(
@@ -264,6 +282,12 @@ impl Oidc {
                     "Too many logins in progress; try again in a few minutes.",
                 );
             }
+            if flows.values().filter(|f| f.source == source).count() >= MAX_FLOWS_PER_SOURCE {
+                return fail(
+                    429,
+                    "Too many logins in progress from this address; finish one or try again in a few minutes.",
+                );
+            }
             flows.insert(
                 state.clone(),
                 Flow {
@@ -271,6 +295,7 @@ impl Oidc {
                     nonce,
                     verifier,
                     expires: t + FLOW_TTL,
+                    source,
                 },
             );
         }

@@ -381,6 +381,9 @@ pub struct Browser {
     pub server_url: String,
     pub server_addr: SocketAddr,
     pub cookies: Vec<(String, String)>,
+    /// The loopback address the browser connects from (None: the default,
+    /// 127.0.0.1), so a test can be two hosts to the server.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl Browser {
@@ -391,6 +394,7 @@ impl Browser {
             server_url: server_url.to_string(),
             server_addr,
             cookies: vec![],
+            source: None,
         }
     }
 
@@ -413,7 +417,17 @@ impl Browser {
                 p.to_string(),
             )
         };
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        let mut s = match self.source {
+            None => TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap(),
+            Some(from) => {
+                let s = smol::block_on(tinyscale::client::dial(addr, Some(from)))
+                    .unwrap()
+                    .into_inner()
+                    .unwrap();
+                s.set_nonblocking(false).unwrap();
+                s
+            }
+        };
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let cookie = self
             .cookies
