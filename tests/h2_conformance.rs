@@ -50,18 +50,22 @@ async fn handle(mut req: Request, resets: Arc<AtomicUsize>) -> std::io::Result<(
 
 #[test]
 fn python_h2_client_conformance() {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import h2, hpack, hyperframe"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
+    // Debian's python3-h2 lives in /usr/bin/python3's site-packages; a `python3` earlier on PATH
+    // (pyenv, a venv) does not see it, so take the first interpreter that can import the package.
+    let python = ["python3", "/usr/bin/python3"].into_iter().find(|py| {
+        std::process::Command::new(py)
+            .args(["-c", "import h2, hpack, hyperframe"])
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    let Some(python) = python else {
         assert!(
             std::env::var("CI").is_err(),
             "python3 with the h2 package is required in CI (apt python3-h2)"
         );
         eprintln!("SKIP: python3 h2 package not installed (apt install python3-h2)");
         return;
-    }
+    };
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     let listener = Async::new(listener).unwrap();
@@ -85,7 +89,7 @@ fn python_h2_client_conformance() {
         }
     });
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/h2_conformance.py");
-    let child = std::process::Command::new("python3")
+    let child = std::process::Command::new(python)
         .arg(script)
         .arg(port.to_string())
         .stdout(std::process::Stdio::piped())
