@@ -495,6 +495,16 @@ fn users_keys_nodes_policy() {
     let bad = json!({ "policy": r#"{"acls":[{"action":"accept","src":["group:nobody"],"dst":["*:*"]}]}"# }).to_string();
     let msg = grpc_error(&http(a, "PUT", "/api/v1/policy", k, Some(&bad)), 400, 3);
     assert!(msg.contains("nobody"), "{msg}");
+    // A syntax error says `parsing HuJSON:` as Headscale's does: Headplane's ACL editor shows
+    // the text after that marker as its notice, anything else sends it to its error page.
+    let broken = json!({ "policy": "{\"acls\": [\n  {\"action\": \"accept\"}\n  {\"x\": 1}\n]}" });
+    let msg = grpc_error(
+        &http(a, "PUT", "/api/v1/policy", k, Some(&broken.to_string())),
+        400,
+        3,
+    );
+    let after = msg.split_once("parsing HuJSON: ").map(|(_, m)| m);
+    assert!(after.is_some_and(|m| m.contains("3:")), "{msg}");
     grpc_error(
         &http(a, "POST", "/api/v1/policy/check", k, Some(&bad)),
         400,

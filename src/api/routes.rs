@@ -420,7 +420,7 @@ fn route(
             server
                 .set_policy_stored(&r.policy, vec![updated])
                 .map_err(|e| match e {
-                    SetPolicyError::Invalid(e) => error(400, format!("invalid policy: {e}")),
+                    SetPolicyError::Invalid(e) => error(400, invalid_policy(&e)),
                     SetPolicyError::Storage(e) => error(500, e),
                 })?;
             Ok(ok(
@@ -435,7 +435,7 @@ fn route(
             let r: SetPolicyRequest = body(b)?;
             let topo = crate::control::policy::topology(&server.state());
             crate::policy::parse_and_check(&r.policy, &topo)
-                .map_err(|e| error(400, format!("invalid policy: {e}")))?;
+                .map_err(|e| error(400, invalid_policy(&e.to_string())))?;
             Ok(ok(json!({})))
         }
 
@@ -578,6 +578,17 @@ fn known_path(segs: &[&str]) -> bool {
 
 /// Meta key: when the policy was last set through the API (i64 LE seconds).
 pub const META_POLICY_UPDATED: &str = "policy_updated_at";
+
+/// The message of a rejected policy. A syntax error also says `parsing HuJSON:`, as Headscale's
+/// does: Headplane's ACL editor shows what follows that marker as a notice above the editor, and
+/// without it lands on its error page instead.
+fn invalid_policy(e: &str) -> String {
+    if e.starts_with("syntax error") {
+        format!("invalid policy: parsing HuJSON: {e}")
+    } else {
+        format!("invalid policy: {e}")
+    }
+}
 
 fn policy_updated(server: &Server) -> String {
     let t = server
