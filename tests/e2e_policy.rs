@@ -13,6 +13,14 @@
 //!     a's fetch now succeeds.
 //!  3. back to 1: b fetches again, a is refused again.
 //!  4. a broken policy file is rejected and the previous policy stays in force.
+//!  5. SIGHUP: the file is rewritten to 2 with its old mtime, so the watcher cannot see it; the
+//!     clients keep the old policy until the server gets SIGHUP, then b's fetch fails and a's
+//!     works, without a map session ending (`headscale_mapresponse_ended_total` and
+//!     `tinyscale_map_sessions` unchanged).
+//!
+//! `/metrics` (metrics_listen_addr) is read before the clients join, once they talk and around
+//! the SIGHUP: map sessions 0 -> 2, full maps sent, Noise handshakes, DERP clients, the policy
+//! generation all move.
 //!
 //! Every phase is bounded and timed (figures on stderr). Needs root; skips with a reason
 //! otherwise (fails under CI=true). Knobs as in tests/e2e_realclient.rs.
@@ -21,6 +29,8 @@
 mod realclient_common;
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -49,6 +59,33 @@ fn write_policy(path: &Path, text: &str) {
     let tmp = path.with_extension("tmp");
     fs::write(&tmp, text).unwrap();
     fs::rename(&tmp, path).unwrap();
+}
+
+/// `GET /metrics` from the metrics listener.
+fn metrics(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("metrics listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+/// Sum of the samples of `name` (every label set); 0 when there is none yet.
+fn total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let v = if rest.starts_with('{') {
+                rest.split_once("} ")?.1
+            } else {
+                rest.strip_prefix(' ')?
+            };
+            v.trim().parse::<f64>().ok()
+        })
+        .sum()
 }
 
 /// A denied fetch hangs (the SYN is dropped by the peer's packet filter) until curl gives up.
@@ -117,13 +154,17 @@ fn policy_changes_reach_real_clients_live() {
     let policy = h.dir.join("policy.hujson");
     write_policy(&policy, B_TO_A);
     let port = h.free_port();
+    let mport = h.free_port();
     h.start_server(ServerOpts {
         port,
         tls_port: 0,
         derp_enabled: true,
         policy_path: Some(policy.clone()),
+        extra_yaml: format!("metrics_listen_addr: 127.0.0.1:{mport}\n"),
         ..ServerOpts::default()
     });
+    let m0 = metrics(mport);
+    assert_eq!(total(&m0, "tinyscale_map_sessions"), 0.0);
     let control = h.control_url();
     h.cli(&["users", "create", "alice"]);
     h.cli(&["users", "create", "bob"]);
@@ -163,6 +204,33 @@ fn policy_changes_reach_real_clients_live() {
     say!(
         "first byte b -> a {:.1}s after the nodes were started",
         t_join.elapsed().as_secs_f64()
+    );
+    let m1 = wait_for(
+        "metrics: two map sessions and a DERP client",
+        Duration::from_secs(30),
+        || {
+            let m = metrics(mport);
+            (total(&m, "tinyscale_map_sessions") == 2.0
+                && total(&m, "tinyscale_derp_clients") >= 1.0)
+                .then_some(m)
+        },
+    );
+    let moved = |n: &str| (total(&m0, n), total(&m1, n));
+    for n in [
+        "headscale_mapresponse_sent_total",
+        "tinyscale_noise_handshakes_total",
+        "headscale_nodestore_nodes",
+        "http_requests_total",
+    ] {
+        let (before, after) = moved(n);
+        assert!(after > before, "{n} did not move: {before} -> {after}");
+    }
+    say!(
+        "/metrics moved while the clients joined: map sessions 0 -> 2, mapresponses sent {:?}, Noise handshakes {:?}, DERP clients {}, nodes {:?}",
+        moved("headscale_mapresponse_sent_total"),
+        moved("tinyscale_noise_handshakes_total"),
+        total(&m1, "tinyscale_derp_clients"),
+        moved("headscale_nodestore_nodes"),
     );
     let (code, body) = fetch(&h, "a", DENIED_SECS);
     assert_ne!(
@@ -258,6 +326,68 @@ fn policy_changes_reach_real_clients_live() {
     let (code, _) = fetch(&h, "a", DENIED_SECS);
     assert_ne!(code, 200, "a -> b allowed after a rejected policy");
     say!("after the rejected file: b -> a still 200, a -> b still denied");
+
+    // 5. SIGHUP: a change the watcher cannot see (the old mtime) is read on the signal, and no
+    //    client is dropped for it.
+    let mtime = fs::metadata(&policy).unwrap().modified().unwrap();
+    fs::write(&policy, A_TO_B).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&policy)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(2500));
+    let (code, body) = fetch(&h, "b", 10);
+    assert_eq!(
+        (code, body.as_str()),
+        (200, hello_from_a.as_str()),
+        "the unseen file change took effect before SIGHUP"
+    );
+    let m_before = metrics(mport);
+    let leader = h.server.as_ref().expect("server running").id();
+    let server_pid = children(leader).into_iter().next().unwrap_or(leader);
+    let mark = read_lossy(&h.server_log()).len();
+    let t_hup = Instant::now();
+    assert!(run_ok(
+        std::process::Command::new("kill").args(["-HUP", &server_pid.to_string()])
+    ));
+    let (line, took) = server_logged(&h, mark, "policy reloaded", Duration::from_secs(10));
+    let (code, at) = until_denied(
+        &h,
+        "b",
+        "b -> a fails after SIGHUP",
+        t_hup,
+        Duration::from_secs(60),
+    );
+    let (body, _) = h.fetch_via("a", "after SIGHUP: a -> http://b/", Duration::from_secs(60));
+    assert_eq!(body, hello_from_b);
+    let m_after = metrics(mport);
+    assert_eq!(
+        total(&m_after, "tinyscale_map_sessions"),
+        2.0,
+        "a session ended"
+    );
+    assert_eq!(
+        total(&m_before, "headscale_mapresponse_ended_total"),
+        total(&m_after, "headscale_mapresponse_ended_total"),
+        "a map session ended across the SIGHUP"
+    );
+    assert!(
+        total(&m_after, "tinyscale_policy_generation")
+            > total(&m_before, "tinyscale_policy_generation")
+    );
+    assert!(
+        h.server.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "SIGHUP stopped the server"
+    );
+    say!(
+        "SIGHUP: reloaded after {:.1}s ({}); b -> a denied from {:.1}s ({}), a -> b works; still 2 map sessions, none ended",
+        took.as_secs_f64(),
+        line.trim(),
+        at.as_secs_f64(),
+        describe_failure(code)
+    );
 
     let nodes = h.nodes();
     say!("nodes list at the end: {}", describe_all(&nodes));
