@@ -172,6 +172,22 @@ async function driveHsui(browser) {
     return `key ${k.key.slice(0, 16)}… (expires ${k.expiration}) shown in carol-hsui's card`;
   });
 
+  await step(ui, ++n, "expire-preauth-key", page, async () => {
+    // headscale-ui sends the pre-0.28 form {user, key}
+    const k = (await api("GET", "preauthkey")).json.preAuthKeys.find((x) => x.user?.name === "carol-hsui");
+    await page.goto(origin + "/web/users.html");
+    const card = page.locator(".card-primary", { hasText: "carol-hsui" });
+    await card.getByText("carol-hsui").first().click();
+    const row = card.locator("tr", { has: page.locator("code", { hasText: k.key.slice(0, 16) }) });
+    await row.locator("button.mr-2").click();
+    await until("carol-hsui's key expired", async () => {
+      const x = (await api("GET", "preauthkey")).json.preAuthKeys.find((y) => y.id === k.id);
+      return new Date(x.expiration).getTime() <= Date.now();
+    });
+    await row.getByText("expired").waitFor({ timeout: 10000 });
+    return `key ${k.id} expired (badge "expired")`;
+  });
+
   await step(ui, ++n, "rename-node", page, async () => {
     const nd = await nodeByName(NODE);
     await page.goto(origin + "/web/devices.html");
@@ -346,6 +362,19 @@ async function driveHeadplane(browser) {
     const notice = await page.locator("main").innerText().catch(() => "");
     const line = notice.split("\n").filter((l) => /error|parsing|expected/i.test(l)).slice(0, 2).join(" / ");
     return `message shown: "${line.slice(0, 200)}"; the saved policy stays`;
+  });
+  await step(ui, ++n, "expire-preauth-key", page, async () => {
+    // Headplane sends {id} to a server at 0.28 or later
+    const live = async () => (await api("GET", "preauthkey")).json.preAuthKeys.filter((x) => !x.expiration || new Date(x.expiration).getTime() > Date.now());
+    const before = await live();
+    await page.goto(base + "/settings/auth-keys");
+    await page.getByRole("button", { name: "Expire Key" }).first().click();
+    await dialog().getByRole("button", { name: "Confirm" }).click();
+    const gone = await until("a key expired", async () => {
+      const now = (await live()).map((x) => x.id);
+      return before.find((x) => !now.includes(x.id));
+    });
+    return `key ${gone.id} of ${gone.user?.name} expired`;
   });
   if (errs.length) console.log(`  (${ui} HTTP errors the browser saw: ${errs.slice(0, 10).join(" | ")})`);
   await ctx.close();
