@@ -41,27 +41,7 @@ fn main() {
         let _ = stop_tx.send_blocking(());
     });
     let res: Result<(), String> = smol::block_on(async {
-        let e = |what: &str, err: std::io::Error| format!("{what}: {err}");
-        let server_pub = client::fetch_key(addr)
-            .await
-            .map_err(|x| e("GET /key", x))?;
-        let mut conn = client::connect(addr, &server_pub, &node.machine_private)
-            .await
-            .map_err(|x| e("connect /ts2021", x))?;
-        let mut rr = node.register_request(Some(&args[1]));
-        rr.hostinfo = Some(node.hostinfo(&routes));
-        let r = conn.register(&rr).await.map_err(|x| e("register", x))?;
-        if !r.error.is_empty() || !r.machine_authorized {
-            return Err(format!("register refused: {r:?}"));
-        }
-        let mut mr = node.map_request(true, &[]);
-        mr.hostinfo = Some(node.hostinfo(&routes));
-        let mut stream = conn.map(&mr).await.map_err(|x| e("map", x))?;
-        stream
-            .next()
-            .await
-            .map_err(|x| e("first map", x))?
-            .ok_or("map stream ended before the first map")?;
+        let (_conn, mut stream, _first) = client::join(addr, &node, &args[1], &routes).await?;
         println!("up");
         loop {
             let next = async { Some(stream.next().await) }
@@ -76,7 +56,7 @@ fn main() {
                 .await;
             match next {
                 Some(Ok(Some(_))) => continue,
-                Some(Err(err)) => return Err(e("map stream", err)),
+                Some(Err(err)) => return Err(format!("map stream: {err}")),
                 _ => return Ok(()),
             }
         }

@@ -106,35 +106,12 @@ impl ProtoNode {
             use futures_lite::FutureExt;
             smol::block_on(async move {
                 let routes: Vec<&str> = routes.iter().map(String::as_str).collect();
-                let joined = async {
-                    let e = |what: &str, err: std::io::Error| format!("{what}: {err}");
-                    let server_pub = client::fetch_key(addr)
-                        .await
-                        .map_err(|x| e("GET /key", x))?;
-                    let mut conn = client::connect(addr, &server_pub, &node.machine_private)
-                        .await
-                        .map_err(|x| e("connect /ts2021", x))?;
-                    let mut rr = node.register_request(Some(&key));
-                    rr.hostinfo = Some(node.hostinfo(&routes));
-                    let r = conn.register(&rr).await.map_err(|x| e("register", x))?;
-                    if !r.error.is_empty() || !r.machine_authorized {
-                        return Err(format!("register: {r:?}"));
-                    }
-                    let mut mr = node.map_request(true, &[]);
-                    mr.hostinfo = Some(node.hostinfo(&routes));
-                    let mut stream = conn.map(&mr).await.map_err(|x| e("map", x))?;
-                    let first = stream
-                        .next()
-                        .await
-                        .map_err(|x| e("first map", x))?
-                        .ok_or("map stream ended before the first map")?;
-                    Ok((conn, stream, first))
-                }
-                .or(async {
-                    async_io::Timer::after(Duration::from_secs(30)).await;
-                    Err("join timed out after 30 s".to_owned())
-                })
-                .await;
+                let joined = client::join(addr, &node, &key, &routes)
+                    .or(async {
+                        async_io::Timer::after(Duration::from_secs(30)).await;
+                        Err("join timed out after 30 s".to_owned())
+                    })
+                    .await;
                 let (conn, mut stream, first) = match joined {
                     Ok(j) => j,
                     Err(why) => {

@@ -292,6 +292,38 @@ impl Conn {
     }
 }
 
+/// Joins as `node`: fetches the server key, connects, registers with
+/// `auth_key` advertising `routes` (Hostinfo.RoutableIPs), opens a streaming
+/// map poll and waits for the first map. Errors say which step failed. (A
+/// subnet router in tests, since tsnet cannot advertise routes.)
+pub async fn join(
+    addr: SocketAddr,
+    node: &Node,
+    auth_key: &str,
+    routes: &[&str],
+) -> Result<(Conn, MapStream, serde_json::Value), String> {
+    let e = |what: &str, err: io::Error| format!("{what}: {err}");
+    let server_pub = fetch_key(addr).await.map_err(|x| e("GET /key", x))?;
+    let mut conn = connect(addr, &server_pub, &node.machine_private)
+        .await
+        .map_err(|x| e("connect /ts2021", x))?;
+    let mut rr = node.register_request(Some(auth_key));
+    rr.hostinfo = Some(node.hostinfo(routes));
+    let r = conn.register(&rr).await.map_err(|x| e("register", x))?;
+    if !r.error.is_empty() || !r.machine_authorized {
+        return Err(format!("register: {r:?}"));
+    }
+    let mut mr = node.map_request(true, &[]);
+    mr.hostinfo = Some(node.hostinfo(routes));
+    let mut stream = conn.map(&mr).await.map_err(|x| e("map", x))?;
+    let first = stream
+        .next()
+        .await
+        .map_err(|x| e("first map", x))?
+        .ok_or("map stream ended before the first map")?;
+    Ok((conn, stream, first))
+}
+
 /// The message stream of a map poll.
 pub struct MapStream {
     rx: RecvStream,
