@@ -184,7 +184,7 @@ async function driveHsui(browser) {
       const x = (await api("GET", "preauthkey")).json.preAuthKeys.find((y) => y.id === k.id);
       return new Date(x.expiration).getTime() <= Date.now();
     });
-    await row.getByText("expired").waitFor({ timeout: 10000 });
+    await row.getByText("expired", { exact: true }).first().waitFor({ timeout: 10000 });
     return `key ${k.id} expired (badge "expired")`;
   });
 
@@ -218,6 +218,16 @@ async function driveHsui(browser) {
   // leave it unapproved for Headplane
   const r = await nodeByName(ROUTER);
   if (r) await api("POST", `node/${r.id}/approve_routes`, { routes: [] });
+
+  await step(ui, ++n, "delete-user", page, async () => {
+    await page.goto(origin + "/web/users.html");
+    const card = page.locator(".card-primary", { hasText: "carol-hsui" });
+    await card.locator("button.mr-4").first().click();
+    await card.locator('span:has-text("Confirm") + button').click();
+    await until("carol-hsui gone from the API", async () => (await api("GET", "user?name=carol-hsui")).json.users?.length === 0);
+    await page.getByText("carol-hsui").waitFor({ state: "detached", timeout: 10000 });
+    return "carol-hsui (with an expired pre-auth key) deleted, gone from the list";
+  });
 
   report(ui, "edit-policy", "N/A", "headscale-ui has no policy editor (its Groups page is an empty placeholder)");
   if (alerts.length) console.log(`  (${ui} HTTP errors the browser saw: ${alerts.slice(0, 10).join(" | ")})`);
@@ -375,6 +385,13 @@ async function driveHeadplane(browser) {
       return before.find((x) => !now.includes(x.id));
     });
     return `key ${gone.id} of ${gone.user?.name} expired`;
+  });
+  await step(ui, ++n, "remove-node", page, async () => {
+    const nd = await machineMenu(ROUTER, "Remove");
+    await dialog().getByRole("button", { name: /Confirm|Remove/ }).last().click();
+    await until(`${ROUTER} gone from the API`, async () => !(await nodeByName(ROUTER)));
+    await page.waitForURL(/\/admin\/machines\/?$/, { timeout: 10000 }).catch(() => {});
+    return `node ${nd.id} (${ROUTER}) removed`;
   });
   if (errs.length) console.log(`  (${ui} HTTP errors the browser saw: ${errs.slice(0, 10).join(" | ")})`);
   await ctx.close();
