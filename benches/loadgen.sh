@@ -4,6 +4,7 @@
 # protocol over loopback. Prints every figure; see benches/README.md.
 #
 #   benches/loadgen.sh [N] [shape]
+#   STORM=1 benches/loadgen.sh 10000 large   # + the reconnect storm at the end
 #     N      member nodes (default 1000)
 #     shape  allow-all (default): one user, one reusable key, no policy
 #            large: N/100 users x 100 nodes, autogroup:self policy plus
@@ -17,7 +18,9 @@
 # machine wall-clock figures suffer from other processes; CPU-second
 # figures do not), TMPDIR (where the data directory goes; /dev/shm takes
 # fsync out of the picture), SERVER_BIN (another build of the server, e.g.
-# one with symbols for perf).
+# one with symbols for perf), STORM=1 (last phase: the load generator
+# SIGKILLs the server, starts it again with the same command line, and every
+# streaming node reconnects at once; K=0 M=0 skip the phases before it).
 set -euo pipefail
 
 N=${1:-1000}
@@ -57,6 +60,8 @@ fi
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/tinyscale-loadgen.XXXXXX")
 SPID=
 cleanup() {
+    # After a storm the server is the restarted one, whose PID its shell wrote.
+    if [ -s "$TMP/server.pid" ]; then SPID=$(cat "$TMP/server.pid"); fi
     if [ -n "$SPID" ] && kill -0 "$SPID" 2>/dev/null; then
         kill "$SPID" 2>/dev/null || true
         wait "$SPID" 2>/dev/null || true
@@ -167,11 +172,19 @@ if [ "${PERF:-}" = 1 ] && command -v perf >/dev/null; then
     perf record -F 499 -g -p "$SPID" -o "$PERF_OUT" >/dev/null 2>&1 &
     PERF_PID=$!
 fi
+RESTART=()
+if [ "${STORM:-}" = 1 ]; then
+    # Run by the load generator after its SIGKILL: `exec` keeps the shell's
+    # PID for the server, and the shell writes it down for the cleanup. The
+    # server inherits the load generator's niceness (PRIO).
+    RESTART=(--restart-cmd "echo \$\$ >'$TMP/server.pid'; exec taskset -c $SERVER_CORE '${SERVER_BIN:-$BIN}' serve --config '$CFG' >>'$TMP/server.log' 2>&1")
+fi
 set +e
 echo "load average before: $(cut -d' ' -f1-3 /proc/loadavg) (2 cores; other processes skew wall-clock figures)"
 ${NICE[@]+"${NICE[@]}"} taskset -c "$LOADGEN_CORE" "$BIN" debug loadgen --server "http://127.0.0.1:$PORT" --server-pid "$SPID" \
-    --nodes "$N" --concurrency "$C" --changes "$K" --handshakes "$M" --max-seconds "$MAX_SECONDS" "${ARGS[@]}"
+    --nodes "$N" --concurrency "$C" --changes "$K" --handshakes "$M" --max-seconds "$MAX_SECONDS" "${ARGS[@]}" ${RESTART[@]+"${RESTART[@]}"}
 RC=$?
+if [ -s "$TMP/server.pid" ]; then SPID=$(cat "$TMP/server.pid"); fi
 set -e
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
 if [ -n "$PERF_PID" ]; then

@@ -12,7 +12,13 @@
 //!    fresh endpoint; latency until every stream that has that node as a
 //!    peer got it (p50/p99/max, completion), server CPU and bytes per change;
 //! 5. M bare connections (Noise handshake + HTTP/2 preface) with
-//!    concurrency C: handshakes/s against the X25519 limit.
+//!    concurrency C: handshakes/s against the X25519 limit;
+//! 6. with `--restart-cmd`, a reconnect storm: the server is killed
+//!    (SIGKILL), started again by that command, and every node that was
+//!    streaming reconnects at once (new TCP + Noise + HTTP/2 connection and
+//!    a streaming map request, as a client does after losing its control
+//!    connection; no new registration): time until all have a fresh map,
+//!    peak server RSS (VmHWM of the new process), server CPU.
 
 use super::procfs;
 use crate::atomic64::AtomicU64;
@@ -70,6 +76,12 @@ pub struct LoadgenCmd {
     /// stop after this many seconds whatever the phase (default 300)
     #[argh(option, default = "300")]
     pub max_seconds: u64,
+    /// reconnect storm as the last phase: SIGKILL --server-pid, run this
+    /// shell command (`sh -c`; it should `exec` the server so that the
+    /// shell's PID becomes the server's), then every streaming node
+    /// reconnects at once
+    #[argh(option)]
+    pub restart_cmd: Option<String>,
 }
 
 const KIB: f64 = 1024.0;
@@ -329,7 +341,23 @@ struct Figures {
     bytes_per_change: Option<f64>,
     handshakes_per_s: Option<f64>,
     handshakes_per_server_cpu_s: Option<f64>,
+    storm: Option<Storm>,
     stopped: Option<String>,
+}
+
+/// What the reconnect storm measured.
+struct Storm {
+    nodes: usize,
+    /// Restart command started -> GET /key answered.
+    ready_s: Option<f64>,
+    /// Restart command started -> last fresh map.
+    fresh_s: f64,
+    fresh: usize,
+    /// Failed connection attempts (each retried), all nodes.
+    retries: usize,
+    peak_rss: Option<u64>,
+    rss_after: Option<u64>,
+    server_cpu: Option<f64>,
 }
 
 struct Slot {
@@ -494,6 +522,9 @@ impl Loadgen {
         }
         if !self.handshakes().await {
             return self.stop("handshakes");
+        }
+        if !self.storm(&sh, &rx).await {
+            return self.stop("the reconnect storm");
         }
         let ended = rx.len();
         if ended > 0 {
@@ -1079,6 +1110,263 @@ impl Loadgen {
         true
     }
 
+    /// The reconnect storm (phase 6, only with --restart-cmd).
+    async fn storm(&mut self, sh: &Arc<Shared>, rx: &Receiver<Ev>) -> bool {
+        let Some(cmdline) = self.cmd.restart_cmd.clone() else {
+            return true;
+        };
+        let Some(pid) = self.cmd.server_pid else {
+            self.say("--restart-cmd needs --server-pid: no reconnect storm");
+            return true;
+        };
+        self.drain_ends(rx);
+        let nodes: Vec<usize> = (0..self.total).filter(|&i| self.alive[i]).collect();
+        self.say(&format!(
+            "reconnect storm: SIGKILL to server PID {pid} with {} nodes streaming",
+            nodes.len()
+        ));
+        let killed = rustix::process::Pid::from_raw(pid as i32)
+            .ok_or_else(|| "PID 0".to_string())
+            .and_then(|p| {
+                rustix::process::kill_process(p, rustix::process::Signal::KILL)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = killed {
+            self.say(&format!("cannot SIGKILL PID {pid}: {e}"));
+            return false;
+        }
+        // Every old stream must have ended before the new server starts,
+        // so that no end of an old stream is taken for a new one's.
+        let t_kill = Instant::now();
+        let mut open = nodes.len();
+        let wait_until = (t_kill + Duration::from_secs(30)).min(self.deadline);
+        while open > 0 {
+            match until(wait_until, rx.recv()).await {
+                Some(Ok(Ev::End { i, .. })) => {
+                    if self.alive[i] {
+                        self.alive[i] = false;
+                        open -= 1;
+                    }
+                }
+                Some(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        self.say(&format!(
+            "  {} of {} streams saw the end in {:.2} s{}",
+            nodes.len() - open,
+            nodes.len(),
+            t_kill.elapsed().as_secs_f64(),
+            if open > 0 {
+                " (the rest are counted as reconnecting anyway)"
+            } else {
+                ""
+            }
+        ));
+        let t0 = Instant::now();
+        let child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmdline)
+            .stdin(std::process::Stdio::null())
+            .spawn();
+        let child = match child {
+            Ok(c) => c,
+            Err(e) => {
+                self.say(&format!("restart command {cmdline:?}: {e}"));
+                return false;
+            }
+        };
+        let new_pid = child.id();
+        // The shell execs the server; nobody waits for it here (the
+        // script stops it by PID).
+        drop(child);
+        self.cmd.server_pid = Some(new_pid);
+        let cpu0 = self.cpus();
+        self.say(&format!(
+            "  restarted: new server PID {new_pid}; {} nodes reconnect at once",
+            nodes.len()
+        ));
+        // Every node at once: dial until it works (connection refused until
+        // the server listens; a jittered 100-600 ms pause between tries, as
+        // clients back off), then the streaming map request.
+        let retries = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (tx, slots_rx) = channel::unbounded::<(usize, Slot)>();
+        let (addr, server_pub, deadline) = (self.addr, self.server_pub, self.deadline);
+        for &i in &nodes {
+            let taken = self.slots[i]
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let Some(Slot { node, conn }) = taken else {
+                continue;
+            };
+            drop(conn);
+            let (tx, sh, retries, errors) =
+                (tx.clone(), sh.clone(), retries.clone(), errors.clone());
+            smol::spawn(async move {
+                let mut tries = 0u64;
+                loop {
+                    let attempt = async {
+                        let conn = client::connect(addr, &server_pub, &node.machine_private)
+                            .await
+                            .map_err(|e| format!("connect: {e}"))?;
+                        let req = node.map_request(true, &["198.51.100.1:41641"]);
+                        let body = serde_json::to_vec(&req).map_err(|e| e.to_string())?;
+                        let (status, rx) = conn
+                            .post("/machine/map", body)
+                            .await
+                            .map_err(|e| format!("map: {e}"))?;
+                        if status != 200 {
+                            return Err(format!("map: HTTP {status}"));
+                        }
+                        Ok((conn, rx))
+                    };
+                    let limit = (Instant::now() + Duration::from_secs(30)).min(deadline);
+                    let err = match until(limit, attempt).await {
+                        Some(Ok((conn, rx))) => {
+                            smol::spawn(reader(i, rx, sh)).detach();
+                            let _ = tx.try_send((i, Slot { node, conn }));
+                            return;
+                        }
+                        Some(Err(e)) => e,
+                        None => "no answer within 30 s".to_string(),
+                    };
+                    if Instant::now() >= deadline {
+                        return;
+                    }
+                    retries.fetch_add(1, Ordering::Relaxed);
+                    tries += 1;
+                    {
+                        let mut g = errors.lock().unwrap_or_else(|e| e.into_inner());
+                        if g.len() < 5 && !err.starts_with("connect: Connection refused") {
+                            g.push(format!("#{i}: {err}"));
+                        }
+                    }
+                    let pause = 100 + (i as u64 * 7919 + tries * 104_729) % 500;
+                    async_io::Timer::after(Duration::from_millis(pause)).await;
+                }
+            })
+            .detach();
+        }
+        drop(tx);
+        // When does the new server answer at all?
+        let ready_s = {
+            let addr = self.addr;
+            let limit = (t0 + Duration::from_secs(120)).min(self.deadline);
+            let mut ready = None;
+            while Instant::now() < limit {
+                if let Some(Ok(_)) = until(
+                    Instant::now() + Duration::from_secs(5),
+                    client::fetch_key(addr),
+                )
+                .await
+                {
+                    ready = Some(t0.elapsed().as_secs_f64());
+                    break;
+                }
+                async_io::Timer::after(Duration::from_millis(20)).await;
+            }
+            ready
+        };
+        if let Some(r) = ready_s {
+            self.say(&format!(
+                "  new server answers GET /key {r:.2} s after the restart"
+            ));
+        }
+        let want = nodes.len();
+        let mut fresh = 0;
+        let mut ended = 0;
+        let mut last = t0;
+        while fresh < want {
+            match until(self.deadline, rx.recv()).await {
+                None => {
+                    self.say(&format!("{fresh}/{want} fresh maps when time ran out"));
+                    break;
+                }
+                Some(Err(_)) => break,
+                Some(Ok(Ev::First { i, at, id, .. })) => {
+                    fresh += 1;
+                    last = last.max(at);
+                    self.ids[i] = id;
+                    self.alive[i] = true;
+                    if fresh % 2000 == 0 {
+                        self.say(&format!(
+                            "  {fresh} fresh maps {:.2} s after the restart",
+                            (at - t0).as_secs_f64()
+                        ));
+                    }
+                }
+                Some(Ok(Ev::End { i, err })) => {
+                    ended += 1;
+                    if ended <= 5 {
+                        self.say(&format!("  new stream #{i} ended: {err}"));
+                    }
+                }
+                Some(Ok(Ev::Got { .. })) => {}
+            }
+        }
+        let fresh_s = (last - t0).as_secs_f64();
+        while let Ok((i, s)) = slots_rx.try_recv() {
+            *self.slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+        }
+        let retries = retries.load(Ordering::Relaxed);
+        for e in errors.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            self.say(&format!("  reconnect failed (retried): {e}"));
+        }
+        self.say(&format!(
+            "all {fresh}/{want} nodes had a fresh map {fresh_s:.2} s after the restart ({retries} failed attempts retried)"
+        ));
+        self.cpu_line("the storm", fresh_s, cpu0);
+        let server_cpu = cpu0[0].and_then(|a| Some(self.server_cpu()? - a));
+        let peak_rss = procfs::hwm_bytes(new_pid).ok();
+        if let Some(p) = peak_rss {
+            self.say(&format!(
+                "  peak server RSS during the storm (VmHWM of the new process): {}",
+                mib(p)
+            ));
+        }
+        // Settle like after the first maps, then the RSS at rest.
+        let q = Instant::now();
+        let mut prev = sh.msgs.load(Ordering::Relaxed);
+        loop {
+            if until(
+                self.deadline,
+                async_io::Timer::after(Duration::from_millis(1000)),
+            )
+            .await
+            .is_none()
+            {
+                break;
+            }
+            let now = sh.msgs.load(Ordering::Relaxed);
+            if now == prev || q.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            prev = now;
+        }
+        self.drain_ends(rx);
+        let rss_after = self.rss();
+        if let Some(r) = rss_after {
+            self.say(&format!(
+                "  server RSS once quiet after the storm ({:.1} s more): {}",
+                q.elapsed().as_secs_f64(),
+                mib(r)
+            ));
+        }
+        self.f.storm = Some(Storm {
+            nodes: want,
+            ready_s,
+            fresh_s,
+            fresh,
+            retries,
+            peak_rss,
+            rss_after,
+            server_cpu,
+        });
+        fresh == want
+    }
+
     fn summary(&self) {
         let f = &self.f;
         println!();
@@ -1166,6 +1454,25 @@ impl Loadgen {
                 "  per server CPU-second:         {p:.0} = {:.0}% of the limit  [goal >= 50%: {}]",
                 100.0 * p / l,
                 verdict(p >= 0.5 * l)
+            );
+        }
+        if let Some(st) = &f.storm {
+            println!(
+                "reconnect storm:                 {}/{} fresh maps {:.2} s after the restart (server answered after {}; {} failed attempts retried)  [goal <= 15 s: {}]",
+                st.fresh,
+                st.nodes,
+                st.fresh_s,
+                st.ready_s.map(|r| format!("{r:.2} s")).unwrap_or_else(na),
+                st.retries,
+                verdict(st.fresh == st.nodes && st.fresh_s <= 15.0)
+            );
+            println!(
+                "  peak server RSS (VmHWM):       {}; {} once quiet; server CPU {}",
+                st.peak_rss.map(mib).unwrap_or_else(na),
+                st.rss_after.map(mib).unwrap_or_else(na),
+                st.server_cpu
+                    .map(|c| format!("{c:.2} s"))
+                    .unwrap_or_else(na)
             );
         }
         if let Some(s) = &f.stopped {

@@ -10,6 +10,19 @@ pub fn rss_bytes(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmRSS in /proc/PID/status"))
 }
 
+/// VmHWM of `pid` in bytes: the peak RSS of the process so far.
+pub fn hwm_bytes(pid: u32) -> io::Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status_kib(&s, "VmHWM:")
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmHWM in /proc/PID/status"))
+}
+
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// RssAnon, RssFile and Threads of `pid`, for telling heap from mapped
 /// binary: "anon 12.3 MiB, file 1.9 MiB, 3 threads".
 pub fn rss_detail(pid: u32) -> Option<String> {
@@ -28,9 +41,7 @@ pub fn rss_detail(pid: u32) -> Option<String> {
 }
 
 fn parse_vmrss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    Some(status_kib(status, "VmRSS:")? * 1024)
 }
 
 /// utime + stime of `pid` in seconds (`self` for this process).
@@ -105,6 +116,8 @@ mod tests {
         let stat = "42 (a b) c) S 1 2 3 4 5 6 7 8 9 10 250 30 0 0 20 0 1 0";
         assert_eq!(parse_stat_ticks(stat), Some(280));
         assert!(rss_bytes(std::process::id()).unwrap() > 0);
+        let rss = rss_bytes(std::process::id()).unwrap();
+        assert!(hwm_bytes(std::process::id()).unwrap() >= rss);
         assert!(cpu_seconds("self").is_ok());
     }
 }
