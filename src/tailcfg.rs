@@ -438,13 +438,19 @@ fn bounded_hostinfo<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Hos
 /// language may send for an empty field) reads as its default instead of
 /// failing the whole request: Hostinfo is descriptive, never a reason to
 /// refuse a client.
+///
+/// The field is taken as its raw JSON text (one copy) and decoded from
+/// that, not through a `serde_json::Value`: a value tree costs up to ~100
+/// times its text (a one-entry object is a 600-byte B-tree node), so a
+/// 16 KiB Hostinfo of `[{"":0},…]` held 1.6 MB while it was decoded
+/// (found by fuzz/fuzz_targets/control_decode.rs's allocation bound).
 fn lenient<'de, D, T>(d: D) -> Result<T, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: serde::de::DeserializeOwned + Default,
 {
-    let v = serde_json::Value::deserialize(d)?;
-    Ok(T::deserialize(v).unwrap_or_default())
+    let raw = Box::<RawValue>::deserialize(d)?;
+    Ok(serde_json::from_str(raw.get()).unwrap_or_default())
 }
 
 /// Endpoints kept from one MapRequest (a client reports a handful: LAN,
