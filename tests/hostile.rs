@@ -26,12 +26,17 @@ use tinyscale::client::{self, Node};
 
 /// Peak RSS allowed during any attack (the goal: 64 MiB)...
 const RSS_BOUND_KIB: u64 = 64 * 1024;
-/// ... but the policy attack's: a 0.8 MiB policy of 25 ACLs × 1,200 ×
-/// 1,200 addresses, accepted, peaks at ~85 MiB in a debug build (the admin
-/// request, the HuJSON value tree, the compiled rules and per-node filters
-/// at once). The goal is NOT met there; this bound only catches a
-/// regression towards the old O(|src| × |dst|) cost (gigabytes).
-const POLICY_RSS_BOUND_KIB: u64 = 128 * 1024;
+/// ... and the policy attack's: a 0.8 MiB policy of 25 ACLs × 1,200 ×
+/// 1,200 addresses, accepted, peaked at ~85 MiB in a debug build (71 MiB
+/// release) until cc02a7e stopped the compile holding all 30,000 expanded
+/// grants and their spare Vec capacity at once; now 59 MiB debug, 46 MiB
+/// release. The goal is asserted for a release build; a debug build gets a
+/// little more room (its peak sits close to the goal).
+const POLICY_RSS_BOUND_KIB: u64 = if cfg!(debug_assertions) {
+    80 * 1024
+} else {
+    RSS_BOUND_KIB
+};
 /// The legitimate client's source address.
 const LEGIT: &str = "127.0.0.2";
 /// The server's caps, as configured below (the defaults).
