@@ -811,32 +811,12 @@ impl Loadgen {
             first_bytes as f64 / KIB / firsts.max(1) as f64
         ));
         self.cpu_line("map opening", secs, cpu0);
-        // Let the fan-out of "X came online" settle before measuring: a
-        // second without a message other than keep-alives (those start
-        // 50-59 s after each stream's last message and never stop).
-        let q = Instant::now();
-        let mut prev = sh.msgs.load(Ordering::Relaxed);
-        loop {
-            if until(
-                self.deadline,
-                async_io::Timer::after(Duration::from_millis(1000)),
-            )
-            .await
-            .is_none()
-            {
-                return false;
-            }
-            let now = sh.msgs.load(Ordering::Relaxed);
-            if now == prev || q.elapsed() > Duration::from_secs(60) {
-                break;
-            }
-            prev = now;
-        }
+        // Let the fan-out of "X came online" settle before measuring.
+        let Some(quiet) = self.until_quiet(sh).await else {
+            return false;
+        };
         self.drain_ends(rx);
-        self.say(&format!(
-            "quiet after {:.1} s more",
-            q.elapsed().as_secs_f64()
-        ));
+        self.say(&format!("quiet after {quiet:.1} s more"));
         self.cpu_line("map opening until quiet", t.elapsed().as_secs_f64(), cpu0);
         self.traffic(
             sh,
@@ -854,6 +834,26 @@ impl Loadgen {
             ));
         }
         true
+    }
+
+    /// Waits for a second without a map message other than keep-alives
+    /// (those start 50-59 s after each stream's last message and never
+    /// stop), at most 60 s; the seconds waited, or None at the deadline.
+    async fn until_quiet(&self, sh: &Shared) -> Option<f64> {
+        let q = Instant::now();
+        let mut prev = sh.msgs.load(Ordering::Relaxed);
+        loop {
+            until(
+                self.deadline,
+                async_io::Timer::after(Duration::from_millis(1000)),
+            )
+            .await?;
+            let now = sh.msgs.load(Ordering::Relaxed);
+            if now == prev || q.elapsed() > Duration::from_secs(60) {
+                return Some(q.elapsed().as_secs_f64());
+            }
+            prev = now;
+        }
     }
 
     fn drain_ends(&mut self, rx: &Receiver<Ev>) {
@@ -1327,30 +1327,12 @@ impl Loadgen {
             ));
         }
         // Settle like after the first maps, then the RSS at rest.
-        let q = Instant::now();
-        let mut prev = sh.msgs.load(Ordering::Relaxed);
-        loop {
-            if until(
-                self.deadline,
-                async_io::Timer::after(Duration::from_millis(1000)),
-            )
-            .await
-            .is_none()
-            {
-                break;
-            }
-            let now = sh.msgs.load(Ordering::Relaxed);
-            if now == prev || q.elapsed() > Duration::from_secs(60) {
-                break;
-            }
-            prev = now;
-        }
+        let quiet = self.until_quiet(sh).await.unwrap_or(0.0);
         self.drain_ends(rx);
         let rss_after = self.rss();
         if let Some(r) = rss_after {
             self.say(&format!(
-                "  server RSS once quiet after the storm ({:.1} s more): {}",
-                q.elapsed().as_secs_f64(),
+                "  server RSS once quiet after the storm ({quiet:.1} s more): {}",
                 mib(r)
             ));
         }
