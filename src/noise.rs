@@ -294,7 +294,12 @@ impl<S> NoiseStream<S> {
     }
 
     /// Makes room to read: moves the partial record (always shorter than a
-    /// record) to the front, allocating the buffer if the connection was idle.
+    /// record) to the front and sizes the buffer for what the next read
+    /// needs: the rest of the record when its header is in, otherwise a
+    /// small first read ([`FIRST_READ`]) that holds a typical control record
+    /// (WINDOW_UPDATE, PING) whole. A connection that was idle thus
+    /// allocates and zero-fills a few dozen bytes per small record, not a
+    /// record-sized buffer.
     fn compact(&mut self) {
         let left = self.filled - self.rpos;
         if left == 0 {
@@ -307,8 +312,19 @@ impl<S> NoiseStream<S> {
         }
         self.pbeg = 0;
         self.pend = 0;
-        if self.rbuf.len() < READ_BUF {
-            self.rbuf.resize(READ_BUF, 0);
+        // decrypt_one has checked this header (a bad one is an error there)
+        // and found the record incomplete, so the record ends past
+        // `filled`, within MAX_RECORD_LEN; the max() keeps the read slice
+        // non-empty regardless.
+        let need = match self.rbuf.get(..RECORD_HEADER_LEN) {
+            Some(&[a, b, c]) if self.filled >= RECORD_HEADER_LEN => {
+                RecordHeader::parse(&[a, b, c]).map_or(FIRST_READ, |h| RECORD_HEADER_LEN + h.len)
+            }
+            _ => FIRST_READ,
+        }
+        .max(self.filled + 1);
+        if self.rbuf.len() < need {
+            self.rbuf.resize(need, 0);
         }
     }
 
@@ -325,9 +341,9 @@ impl<S> NoiseStream<S> {
     }
 }
 
-/// Read buffer size: room for a whole record (≤ 4096 bytes) after any
-/// partial one.
-const READ_BUF: usize = 2 * wn::MAX_RECORD_LEN;
+/// First read into an empty buffer: a whole small record (header, a
+/// 13-byte WINDOW_UPDATE or 17-byte PING frame, tag) and then some.
+const FIRST_READ: usize = 64;
 
 impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
     fn poll_flush_wbuf(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -700,5 +716,66 @@ mod tests {
             }
         });
         assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::UnexpectedEof));
+    }
+
+    /// The read buffer is sized by what arrives: small records (a client's
+    /// WINDOW_UPDATE) cost a small buffer, a record split across reads
+    /// (header split too) grows it to exactly that record, never beyond
+    /// MAX_RECORD_LEN; between messages it holds nothing.
+    #[test]
+    fn read_buffer_fits_the_record() {
+        let key = [5u8; 32];
+        let mut sealer = CipherState::new(&key);
+        let small: Vec<u8> = (0..13u8).collect();
+        let big: Vec<u8> = (0..MAX_PLAINTEXT_LEN).map(|i| i as u8).collect();
+        let mut small_rec = Vec::new();
+        sealer.seal_record(&small, &mut small_rec).unwrap();
+        // Each case is a fresh stream, whose first record has nonce 0.
+        let mut big_rec = Vec::new();
+        CipherState::new(&key)
+            .seal_record(&big, &mut big_rec)
+            .unwrap();
+        let keys = TransportKeys {
+            rx: key,
+            tx: [0; 32],
+        };
+        for (sizes, wire, plain, bound) in [
+            (vec![1 << 20], &small_rec, &small, FIRST_READ),
+            (vec![2, 1, 5, 1 << 20], &small_rec, &small, FIRST_READ),
+            (vec![1 << 20], &big_rec, &big, wn::MAX_RECORD_LEN),
+            (vec![2, 700, 1, 1 << 20], &big_rec, &big, wn::MAX_RECORD_LEN),
+        ] {
+            let src = Chunked {
+                data: wire.clone(),
+                pos: 0,
+                sizes: sizes.clone(),
+                step: 0,
+                pending_next: false,
+            };
+            let mut ns = NoiseStream::new(src, &keys, Vec::new());
+            let mut got = Vec::new();
+            let mut most = 0;
+            let mut out = [0u8; 8192];
+            futures_lite::future::block_on(async {
+                loop {
+                    let n = futures_lite::future::poll_fn(|cx| {
+                        let r = ns.poll_read_plain(cx, &mut out);
+                        most = most.max(ns.rbuf.capacity());
+                        if r.is_pending() && ns.filled == ns.rpos {
+                            assert_eq!(ns.rbuf.capacity(), 0, "idle buffer kept ({sizes:?})");
+                        }
+                        r
+                    })
+                    .await
+                    .unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got.extend_from_slice(&out[..n]);
+                }
+            });
+            assert!(&got == plain, "sizes {sizes:?}");
+            assert!(most > 0 && most <= bound, "{most} > {bound} ({sizes:?})");
+        }
     }
 }
