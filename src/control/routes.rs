@@ -27,12 +27,17 @@ impl Server {
     /// Runs the HA election; returns the nodes whose primary routes changed.
     pub fn reelect(&self) -> Vec<u64> {
         let st = self.state();
+        let now = crate::state::now();
         let mut candidates: BTreeMap<String, Vec<u64>> = BTreeMap::new();
+        // Most nodes route nothing: the cheap test on their own fields
+        // comes first, so a session's start or end costs a pass over the
+        // node table, not a clock read and an online-set lookup per node.
         for n in st.nodes.values() {
-            if n.is_expired(crate::state::now()) || !self.hub.is_online(n.id) {
+            let mut subnets = served(n).filter(|r| !is_exit(r)).peekable();
+            if subnets.peek().is_none() || n.is_expired(now) || !self.hub.is_online(n.id) {
                 continue;
             }
-            for r in served(n).filter(|r| !is_exit(r)) {
+            for r in subnets {
                 candidates.entry(r.clone()).or_default().push(n.id);
             }
         }
