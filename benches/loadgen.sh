@@ -109,6 +109,8 @@ limits:
   unidentified_connections_per_source: 1000000
 # No TLS listener: the benchmark must not take port 443 from anyone.
 tls_listen_addr: ""
+# Nor the metrics port (default 127.0.0.1:9090).
+metrics_listen_addr: ""
 derp:
   server:
     enabled: true
