@@ -71,6 +71,15 @@ pub struct Config {
     pub policy_path: Option<PathBuf>,
     pub policy_mode: String,
     pub unix_socket: PathBuf,
+    /// The CLI's remote server (`cli.address`, overridden by
+    /// `TINYSCALE_CLI_ADDRESS` / `HEADSCALE_CLI_ADDRESS`): `host:port` or
+    /// an `http(s)://` URL; the CLI then speaks the REST API there instead
+    /// of using the admin socket.
+    pub cli_address: Option<String>,
+    /// The API key for `cli_address` (`cli.api_key`).
+    pub cli_api_key: Option<String>,
+    /// Bound on one CLI request (`cli.timeout`); None = 60 s.
+    pub cli_timeout: Option<std::time::Duration>,
     pub log_level: String,
     pub ephemeral_inactivity_timeout: std::time::Duration,
     pub database_path: PathBuf,
@@ -217,6 +226,9 @@ impl Config {
             policy_path: None,
             policy_mode: "file".into(),
             unix_socket: data_dir.join("tinyscale.sock"),
+            cli_address: None,
+            cli_api_key: None,
+            cli_timeout: None,
             log_level: "info".into(),
             ephemeral_inactivity_timeout: std::time::Duration::from_secs(30 * 60),
             database_path: data_dir.join("db.redb"),
@@ -528,6 +540,9 @@ pub fn from_yaml_str(
     if let Some(p) = path("unix_socket")? {
         c.unix_socket = p;
     }
+    c.cli_address = get_str(&doc, "cli.address")?.filter(|s| !s.is_empty());
+    c.cli_api_key = get_str(&doc, "cli.api_key")?.filter(|s| !s.is_empty());
+    c.cli_timeout = get_duration(&doc, "cli.timeout")?.filter(|d| !d.is_zero());
     if let Some(s) = get_str(&doc, "log.level")? {
         c.log_level = s.to_ascii_lowercase();
     }
@@ -897,6 +912,9 @@ pub(crate) const KNOWN: &[&str] = &[
     "policy.path",
     "policy.mode",
     "unix_socket",
+    "cli.address",
+    "cli.api_key",
+    "cli.timeout",
     "log.level",
     "node.ephemeral.inactivity_timeout",
     "node.expiry",

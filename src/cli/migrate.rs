@@ -78,9 +78,16 @@ pub struct RestoreCmd {
 }
 
 pub fn backup(cfg: &Config, c: BackupCmd) -> Result<(), String> {
+    if let Some(addr) = super::client::remote_address(cfg) {
+        // The server writes the file on its own disk: that is for the
+        // local admin only (the REST route answers 403).
+        return Err(format!(
+            "backup works only over the local admin socket (the server writes the file on its own machine); unset HEADSCALE_CLI_ADDRESS / cli.address ({addr}) and run it on the server"
+        ));
+    }
     let path = absolute(Path::new(&c.file))?;
-    let v = super::client::call(
-        &cfg.unix_socket,
+    let v = super::client::request(
+        cfg,
         "POST",
         "/api/v1/backup",
         Some(&json!({ "path": path.to_string_lossy(), "withKeys": c.with_keys })),

@@ -798,8 +798,8 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             cmd: crate::policy::cli::PolicySub::Get(_),
         }) => {
             let cfg = load_config(explicit)?;
-            let v = client::call(&cfg.unix_socket, "GET", "/api/v1/policy", None)
-                .map_err(|e| e.to_string())?;
+            let v =
+                client::request(&cfg, "GET", "/api/v1/policy", None).map_err(|e| e.to_string())?;
             let problem = v.get("error").and_then(|e| e.as_str());
             if let Some(e) = problem {
                 eprintln!("WARNING: {e}");
@@ -837,7 +837,7 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
                     crate::control::policy::MAX_POLICY
                 ));
             }
-            client::call(&cfg.unix_socket, "PUT", "/api/v1/policy", Some(&req))
+            client::request(&cfg, "PUT", "/api/v1/policy", Some(&req))
                 .map_err(|e| e.to_string())?;
             outln!("Policy updated.");
             Ok(())
@@ -961,12 +961,13 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
     }
 }
 
-/// The admin socket of the configured server.
+/// The configured server: its admin socket, or its REST API at
+/// `cli.address` (src/cli/client.rs).
 struct Api<'a>(&'a Config);
 
 impl Api<'_> {
     fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-        client::call(&self.0.unix_socket, method, path, body.as_ref()).map_err(|e| e.to_string())
+        client::request(self.0, method, path, body.as_ref()).map_err(|e| e.to_string())
     }
 }
 
@@ -1274,12 +1275,7 @@ fn policy_check(explicit: Option<&std::path::Path>, file: &str) -> Result<(), St
     let text = std::fs::read_to_string(file).map_err(|e| format!("{file}: {e}"))?;
     if let Ok(cfg) = load_config(explicit) {
         let body = json!({ "policy": text });
-        match client::call(
-            &cfg.unix_socket,
-            "POST",
-            "/api/v1/policy/check",
-            Some(&body),
-        ) {
+        match client::request(&cfg, "POST", "/api/v1/policy/check", Some(&body)) {
             Ok(_) => {
                 outln!("Policy is valid (checked by the running server, tests included)");
                 return Ok(());
