@@ -138,7 +138,7 @@ fn call_remote(
                 r.base
             ))
         } else {
-            ClientError::Io(format!("{}: {e}", r.base))
+            ClientError::Io(format!("cannot talk to tinyscale at {}: {e}", r.base))
         }
     })?;
     if resp.status == 401 {
