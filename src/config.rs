@@ -24,6 +24,12 @@
 //! Unknown keys produce a warning on stderr, never a failure. Invalid values
 //! stop start-up with an error naming the key.
 //!
+//! Environment overrides, as Headscale's: any key except maps and
+//! `data_dir` can be set with `TINYSCALE_<KEY>` or `HEADSCALE_<KEY>`, KEY
+//! being the dotted key uppercased with `.` as `_` (`HEADSCALE_SERVER_URL`,
+//! `TINYSCALE_DNS_BASE_DOMAIN`). TINYSCALE_ beats HEADSCALE_, both beat the
+//! file; lists are whitespace-separated; an empty variable is unset.
+//!
 //! YAML: a small loader for the subset configuration files use (block maps
 //! and lists, flow `[..]`/`{..}`, quoted and plain scalars, `|`/`>` block
 //! scalars, comments), parsed into `serde_json::Value`. Anchors, aliases,
@@ -269,23 +275,24 @@ const LOCAL_CONFIG: &str = "config.yaml";
 pub fn load(explicit: Option<&Path>) -> Result<(Config, Option<PathBuf>), ConfigError> {
     let file = config_file(explicit);
     let data_dir = default_data_dir();
+    // As viper: an empty variable counts as unset.
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     match file {
         None => {
-            let mut cfg = Config::defaults(&data_dir);
-            cfg.server_url = derived_server_url(cfg.listen_addr);
-            validate(&cfg)?;
+            let (cfg, _) = from_yaml_str_env("", Path::new(""), &data_dir, &env)?;
             Ok((cfg, None))
         }
         Some(path) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| ConfigError(format!("{}: {e}", path.display())))?;
             let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-            let (cfg, warnings) = from_yaml_str(&text, &base, &data_dir).map_err(|e| {
-                match e.0.strip_prefix("yaml: ") {
-                    Some(rest) => ConfigError(format!("{}: {rest}", path.display())),
-                    None => e,
-                }
-            })?;
+            let (cfg, warnings) =
+                from_yaml_str_env(&text, &base, &data_dir, &env).map_err(|e| {
+                    match e.0.strip_prefix("yaml: ") {
+                        Some(rest) => ConfigError(format!("{}: {rest}", path.display())),
+                        None => e,
+                    }
+                })?;
             for w in warnings {
                 eprintln!("config: warning: {}: {w}", path.display());
             }
@@ -330,48 +337,160 @@ pub fn from_yaml_str(
     file_dir: &Path,
     default_data_dir: &Path,
 ) -> Result<(Config, Vec<String>), ConfigError> {
+    from_yaml_str_env(text, file_dir, default_data_dir, &|_| None)
+}
+
+/// [`from_yaml_str`] with environment overrides looked up through `env`
+/// (see [`env_overrides`]); an invalid value names its variable.
+pub fn from_yaml_str_env(
+    text: &str,
+    file_dir: &Path,
+    default_data_dir: &Path,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<String>), ConfigError> {
     let doc = yaml::parse(text).map_err(|e| ConfigError(format!("yaml: {e}")))?;
-    let doc = match doc {
+    let mut doc = match doc {
         Value::Null => Value::Object(Default::default()),
         v @ Value::Object(_) => v,
         _ => return Err(ConfigError("yaml: the document must be a mapping".into())),
     };
     let mut warnings = Vec::new();
     unknown_keys(&doc, "", &mut warnings);
+    let applied = env_overrides(&mut doc, env);
+    parse_doc(&doc, file_dir, default_data_dir, warnings).map_err(|e| {
+        // Name the variable when the bad value came from one.
+        for (key, var) in &applied {
+            if let Some(rest) = e.0.strip_prefix(key.as_str()) {
+                if rest.starts_with(':') || rest.starts_with('[') {
+                    return ConfigError(format!("{var} ({key}){rest}"));
+                }
+            }
+        }
+        e
+    })
+}
 
-    let data_dir = match get_str(&doc, "data_dir")? {
+/// Keys whose environment value is a whitespace-separated list (viper's
+/// string-slice conversion splits the same way).
+const LIST_KEYS: &[&str] = &[
+    "derp.paths",
+    "derp.urls",
+    "dns.nameservers.global",
+    "dns.search_domains",
+    "oidc.scope",
+    "oidc.allowed_domains",
+    "oidc.allowed_users",
+    "oidc.allowed_groups",
+];
+
+/// Keys no variable overrides: maps, and `data_dir`, whose variable
+/// `TINYSCALE_DATA_DIR` is only the default when the file has none.
+const NO_ENV_KEYS: &[&str] = &[
+    "data_dir",
+    "dns.nameservers.split",
+    "dns.extra_records",
+    "oidc.extra_params",
+];
+
+/// Environment variable names for a dotted key, strongest first:
+/// `TINYSCALE_<KEY>` then Headscale's `HEADSCALE_<KEY>`, KEY uppercased
+/// with `.` as `_` (Headscale's viper AutomaticEnv replacer).
+pub fn env_names(key: &str) -> [String; 2] {
+    let k = key.to_ascii_uppercase().replace('.', "_");
+    [format!("TINYSCALE_{k}"), format!("HEADSCALE_{k}")]
+}
+
+/// Writes every set variable over the document; both prefixes beat the
+/// file. Returns (key, variable) for each value applied. A value is typed
+/// as YAML would: `true`/`false`, an integer without a leading zero (so an
+/// octal "0770" stays a string), else a string.
+fn env_overrides(doc: &mut Value, env: &dyn Fn(&str) -> Option<String>) -> Vec<(String, String)> {
+    let mut applied = Vec::new();
+    for key in KNOWN.iter().filter(|k| !NO_ENV_KEYS.contains(k)) {
+        let Some((var, val)) = env_names(key)
+            .into_iter()
+            .find_map(|n| env(&n).map(|v| (n, v)))
+        else {
+            continue;
+        };
+        let v = if LIST_KEYS.contains(key) {
+            Value::Array(
+                val.split_whitespace()
+                    .map(|s| Value::String(s.into()))
+                    .collect(),
+            )
+        } else {
+            match val.as_str() {
+                "true" | "True" | "TRUE" => Value::Bool(true),
+                "false" | "False" | "FALSE" => Value::Bool(false),
+                s if s == "0" || (!s.starts_with('0') && s.parse::<u64>().is_ok()) => {
+                    Value::Number(s.parse::<u64>().unwrap_or_default().into())
+                }
+                _ => Value::String(val),
+            }
+        };
+        set(doc, key, v);
+        applied.push((key.to_string(), var));
+    }
+    applied
+}
+
+/// Sets a dotted key, creating (or replacing non-map) parents.
+fn set(doc: &mut Value, key: &str, v: Value) {
+    let mut cur = doc;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        if !cur.is_object() {
+            *cur = Value::Object(Default::default());
+        }
+        let Value::Object(m) = cur else { return };
+        if parts.peek().is_none() {
+            m.insert(part.to_string(), v);
+            return;
+        }
+        cur = m.entry(part.to_string()).or_insert(Value::Null);
+    }
+}
+
+fn parse_doc(
+    doc: &Value,
+    file_dir: &Path,
+    default_data_dir: &Path,
+    mut warnings: Vec<String>,
+) -> Result<(Config, Vec<String>), ConfigError> {
+    let data_dir = match get_str(doc, "data_dir")? {
         Some(d) => file_dir.join(d),
         None => default_data_dir.to_path_buf(),
     };
     let mut c = Config::defaults(&data_dir);
     // An empty string means unset, as in Headscale's example config.
     let path = |k: &str| -> Result<Option<PathBuf>, ConfigError> {
-        Ok(get_str(&doc, k)?
+        Ok(get_str(doc, k)?
             .filter(|s| !s.is_empty())
             .map(|s| data_dir.join(s)))
     };
 
-    if let Some(s) = get_str(&doc, "listen_addr")? {
+    if let Some(s) = get_str(doc, "listen_addr")? {
         c.listen_addr = parse_socket(&s).map_err(|m| key_err("listen_addr", m))?;
     }
-    c.server_url = match get_str(&doc, "server_url")? {
+    c.server_url = match get_str(doc, "server_url")? {
         Some(s) => s.trim_end_matches('/').to_string(),
         None => derived_server_url(c.listen_addr),
     };
     if let Some(p) = path("noise.private_key_path")? {
         c.noise_private_key_path = p;
     }
-    if let Some(s) = get_str(&doc, "prefixes.v4")? {
+    if let Some(s) = get_str(doc, "prefixes.v4")? {
         c.prefix_v4 = s
             .parse()
             .map_err(|_| key_err("prefixes.v4", format!("invalid IPv4 prefix {s:?}")))?;
     }
-    if let Some(s) = get_str(&doc, "prefixes.v6")? {
+    if let Some(s) = get_str(doc, "prefixes.v6")? {
         c.prefix_v6 = s
             .parse()
             .map_err(|_| key_err("prefixes.v6", format!("invalid IPv6 prefix {s:?}")))?;
     }
-    match get_str(&doc, "prefixes.allocation")?.as_deref() {
+    match get_str(doc, "prefixes.allocation")?.as_deref() {
         None | Some("sequential") => {}
         Some("random") => warnings.push(
             "prefixes.allocation: \"random\" is not supported, allocating sequentially".into(),
@@ -383,10 +502,10 @@ pub fn from_yaml_str(
             ))
         }
     }
-    if let Some(b) = get_bool(&doc, "derp.server.enabled")? {
+    if let Some(b) = get_bool(doc, "derp.server.enabled")? {
         c.derp_server_enabled = b;
     }
-    if let Some(v) = get(&doc, "derp.server.region_id") {
+    if let Some(v) = get(doc, "derp.server.region_id") {
         c.derp_region_id = v
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
@@ -398,13 +517,13 @@ pub fn from_yaml_str(
                 )
             })?;
     }
-    if let Some(s) = get_str(&doc, "derp.server.region_code")? {
+    if let Some(s) = get_str(doc, "derp.server.region_code")? {
         c.derp_region_code = s;
     }
-    if let Some(s) = get_str(&doc, "derp.server.region_name")? {
+    if let Some(s) = get_str(doc, "derp.server.region_name")? {
         c.derp_region_name = s;
     }
-    if let Some(v) = get(&doc, "derp.server.stun_listen_addr") {
+    if let Some(v) = get(doc, "derp.server.stun_listen_addr") {
         c.stun_listen_addr = match v {
             Value::Null => None,
             Value::String(s) if s.is_empty() => None,
@@ -419,10 +538,10 @@ pub fn from_yaml_str(
             }
         };
     }
-    if let Some(a) = optional_addr(&doc, "metrics_listen_addr")? {
+    if let Some(a) = optional_addr(doc, "metrics_listen_addr")? {
         c.metrics_listen_addr = a;
     }
-    if let Some(v) = get(&doc, "tls_listen_addr") {
+    if let Some(v) = get(doc, "tls_listen_addr") {
         c.tls_listen_addr = match v {
             Value::Null => None,
             Value::String(s) if s.is_empty() => None,
@@ -443,10 +562,10 @@ pub fn from_yaml_str(
             "tls_cert_path and tls_key_path must be set together".to_string(),
         ));
     }
-    if let Some(l) = get_list(&doc, "derp.paths")? {
+    if let Some(l) = get_list(doc, "derp.paths")? {
         c.derp_paths = l.iter().map(|p| data_dir.join(p)).collect();
     }
-    if let Some(l) = get_list(&doc, "derp.urls")? {
+    if let Some(l) = get_list(doc, "derp.urls")? {
         for (i, u) in l.iter().enumerate() {
             if !u.starts_with("http://") && !u.starts_with("https://") {
                 return Err(key_err(
@@ -457,27 +576,27 @@ pub fn from_yaml_str(
         }
         c.derp_urls = l;
     }
-    if let Some(s) = get_str(&doc, "derp.update_frequency")? {
+    if let Some(s) = get_str(doc, "derp.update_frequency")? {
         c.derp_update_frequency =
             parse_duration(&s).map_err(|m| key_err("derp.update_frequency", m))?;
     }
-    if let Some(s) = get_str(&doc, "derp.server.ipv4")?.filter(|s| !s.is_empty()) {
+    if let Some(s) = get_str(doc, "derp.server.ipv4")?.filter(|s| !s.is_empty()) {
         s.parse::<Ipv4Addr>()
             .map_err(|_| key_err("derp.server.ipv4", format!("invalid IPv4 address {s:?}")))?;
         c.derp_ipv4 = Some(s);
     }
-    if let Some(s) = get_str(&doc, "derp.server.ipv6")?.filter(|s| !s.is_empty()) {
+    if let Some(s) = get_str(doc, "derp.server.ipv6")?.filter(|s| !s.is_empty()) {
         s.parse::<std::net::Ipv6Addr>()
             .map_err(|_| key_err("derp.server.ipv6", format!("invalid IPv6 address {s:?}")))?;
         c.derp_ipv6 = Some(s);
     }
-    if let Some(b) = get_bool(&doc, "dns.magic_dns")? {
+    if let Some(b) = get_bool(doc, "dns.magic_dns")? {
         c.magic_dns = b;
     }
-    if let Some(s) = get_str(&doc, "dns.base_domain")? {
+    if let Some(s) = get_str(doc, "dns.base_domain")? {
         c.base_domain = s.trim_end_matches('.').to_ascii_lowercase();
     }
-    if let Some(l) = get_list(&doc, "dns.nameservers.global")? {
+    if let Some(l) = get_list(doc, "dns.nameservers.global")? {
         for (i, ns) in l.iter().enumerate() {
             if ns.parse::<IpAddr>().is_err() && !ns.starts_with("https://") {
                 return Err(key_err(
@@ -488,10 +607,10 @@ pub fn from_yaml_str(
         }
         c.nameservers_global = l;
     }
-    if let Some(l) = get_list(&doc, "dns.search_domains")? {
+    if let Some(l) = get_list(doc, "dns.search_domains")? {
         c.search_domains = l;
     }
-    if let Some(v) = get(&doc, "dns.nameservers.split") {
+    if let Some(v) = get(doc, "dns.nameservers.split") {
         let Value::Object(m) = v else {
             return Err(key_err(
                 "dns.nameservers.split",
@@ -521,35 +640,35 @@ pub fn from_yaml_str(
                 .insert(dom.trim_end_matches('.').to_ascii_lowercase(), out);
         }
     }
-    if let Some(v) = get(&doc, "dns.extra_records") {
+    if let Some(v) = get(doc, "dns.extra_records") {
         c.extra_records = parse_extra_records(v).map_err(|m| key_err("dns.extra_records", m))?;
     }
-    c.extra_records_path = get_str(&doc, "dns.extra_records_path")?
+    c.extra_records_path = get_str(doc, "dns.extra_records_path")?
         .filter(|s| !s.is_empty())
         .map(|s| data_dir.join(s));
-    if let Some(b) = get_bool(&doc, "taildrop.enabled")? {
+    if let Some(b) = get_bool(doc, "taildrop.enabled")? {
         c.taildrop = b;
     }
-    if let Some(b) = get_bool(&doc, "web.enabled")? {
+    if let Some(b) = get_bool(doc, "web.enabled")? {
         c.web_enabled = b;
     }
     c.policy_path = path("policy.path")?;
-    if let Some(s) = get_str(&doc, "policy.mode")? {
+    if let Some(s) = get_str(doc, "policy.mode")? {
         c.policy_mode = s;
     }
     if let Some(p) = path("unix_socket")? {
         c.unix_socket = p;
     }
-    c.cli_address = get_str(&doc, "cli.address")?.filter(|s| !s.is_empty());
-    c.cli_api_key = get_str(&doc, "cli.api_key")?.filter(|s| !s.is_empty());
-    c.cli_timeout = get_duration(&doc, "cli.timeout")?.filter(|d| !d.is_zero());
-    if let Some(s) = get_str(&doc, "log.level")? {
+    c.cli_address = get_str(doc, "cli.address")?.filter(|s| !s.is_empty());
+    c.cli_api_key = get_str(doc, "cli.api_key")?.filter(|s| !s.is_empty());
+    c.cli_timeout = get_duration(doc, "cli.timeout")?.filter(|d| !d.is_zero());
+    if let Some(s) = get_str(doc, "log.level")? {
         c.log_level = s.to_ascii_lowercase();
     }
-    if let Some(d) = get_duration(&doc, "node.ephemeral.inactivity_timeout")? {
+    if let Some(d) = get_duration(doc, "node.ephemeral.inactivity_timeout")? {
         c.ephemeral_inactivity_timeout = d;
     }
-    if let Some(d) = get_duration(&doc, "node.expiry")? {
+    if let Some(d) = get_duration(doc, "node.expiry")? {
         c.node_expiry = d;
     }
     if let Some(p) = path("database.path")? {
@@ -565,7 +684,7 @@ pub fn from_yaml_str(
             &mut c.max_unidentified_per_source,
         ),
     ] {
-        if let Some(v) = get(&doc, key) {
+        if let Some(v) = get(doc, key) {
             *field = v
                 .as_u64()
                 .filter(|n| *n > 0)
@@ -573,8 +692,8 @@ pub fn from_yaml_str(
                 .ok_or_else(|| key_err(key, format!("expected a positive integer, got {v}")))?;
         }
     }
-    c.oidc = parse_oidc(&doc, &data_dir)?;
-    c.acme = parse_acme(&doc, &data_dir)?;
+    c.oidc = parse_oidc(doc, &data_dir)?;
+    c.acme = parse_acme(doc, &data_dir)?;
     if c.acme.is_some() && c.tls_cert_path.is_some() {
         return Err(key_err(
             "tls_letsencrypt_hostname",
@@ -1741,6 +1860,96 @@ mod tests {
 
     fn cfg(y: &str) -> Result<(Config, Vec<String>), ConfigError> {
         from_yaml_str(y, Path::new("/etc/ts"), Path::new("/data"))
+    }
+
+    fn cfg_env(y: &str, vars: &[(&str, &str)]) -> Result<(Config, Vec<String>), ConfigError> {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let env = move |k: &str| vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        from_yaml_str_env(y, Path::new("/etc/ts"), Path::new("/data"), &env)
+    }
+
+    #[test]
+    fn env_overrides_any_key() {
+        assert_eq!(
+            env_names("dns.base_domain"),
+            ["TINYSCALE_DNS_BASE_DOMAIN", "HEADSCALE_DNS_BASE_DOMAIN"]
+        );
+        let file = "server_url: http://file:1\nlog:\n  level: warn\ndns:\n  magic_dns: true\n";
+        let (c, _) = cfg_env(
+            file,
+            &[
+                ("HEADSCALE_SERVER_URL", "https://hs.example/"),
+                ("HEADSCALE_LOG_LEVEL", "debug"),
+                ("TINYSCALE_LOG_LEVEL", "trace"),
+                ("HEADSCALE_DNS_MAGIC_DNS", "false"),
+                ("HEADSCALE_DNS_BASE_DOMAIN", "Ts.Example"),
+                ("TINYSCALE_DERP_SERVER_REGION_ID", "901"),
+                ("HEADSCALE_DNS_NAMESERVERS_GLOBAL", "1.1.1.1  9.9.9.9"),
+                ("HEADSCALE_NODE_EPHEMERAL_INACTIVITY_TIMEOUT", "5m"),
+                ("HEADSCALE_NOISE_PRIVATE_KEY_PATH", "k/noise.key"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.server_url, "https://hs.example");
+        // TINYSCALE_ beats HEADSCALE_, both beat the file.
+        assert_eq!(c.log_level, "trace");
+        assert!(!c.magic_dns);
+        assert_eq!(c.base_domain, "ts.example");
+        assert_eq!(c.derp_region_id, 901);
+        assert_eq!(c.nameservers_global, ["1.1.1.1", "9.9.9.9"]);
+        assert_eq!(c.ephemeral_inactivity_timeout, Duration::from_secs(300));
+        assert_eq!(c.noise_private_key_path, Path::new("/data/k/noise.key"));
+        // Nothing set: the file as it is; from_yaml_str ignores the process env.
+        let (c, _) = cfg_env(file, &[]).unwrap();
+        assert_eq!((c.log_level.as_str(), c.magic_dns), ("warn", true));
+        // A variable creates a section the file lacks.
+        let (c, _) = cfg_env("", &[("HEADSCALE_PREFIXES_V4", "100.100.0.0/16")]).unwrap();
+        assert_eq!(c.prefix_v4.to_string(), "100.100.0.0/16");
+    }
+
+    #[test]
+    fn env_bad_value_names_the_variable() {
+        let e = cfg_env("", &[("HEADSCALE_DERP_SERVER_REGION_ID", "zero")]).unwrap_err();
+        assert!(
+            e.0.starts_with("HEADSCALE_DERP_SERVER_REGION_ID (derp.server.region_id):"),
+            "{e}"
+        );
+        let e = cfg_env("", &[("TINYSCALE_DNS_MAGIC_DNS", "maybe")]).unwrap_err();
+        assert!(
+            e.0.starts_with("TINYSCALE_DNS_MAGIC_DNS (dns.magic_dns):"),
+            "{e}"
+        );
+        let e = cfg_env("", &[("HEADSCALE_DNS_NAMESERVERS_GLOBAL", "1.1.1.1 nope")]).unwrap_err();
+        assert!(
+            e.0.starts_with("HEADSCALE_DNS_NAMESERVERS_GLOBAL (dns.nameservers.global)[1]"),
+            "{e}"
+        );
+        // A file error stays a file error.
+        let e = cfg_env("listen_addr: bad", &[("HEADSCALE_LOG_LEVEL", "info")]).unwrap_err();
+        assert!(e.0.starts_with("listen_addr:"), "{e}");
+    }
+
+    #[test]
+    fn env_leaves_data_dir_and_maps_alone() {
+        // TINYSCALE_DATA_DIR keeps its meaning: the default when the file has
+        // no data_dir (handled by default_data_dir), never an override.
+        let (c, _) = cfg_env("data_dir: d", &[("TINYSCALE_DATA_DIR", "/elsewhere")]).unwrap();
+        assert_eq!(c.data_dir, Path::new("/etc/ts/d"));
+        let (c, _) = cfg_env("", &[("HEADSCALE_DNS_NAMESERVERS_SPLIT", "x")]).unwrap();
+        assert!(c.nameservers_split.is_empty());
+        // An octal-looking value stays a string, "0" is a number.
+        let mut doc = json!({});
+        let env = |k: &str| match k {
+            "TINYSCALE_UNIX_SOCKET" => Some("0770".to_string()),
+            "TINYSCALE_NODE_EXPIRY" => Some("0".to_string()),
+            _ => None,
+        };
+        let applied = env_overrides(&mut doc, &env);
+        assert_eq!(doc, json!({"unix_socket": "0770", "node": {"expiry": 0}}));
+        assert_eq!(applied.len(), 2);
     }
 
     #[test]
