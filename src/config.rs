@@ -86,6 +86,18 @@ pub struct Config {
     pub cli_api_key: Option<String>,
     /// Bound on one CLI request (`cli.timeout`); None = 60 s.
     pub cli_timeout: Option<std::time::Duration>,
+    /// Mode of the admin socket (`unix_socket_permission`, octal; default
+    /// 0600, Headscale's 0770 works: group members may then connect).
+    pub unix_socket_permission: u32,
+    /// The embedded DERP server's own key (`derp.server.private_key_path`;
+    /// None = `derp_server_private.key` next to the Noise key).
+    pub derp_private_key_path: Option<PathBuf>,
+    /// `derp.server.automatically_add_embedded_derp_region` (default true):
+    /// false keeps the embedded region out of the DERP map clients get.
+    pub derp_add_embedded_region: bool,
+    /// `dns.override_local_dns` (default true): false sends the global
+    /// nameservers as fallback resolvers, leaving the node's own DNS first.
+    pub override_local_dns: bool,
     pub log_level: String,
     pub ephemeral_inactivity_timeout: std::time::Duration,
     pub database_path: PathBuf,
@@ -235,6 +247,10 @@ impl Config {
             cli_address: None,
             cli_api_key: None,
             cli_timeout: None,
+            unix_socket_permission: 0o600,
+            derp_private_key_path: None,
+            derp_add_embedded_region: true,
+            override_local_dns: true,
             log_level: "info".into(),
             ephemeral_inactivity_timeout: std::time::Duration::from_secs(30 * 60),
             database_path: data_dir.join("db.redb"),
@@ -665,8 +681,25 @@ fn parse_doc(
     if let Some(s) = get_str(doc, "log.level")? {
         c.log_level = s.to_ascii_lowercase();
     }
-    if let Some(d) = get_duration(doc, "node.ephemeral.inactivity_timeout")? {
-        c.ephemeral_inactivity_timeout = d;
+    // Headscale's old top-level name; the nested key wins when both are set.
+    for key in [
+        "ephemeral_node_inactivity_timeout",
+        "node.ephemeral.inactivity_timeout",
+    ] {
+        if let Some(d) = get_duration(doc, key)? {
+            c.ephemeral_inactivity_timeout = d;
+        }
+    }
+    if let Some(s) = get_str(doc, "unix_socket_permission")?.filter(|s| !s.is_empty()) {
+        c.unix_socket_permission =
+            parse_socket_mode(&s).map_err(|m| key_err("unix_socket_permission", m))?;
+    }
+    c.derp_private_key_path = path("derp.server.private_key_path")?;
+    if let Some(b) = get_bool(doc, "derp.server.automatically_add_embedded_derp_region")? {
+        c.derp_add_embedded_region = b;
+    }
+    if let Some(b) = get_bool(doc, "dns.override_local_dns")? {
+        c.override_local_dns = b;
     }
     if let Some(d) = get_duration(doc, "node.expiry")? {
         c.node_expiry = d;
@@ -1034,7 +1067,12 @@ pub(crate) const KNOWN: &[&str] = &[
     "cli.address",
     "cli.api_key",
     "cli.timeout",
+    "unix_socket_permission",
     "log.level",
+    "ephemeral_node_inactivity_timeout",
+    "derp.server.private_key_path",
+    "derp.server.automatically_add_embedded_derp_region",
+    "dns.override_local_dns",
     "node.ephemeral.inactivity_timeout",
     "node.expiry",
     "database.path",
@@ -1207,6 +1245,26 @@ fn optional_addr(doc: &Value, key: &str) -> Result<Option<Option<SocketAddr>>, C
         Some(Value::String(s)) => Ok(Some(Some(parse_socket(s).map_err(|m| key_err(key, m))?))),
         Some(other) => Err(key_err(key, format!("expected an address, got {other}"))),
     }
+}
+
+/// An admin socket mode: octal ("0770", "770", "0o660"); world-writable
+/// modes are refused (anyone could drive the server without an API key).
+fn parse_socket_mode(s: &str) -> Result<u32, String> {
+    let t = s.trim();
+    let digits = t.strip_prefix("0o").unwrap_or(t);
+    let m = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777 && !digits.is_empty())
+        .ok_or_else(|| format!("expected an octal mode like \"0770\", got {s:?}"))?;
+    if m & 0o002 != 0 {
+        return Err(format!(
+            "{s:?} lets every local user drive the server; use 0770 or tighter"
+        ));
+    }
+    if m & 0o600 != 0o600 {
+        return Err(format!("{s:?} must leave the owner read and write (0600)"));
+    }
+    Ok(m)
 }
 
 fn parse_socket(s: &str) -> Result<SocketAddr, String> {
@@ -1950,6 +2008,63 @@ mod tests {
         let applied = env_overrides(&mut doc, &env);
         assert_eq!(doc, json!({"unix_socket": "0770", "node": {"expiry": 0}}));
         assert_eq!(applied.len(), 2);
+    }
+
+    #[test]
+    fn headscale_keys_that_change_behaviour() {
+        let (c, w) = cfg(concat!(
+            "ephemeral_node_inactivity_timeout: 10m\n",
+            "unix_socket_permission: \"0770\"\n",
+            "derp:\n  server:\n    private_key_path: derp.key\n",
+            "    automatically_add_embedded_derp_region: false\n",
+            "dns:\n  override_local_dns: false\n",
+        ))
+        .unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(c.ephemeral_inactivity_timeout, Duration::from_secs(600));
+        assert_eq!(c.unix_socket_permission, 0o770);
+        assert_eq!(
+            c.derp_private_key_path.as_deref(),
+            Some(Path::new("/data/derp.key"))
+        );
+        assert!(!c.derp_add_embedded_region);
+        assert!(!c.override_local_dns);
+        // Defaults: owner-only socket, embedded region offered, DNS overridden.
+        let (c, _) = cfg("").unwrap();
+        assert_eq!(c.unix_socket_permission, 0o600);
+        assert_eq!(c.derp_private_key_path, None);
+        assert!(c.derp_add_embedded_region && c.override_local_dns);
+        // The nested key wins over the old top-level one.
+        let (c, _) = cfg(
+            "ephemeral_node_inactivity_timeout: 10m\nnode:\n  ephemeral:\n    inactivity_timeout: 2m\n",
+        )
+        .unwrap();
+        assert_eq!(c.ephemeral_inactivity_timeout, Duration::from_secs(120));
+        // Unquoted YAML 0770 reads as 770: still octal.
+        let (c, _) = cfg("unix_socket_permission: 0770").unwrap();
+        assert_eq!(c.unix_socket_permission, 0o770);
+        let (c, _) = cfg("unix_socket_permission: \"0o660\"").unwrap();
+        assert_eq!(c.unix_socket_permission, 0o660);
+        for bad in [
+            "\"0777\"",
+            "\"0772\"",
+            "\"0400\"",
+            "\"089\"",
+            "\"01770\"",
+            "rw",
+        ] {
+            let e = cfg(&format!("unix_socket_permission: {bad}")).unwrap_err();
+            assert!(e.0.starts_with("unix_socket_permission:"), "{bad}: {e}");
+        }
+        let e = cfg("unix_socket_permission: \"0777\"").unwrap_err();
+        assert!(e.0.contains("every local user"), "{e}");
+        let e = cfg_env("", &[("HEADSCALE_UNIX_SOCKET_PERMISSION", "0666")]).unwrap_err();
+        assert!(
+            e.0.starts_with("HEADSCALE_UNIX_SOCKET_PERMISSION (unix_socket_permission):"),
+            "{e}"
+        );
+        let e = cfg("dns:\n  override_local_dns: 1").unwrap_err();
+        assert!(e.0.starts_with("dns.override_local_dns:"), "{e}");
     }
 
     #[test]

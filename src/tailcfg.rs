@@ -345,6 +345,14 @@ pub struct DnsRecord {
 pub struct DnsConfig {
     #[serde(rename = "Resolvers", skip_serializing_if = "Vec::is_empty", default)]
     pub resolvers: Vec<Resolver>,
+    /// Used only when the node has no DNS of its own to keep
+    /// (`dns.override_local_dns: false`).
+    #[serde(
+        rename = "FallbackResolvers",
+        skip_serializing_if = "Vec::is_empty",
+        default
+    )]
+    pub fallback_resolvers: Vec<Resolver>,
     #[serde(rename = "Routes", skip_serializing_if = "BTreeMap::is_empty", default)]
     pub routes: BTreeMap<String, Vec<Resolver>>,
     #[serde(rename = "Domains", skip_serializing_if = "Vec::is_empty", default)]

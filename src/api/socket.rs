@@ -2,10 +2,14 @@
 //! key. What makes that safe:
 //!
 //! - the socket is created under umask 0177 (mode 0600 from the first
-//!   instant; no chmod after the fact that a race or a symlink could
-//!   defeat), in a directory that must belong to us (or root) and not be
-//!   writable by others unless sticky;
-//! - every accepted peer's uid (SO_PEERCRED) must be ours or root's;
+//!   instant), in a directory that must belong to us (or root) and not be
+//!   writable by others unless sticky, so nobody can swap the path before
+//!   a wider `unix_socket_permission` (Headscale's key, default here 0600;
+//!   world-writable modes are refused) is applied;
+//! - every accepted peer's uid (SO_PEERCRED) must be ours or root's; when
+//!   the mode grants the group write access (Headscale's 0770), a peer whose
+//!   effective gid is the server's is served too (SO_PEERCRED carries no
+//!   supplementary groups: such a member runs the CLI with `sg <group>`);
 //! - a failed bind is fatal: a server without its socket would leave the
 //!   CLI talking to whatever else listens at that path.
 //!
@@ -37,7 +41,8 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(15);
 /// socket's directory is not safe, or if the bind fails; a stale socket
 /// file (nobody listening) is replaced.
 pub fn spawn(server: SharedServer) -> io::Result<()> {
-    let listener = Async::new(bind_private(&server.cfg.unix_socket)?)?;
+    let mode = server.cfg.unix_socket_permission;
+    let listener = Async::new(bind_private(&server.cfg.unix_socket, mode)?)?;
     smol::spawn(accept_loop(server, listener)).detach();
     Ok(())
 }
@@ -45,6 +50,7 @@ pub fn spawn(server: SharedServer) -> io::Result<()> {
 async fn accept_loop(server: SharedServer, listener: Async<UnixListener>) {
     let live = Arc::new(AtomicUsize::new(0));
     let mut warned = false;
+    let group_may = server.cfg.unix_socket_permission & 0o020 != 0;
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -59,7 +65,7 @@ async fn accept_loop(server: SharedServer, listener: Async<UnixListener>) {
             }
         };
         warned = false;
-        if let Err(why) = peer_allowed(stream.get_ref()) {
+        if let Err(why) = peer_allowed(stream.get_ref(), group_may) {
             log::warn!("admin socket: refused a connection: {why}");
             continue;
         }
@@ -79,10 +85,11 @@ async fn accept_loop(server: SharedServer, listener: Async<UnixListener>) {
 }
 
 /// The peer must run as the server's own uid or as root.
-fn peer_allowed(s: &UnixStream) -> Result<(), String> {
+fn peer_allowed(s: &UnixStream, group_may: bool) -> Result<(), String> {
     let cred = rustix::net::sockopt::socket_peercred(s).map_err(|e| format!("SO_PEERCRED: {e}"))?;
     let me = rustix::process::geteuid();
-    if cred.uid == me || cred.uid.is_root() {
+    let group = group_may && cred.gid == rustix::process::getegid();
+    if cred.uid == me || cred.uid.is_root() || group {
         Ok(())
     } else {
         Err(format!(
@@ -115,7 +122,7 @@ async fn serve_conn(server: &SharedServer, mut stream: Async<UnixStream>) -> io:
 
 /// Checks (or creates, owner-only) the socket's directory, clears a stale
 /// socket and binds under a restrictive umask.
-fn bind_private(path: &Path) -> io::Result<UnixListener> {
+fn bind_private(path: &Path, mode: u32) -> io::Result<UnixListener> {
     use std::os::unix::fs::{DirBuilderExt, FileTypeExt};
     let dir = path
         .parent()
@@ -154,7 +161,17 @@ fn bind_private(path: &Path) -> io::Result<UnixListener> {
     let old = rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o177));
     let l = UnixListener::bind(path);
     rustix::process::umask(old);
-    l.map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))
+    let l = l.map_err(|e| io::Error::new(e.kind(), format!("binding {}: {e}", path.display())))?;
+    // A wider `unix_socket_permission` is granted after the bind: the
+    // directory was checked so nobody else can have swapped the path.
+    // Never world-writable, never less than owner read/write (the config
+    // refuses such modes already).
+    let mode = (mode | 0o600) & 0o775;
+    if mode != 0o600 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    }
+    Ok(l)
 }
 
 /// The directory must belong to us or root and not let others replace
@@ -183,4 +200,33 @@ fn check_dir(dir: &Path) -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn socket_gets_the_configured_mode() {
+        let dir = std::env::temp_dir().join(format!("ts-sockmode-{}", std::process::id()));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .create(&dir)
+            .unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let p = dir.join("s.sock");
+        for (asked, got) in [
+            (0o600, 0o600),
+            (0o770, 0o770),
+            (0o660, 0o660),
+            (0o777, 0o775),
+        ] {
+            let l = bind_private(&p, asked).unwrap();
+            let m = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(m, got, "asked {asked:o}");
+            drop(l);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -258,7 +258,14 @@ mod headscale_in {
     ];
     /// tinyscale keys whose Headscale values would point into Headscale's own
     /// directories: tinyscale's defaults (in its data directory) are kept.
-    const OWN: &[&str] = &["database.path", "unix_socket", "noise.private_key_path"];
+    /// The admin socket's mode stays tinyscale's owner-only default too.
+    const OWN: &[&str] = &[
+        "database.path",
+        "unix_socket",
+        "unix_socket_permission",
+        "noise.private_key_path",
+        "derp.server.private_key_path",
+    ];
 
     /// tinyscale's config from Headscale's: every key tinyscale reads under the
     /// same name is carried over; returns the YAML and the keys left behind.

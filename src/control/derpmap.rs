@@ -144,7 +144,8 @@ pub fn parse_doc(text: &str) -> Result<DerpMap, String> {
 /// region that is not there.
 pub fn merge(cfg: &Config, served: Option<&Served>, extra: &[DerpMap]) -> DerpMap {
     let mut regions = BTreeMap::new();
-    if let Some(s) = served.filter(|_| cfg.derp_server_enabled) {
+    let offer = cfg.derp_server_enabled && cfg.derp_add_embedded_region;
+    if let Some(s) = served.filter(|_| offer) {
         regions.insert(cfg.derp_region_id.to_string(), embedded_region(cfg, s));
     }
     for m in extra {
@@ -321,6 +322,16 @@ mod tests {
         assert!(m.regions.contains_key("5"));
         // Not served (the TLS listener did not bind): no embedded region.
         assert!(merge(&cfg, None, &[]).regions.is_empty());
+        // automatically_add_embedded_derp_region: false keeps it out even
+        // when served; other sources still come through.
+        cfg.derp_add_embedded_region = false;
+        let five = parse_doc(
+            r#"{"Regions":{"5":{"RegionID":5,"RegionCode":"five","RegionName":"f","Nodes":[]}}}"#,
+        )
+        .unwrap();
+        let m = merge(&cfg, Some(&served), &[five]);
+        assert_eq!(m.regions.keys().collect::<Vec<_>>(), ["5"]);
+        cfg.derp_add_embedded_region = true;
         cfg.derp_server_enabled = false;
         assert!(merge(&cfg, Some(&served), &[]).regions.is_empty());
     }

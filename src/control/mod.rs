@@ -258,10 +258,15 @@ pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
 
 pub use crate::secretfile::load_or_create_key;
 
-/// The embedded DERP server's private key: next to the Noise key.
+/// The embedded DERP server's private key: `derp.server.private_key_path`,
+/// else next to the Noise key.
 pub fn derp_key_path(cfg: &Config) -> std::path::PathBuf {
-    cfg.noise_private_key_path
-        .with_file_name("derp_server_private.key")
+    match &cfg.derp_private_key_path {
+        Some(p) => p.clone(),
+        None => cfg
+            .noise_private_key_path
+            .with_file_name("derp_server_private.key"),
+    }
 }
 
 /// The key in a `privkey:<64 hex>` file (Headscale's format too; the prefix

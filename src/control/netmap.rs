@@ -199,7 +199,16 @@ pub fn server_host(cfg: &Config) -> String {
 /// The DNS configuration: MagicDNS, global and split nameservers, search
 /// domains and extra records (inline plus the hot-reloaded file).
 pub fn dns_config(server: &Server) -> Option<tailcfg::DnsConfig> {
-    let cfg = &server.cfg;
+    let file = server
+        .dns_extra
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    Some(build_dns_config(&server.cfg, &file))
+}
+
+/// [`dns_config`] from the config and the extra records file's contents.
+pub fn build_dns_config(cfg: &Config, file: &[(String, String, String)]) -> tailcfg::DnsConfig {
     let suffix = dns_suffix(cfg);
     let mut d = tailcfg::DnsConfig {
         resolvers: cfg
@@ -209,6 +218,10 @@ pub fn dns_config(server: &Server) -> Option<tailcfg::DnsConfig> {
             .collect(),
         ..Default::default()
     };
+    if !cfg.override_local_dns {
+        // dns.override_local_dns: false: the node keeps its own resolvers.
+        d.fallback_resolvers = std::mem::take(&mut d.resolvers);
+    }
     d.domains = cfg.search_domains.clone();
     if cfg.magic_dns && !suffix.is_empty() {
         d.proxied = true;
@@ -222,11 +235,6 @@ pub fn dns_config(server: &Server) -> Option<tailcfg::DnsConfig> {
                 .collect(),
         );
     }
-    let file = server
-        .dns_extra
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
     for (name, ty, value) in cfg.extra_records.iter().chain(file.iter()) {
         d.extra_records.push(tailcfg::DnsRecord {
             name: format!("{name}."),
@@ -249,7 +257,7 @@ pub fn dns_config(server: &Server) -> Option<tailcfg::DnsConfig> {
             }
         }
     }
-    Some(d)
+    d
 }
 
 /// Re-reads `dns.extra_records_path` when it changes; a broken file is
@@ -309,4 +317,32 @@ pub fn allow_all_filter() -> SharedRaw {
         r#"[{"SrcIPs":["*"],"DstPorts":[{"IP":"*","Ports":{"First":0,"Last":65535}}]}]"#.into(),
     )
     .expect("literal JSON")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_local_dns_false_sends_fallback_resolvers() {
+        let mut cfg = Config::defaults(std::path::Path::new("/data"));
+        cfg.nameservers_global = vec!["1.1.1.1".into(), "https://dns.example/q".into()];
+        let d = build_dns_config(&cfg, &[]);
+        assert_eq!(d.resolvers.len(), 2);
+        assert!(d.fallback_resolvers.is_empty());
+        let j = serde_json::to_value(&d).unwrap();
+        assert!(j.get("FallbackResolvers").is_none(), "{j}");
+
+        cfg.override_local_dns = false;
+        let d = build_dns_config(&cfg, &[]);
+        assert!(d.resolvers.is_empty());
+        let j = serde_json::to_value(&d).unwrap();
+        assert!(j.get("Resolvers").is_none(), "{j}");
+        assert_eq!(
+            j["FallbackResolvers"],
+            serde_json::json!([{"Addr": "1.1.1.1"}, {"Addr": "https://dns.example/q"}])
+        );
+        // MagicDNS still proxies the tailnet names.
+        assert_eq!(j["Proxied"], true);
+    }
 }
