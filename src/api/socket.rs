@@ -133,6 +133,11 @@ fn bind_private(path: &Path, mode: u32) -> io::Result<UnixListener> {
             .recursive(true)
             .mode(0o700)
             .create(dir)?;
+        // The mode above passes through the process umask, which another
+        // thread's bind may hold at 0177 (below) at this very moment: that
+        // would leave a directory without its search bit.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
     check_dir(dir)?;
     if let Ok(md) = std::fs::symlink_metadata(path) {
