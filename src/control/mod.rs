@@ -295,7 +295,19 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
             .unwrap_or(1);
         std::env::set_var("SMOL_THREADS", n.to_string());
     }
-    let listener = crate::http::bind(&server)?;
+    // Headscale's TLS: `listen_addr: 0.0.0.0:443` with a certificate makes that one listener
+    // HTTPS. Ours would bind the plain listener and then fail the TLS bind of the same socket, so
+    // when both name one socket the TLS listener serves everything (control, API, pages, DERP).
+    let single = server.tls.is_some()
+        && server
+            .cfg
+            .tls_listen_addr
+            .is_some_and(|t| same_socket(t, server.cfg.listen_addr));
+    let listener = if single {
+        None
+    } else {
+        Some(crate::http::bind(&server)?)
+    };
     if let Some(addr) = server.cfg.stun_listen_addr {
         if server.cfg.derp_server_enabled {
             start_stun(addr);
@@ -305,17 +317,44 @@ pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
     if let Some(addr) = server.cfg.metrics_listen_addr {
         crate::metrics::spawn(&server, addr);
     }
-    let _tls = start_tls(&server);
+    let tls = start_tls(&server);
     #[cfg(feature = "acme")]
     let _http01 = start_acme_http01(&server);
     spawn_background(&server);
     signals::spawn(&server);
-    println!(
-        "tinyscale listening on {}; server_url {}",
-        server.cfg.listen_addr, server.cfg.server_url
-    );
-    smol::block_on(crate::http::accept_loop(server, listener));
+    match listener {
+        Some(listener) => {
+            println!(
+                "tinyscale listening on {}; server_url {}",
+                server.cfg.listen_addr, server.cfg.server_url
+            );
+            let _tls = tls;
+            smol::block_on(crate::http::accept_loop(server, listener));
+        }
+        None => {
+            // The only listener: without it there is no server (start_tls said why).
+            let tls = tls.ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "listen_addr {} (HTTPS, the same socket as tls_listen_addr) could not be bound",
+                    server.cfg.listen_addr
+                ))
+            })?;
+            println!(
+                "tinyscale listening on {} (HTTPS); server_url {}",
+                server.cfg.listen_addr, server.cfg.server_url
+            );
+            smol::block_on(tls);
+        }
+    }
     Ok(())
+}
+
+/// Whether two listen addresses name one socket: the same port on the same address, or on
+/// addresses that overlap because one of them is the unspecified address.
+fn same_socket(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
+    a.port() != 0
+        && a.port() == b.port()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn start_stun(addr: std::net::SocketAddr) {
@@ -497,4 +536,22 @@ pub fn start_background(
             crate::http::accept_loop(server, listener).await
         }),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_socket;
+
+    #[test]
+    fn one_socket_or_two() {
+        let a = |s: &str| s.parse().unwrap();
+        // Headscale's `listen_addr: 0.0.0.0:443` against our default tls_listen_addr.
+        assert!(same_socket(a("0.0.0.0:443"), a("0.0.0.0:443")));
+        assert!(same_socket(a("192.0.2.1:443"), a("0.0.0.0:443")));
+        assert!(same_socket(a("[::]:443"), a("192.0.2.1:443")));
+        assert!(!same_socket(a("0.0.0.0:8080"), a("0.0.0.0:443")));
+        assert!(!same_socket(a("192.0.2.1:443"), a("192.0.2.2:443")));
+        // Port 0 is a fresh port for each bind.
+        assert!(!same_socket(a("127.0.0.1:0"), a("127.0.0.1:0")));
+    }
 }
