@@ -1021,6 +1021,207 @@ pub fn validate(c: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// The effective configuration as YAML (`tinyscale dump-config`, Headscale's
+/// `dumpConfig`): every key tinyscale reads, after defaults and environment
+/// overrides, paths made absolute. Reading the output back gives the same
+/// configuration, except that secrets (`oidc.client_secret`,
+/// `cli.api_key`) are printed as `<redacted>`.
+pub fn dump_yaml(c: &Config) -> String {
+    use serde_json::json;
+    let p = |p: &Path| Value::String(p.to_string_lossy().into_owned());
+    let op = |o: &Option<PathBuf>| o.as_deref().map(p).unwrap_or_else(|| json!(""));
+    let addr = |a: &Option<SocketAddr>| json!(a.map(|a| a.to_string()).unwrap_or_default());
+    let d = |d: Duration| json!(fmt_duration(d));
+    let mut kv: Vec<(&str, Value)> = vec![
+        ("server_url", json!(c.server_url)),
+        ("listen_addr", json!(c.listen_addr.to_string())),
+        ("data_dir", p(&c.data_dir)),
+        ("noise.private_key_path", p(&c.noise_private_key_path)),
+        ("prefixes.v4", json!(c.prefix_v4.to_string())),
+        ("prefixes.v6", json!(c.prefix_v6.to_string())),
+        ("prefixes.allocation", json!("sequential")),
+        ("derp.server.enabled", json!(c.derp_server_enabled)),
+        ("derp.server.region_id", json!(c.derp_region_id)),
+        ("derp.server.region_code", json!(c.derp_region_code)),
+        ("derp.server.region_name", json!(c.derp_region_name)),
+        ("derp.server.stun_listen_addr", addr(&c.stun_listen_addr)),
+        (
+            "derp.server.ipv4",
+            json!(c.derp_ipv4.clone().unwrap_or_default()),
+        ),
+        (
+            "derp.server.ipv6",
+            json!(c.derp_ipv6.clone().unwrap_or_default()),
+        ),
+        ("derp.server.private_key_path", op(&c.derp_private_key_path)),
+        (
+            "derp.server.automatically_add_embedded_derp_region",
+            json!(c.derp_add_embedded_region),
+        ),
+        (
+            "derp.paths",
+            Value::Array(c.derp_paths.iter().map(|x| p(x)).collect()),
+        ),
+        ("derp.urls", json!(c.derp_urls)),
+        ("derp.update_frequency", d(c.derp_update_frequency)),
+        ("tls_listen_addr", addr(&c.tls_listen_addr)),
+        ("metrics_listen_addr", addr(&c.metrics_listen_addr)),
+        ("tls_cert_path", op(&c.tls_cert_path)),
+        ("tls_key_path", op(&c.tls_key_path)),
+        ("dns.magic_dns", json!(c.magic_dns)),
+        ("dns.base_domain", json!(c.base_domain)),
+        ("dns.override_local_dns", json!(c.override_local_dns)),
+        ("dns.nameservers.global", json!(c.nameservers_global)),
+        ("dns.nameservers.split", json!(c.nameservers_split)),
+        ("dns.search_domains", json!(c.search_domains)),
+        (
+            "dns.extra_records",
+            Value::Array(
+                c.extra_records
+                    .iter()
+                    .map(|(n, t, v)| json!({"name": n, "type": t, "value": v}))
+                    .collect(),
+            ),
+        ),
+        ("dns.extra_records_path", op(&c.extra_records_path)),
+        ("taildrop.enabled", json!(c.taildrop)),
+        ("web.enabled", json!(c.web_enabled)),
+        ("policy.path", op(&c.policy_path)),
+        ("policy.mode", json!(c.policy_mode)),
+        ("unix_socket", p(&c.unix_socket)),
+        (
+            "unix_socket_permission",
+            json!(format!("{:04o}", c.unix_socket_permission)),
+        ),
+        (
+            "cli.address",
+            json!(c.cli_address.clone().unwrap_or_default()),
+        ),
+        ("cli.timeout", d(c.cli_timeout.unwrap_or(Duration::ZERO))),
+        ("log.level", json!(c.log_level)),
+        (
+            "node.ephemeral.inactivity_timeout",
+            d(c.ephemeral_inactivity_timeout),
+        ),
+        ("node.expiry", d(c.node_expiry)),
+        ("database.path", p(&c.database_path)),
+        ("limits.unidentified_connections", json!(c.max_unidentified)),
+        (
+            "limits.unidentified_connections_per_source",
+            json!(c.max_unidentified_per_source),
+        ),
+    ];
+    if c.cli_api_key.is_some() {
+        kv.push(("cli.api_key", json!("<redacted>")));
+    }
+    if let Some(a) = &c.acme {
+        kv.extend([
+            ("tls_letsencrypt_hostname", json!(a.hostname)),
+            (
+                "tls_letsencrypt_challenge_type",
+                json!(match a.challenge {
+                    AcmeChallenge::Http01 => "HTTP-01",
+                    AcmeChallenge::TlsAlpn01 => "TLS-ALPN-01",
+                }),
+            ),
+            ("tls_letsencrypt_cache_dir", p(&a.cache_dir)),
+            ("tls_letsencrypt_listen", json!(a.listen.to_string())),
+            ("acme_url", json!(a.url)),
+            ("acme_email", json!(a.email)),
+            ("acme_ca_cert_path", op(&a.ca_cert_path)),
+        ]);
+    }
+    if let Some(o) = &c.oidc {
+        kv.extend([
+            ("oidc.issuer", json!(o.issuer)),
+            ("oidc.client_id", json!(o.client_id)),
+            ("oidc.client_secret", json!("<redacted>")),
+            ("oidc.scope", json!(o.scope)),
+            (
+                "oidc.extra_params",
+                Value::Object(
+                    o.extra_params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), json!(v)))
+                        .collect(),
+                ),
+            ),
+            ("oidc.allowed_domains", json!(o.allowed_domains)),
+            ("oidc.allowed_users", json!(o.allowed_users)),
+            ("oidc.allowed_groups", json!(o.allowed_groups)),
+            ("oidc.expiry", d(o.expiry)),
+            ("oidc.use_expiry_from_token", json!(o.use_expiry_from_token)),
+            ("oidc.pkce.enabled", json!(o.pkce)),
+            (
+                "oidc.pkce.method",
+                json!(if o.pkce_plain { "plain" } else { "S256" }),
+            ),
+            (
+                "oidc.only_start_if_oidc_is_available",
+                json!(o.only_start_if_oidc_is_available),
+            ),
+            (
+                "oidc.email_verified_required",
+                json!(o.email_verified_required),
+            ),
+            ("oidc.ca_cert_path", op(&o.ca_cert_path)),
+        ]);
+    }
+    let mut doc = Value::Object(Default::default());
+    for (k, v) in kv {
+        set(&mut doc, k, v);
+    }
+    let mut out = String::new();
+    emit_yaml(&doc, 0, &mut out);
+    out
+}
+
+/// Block maps, everything else as JSON (valid YAML flow style).
+fn emit_yaml(v: &Value, indent: usize, out: &mut String) {
+    let Value::Object(m) = v else { return };
+    for (k, child) in m {
+        let plain = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        let key = if plain {
+            k.clone()
+        } else {
+            Value::String(k.clone()).to_string()
+        };
+        out.push_str(&" ".repeat(indent));
+        out.push_str(&key);
+        match child {
+            Value::Object(cm) if !cm.is_empty() => {
+                out.push_str(":\n");
+                emit_yaml(child, indent + 2, out);
+            }
+            leaf => {
+                out.push_str(": ");
+                out.push_str(&leaf.to_string());
+                out.push('\n');
+            }
+        }
+    }
+}
+
+/// A duration as the config reads it back: "0", "1h30m", "500ms".
+fn fmt_duration(d: Duration) -> String {
+    if d.is_zero() {
+        return "0".into();
+    }
+    let (secs, ms) = (d.as_secs(), d.subsec_millis());
+    let mut s = String::new();
+    for (n, unit) in [(secs / 3600, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")] {
+        if n > 0 {
+            s.push_str(&format!("{n}{unit}"));
+        }
+    }
+    if ms > 0 {
+        s.push_str(&format!("{ms}ms"));
+    }
+    s
+}
+
 /// Every key tinyscale reads, dotted.
 pub(crate) const KNOWN: &[&str] = &[
     "server_url",
@@ -2065,6 +2266,51 @@ mod tests {
         );
         let e = cfg("dns:\n  override_local_dns: 1").unwrap_err();
         assert!(e.0.starts_with("dns.override_local_dns:"), "{e}");
+    }
+
+    #[test]
+    fn dump_reads_back_the_same() {
+        let (c, _) = cfg(concat!(
+            "server_url: https://hs.example\n",
+            "listen_addr: 127.0.0.1:8081\n",
+            "tls_listen_addr: \"\"\n",
+            "derp:\n  server:\n    region_id: 901\n    stun_listen_addr: \"\"\n",
+            "    automatically_add_embedded_derp_region: false\n",
+            "  update_frequency: 90m\n  paths: [m.yaml]\n",
+            "dns:\n  base_domain: ts.example\n  override_local_dns: false\n",
+            "  nameservers:\n    global: [1.1.1.1]\n    split:\n      lab.example: [10.0.0.53]\n",
+            "  extra_records:\n    - name: a.ts.example\n      type: A\n      value: 100.64.0.9\n",
+            "unix_socket_permission: \"0770\"\n",
+            "node:\n  expiry: 1500ms\n",
+            "oidc:\n  issuer: https://id.example\n  client_id: c\n  client_secret: hunter2\n",
+            "  extra_params: {domain_hint: ts.example}\n",
+        ))
+        .unwrap();
+        let y = dump_yaml(&c);
+        assert!(!y.contains("hunter2"), "{y}");
+        assert!(y.contains("client_secret: \"<redacted>\""), "{y}");
+        let (c2, w) = cfg(&y).unwrap();
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(dump_yaml(&c2), y);
+        assert_eq!(c2.derp_region_id, 901);
+        assert_eq!(c2.tls_listen_addr, None);
+        assert_eq!(c2.stun_listen_addr, None);
+        assert!(!c2.derp_add_embedded_region && !c2.override_local_dns);
+        assert_eq!(c2.derp_paths, [Path::new("/data/m.yaml")]);
+        assert_eq!(c2.derp_update_frequency, Duration::from_secs(5400));
+        assert_eq!(c2.nameservers_split["lab.example"], ["10.0.0.53"]);
+        assert_eq!(c2.extra_records, c.extra_records);
+        assert_eq!(c2.unix_socket_permission, 0o770);
+        assert_eq!(c2.node_expiry, Duration::from_millis(1500));
+        assert_eq!(
+            c2.oidc.as_ref().unwrap().extra_params,
+            [("domain_hint".to_string(), "ts.example".to_string())]
+        );
+        // Defaults round-trip too.
+        let (d, _) = cfg("").unwrap();
+        let y = dump_yaml(&d);
+        assert_eq!(dump_yaml(&cfg(&y).unwrap().0), y);
+        assert!(y.contains("\nunix_socket_permission: \"0600\"\n"), "{y}");
     }
 
     #[test]

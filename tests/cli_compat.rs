@@ -300,3 +300,45 @@ fn headscale_config_env_is_read() {
         "{text}"
     );
 }
+
+/// `HEADSCALE_<KEY>` / `TINYSCALE_<KEY>` override the file, and
+/// `dump-config` (Headscale's `dumpConfig`) prints the effective result.
+#[test]
+fn env_overrides_show_in_dump_config() {
+    let env = setup("dumpcfg");
+    let dump = |cmd: &str, vars: &[(&str, &str)]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_tinyscale"));
+        c.args([cmd, "--config"]).arg(&env.config);
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, text, err) = dump(
+        "dump-config",
+        &[
+            ("HEADSCALE_DNS_BASE_DOMAIN", "hs.example"),
+            ("HEADSCALE_LOG_LEVEL", "debug"),
+            ("TINYSCALE_LOG_LEVEL", "warn"),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(text.contains("  base_domain: \"hs.example\"\n"), "{text}");
+    assert!(text.contains("  level: \"warn\"\n"), "{text}");
+    let (ok, text, err) = dump("dumpConfig", &[]);
+    assert!(ok, "{err}");
+    assert!(text.contains("server_url: "), "{text}");
+    assert!(!text.contains("hs.example"), "{text}");
+    // A bad value names the variable.
+    let (ok, _, err) = dump("configtest", &[("HEADSCALE_DERP_SERVER_REGION_ID", "-1")]);
+    assert!(!ok);
+    assert!(
+        err.contains("HEADSCALE_DERP_SERVER_REGION_ID (derp.server.region_id)"),
+        "{err}"
+    );
+}

@@ -47,6 +47,7 @@ struct Top {
 enum Cmd {
     Serve(ServeCmd),
     ConfigTest(ConfigTestCmd),
+    DumpConfig(DumpConfigCmd),
     Users(UsersCmd),
     PreAuthKeys(PreAuthKeysCmd),
     Nodes(NodesCmd),
@@ -73,6 +74,12 @@ struct ServeCmd {}
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "configtest")]
 struct ConfigTestCmd {}
+
+/// Print the effective configuration (file, defaults and environment) as
+/// YAML; secrets are redacted. Headscale's `dumpConfig` works too.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "dump-config")]
+struct DumpConfigCmd {}
 
 /// Print the version.
 #[derive(FromArgs, Debug)]
@@ -648,6 +655,7 @@ fn canonical_commands(args: &mut [String]) {
         "preauthkey" | "authkey" | "authkeys" | "pre" => "preauthkeys",
         "apikey" | "api" => "apikeys",
         "gen" => "generate",
+        "dumpConfig" | "dumpconfig" => "dump-config",
         other => other,
     }
     .to_string();
@@ -864,6 +872,11 @@ fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> 
             outln!("data_dir: {}", cfg.data_dir.display());
             outln!("database: {}", cfg.database_path.display());
             outln!("unix_socket: {}", cfg.unix_socket.display());
+            Ok(())
+        }
+        Cmd::DumpConfig(_) => {
+            let cfg = load_config(explicit)?;
+            out!("{}", config::dump_yaml(&cfg));
             Ok(())
         }
         Cmd::Serve(_) => {
@@ -1540,6 +1553,9 @@ mod tests {
         let mut a = v(&["ts", "user", "ls"]);
         canonical_commands(&mut a);
         assert_eq!(a, v(&["ts", "users", "list"]));
+        let mut a = v(&["ts", "dumpConfig"]);
+        canonical_commands(&mut a);
+        assert_eq!(a, v(&["ts", "dump-config"]));
         let mut a = v(&["ts", "authkey", "revoke", "3"]);
         canonical_commands(&mut a);
         assert_eq!(a, v(&["ts", "preauthkeys", "expire", "3"]));
