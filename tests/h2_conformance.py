@@ -30,6 +30,7 @@ def pattern(n):
 class Client:
     def __init__(self, settings=None):
         self.sock = socket.create_connection(("127.0.0.1", PORT), timeout=DEADLINE)
+        self.send_failed = False
         self.conn = h2.connection.H2Connection(
             config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         )
@@ -48,8 +49,14 @@ class Client:
 
     def flush(self):
         out = self.conn.data_to_send()
-        if out:
-            self.sock.sendall(out)
+        if out and not self.send_failed:
+            try:
+                self.sock.sendall(out)
+            except (ConnectionResetError, BrokenPipeError):
+                # The server closed after a GOAWAY while we were still
+                # sending (its kernel answers unread bytes with RST). What it
+                # sent before is still queued for us: keep reading it.
+                self.send_failed = True
 
     def headers(self, path, extra=()):
         return [(":method", "POST"), (":scheme", "http"), (":authority", "t"), (":path", path)] + list(extra)
@@ -78,7 +85,10 @@ class Client:
             self.flush()
 
     def pump_once(self):
-        data = self.sock.recv(65536)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
         if not data:
             self.closed = True
             raise EOFError("server closed the connection")
