@@ -8,6 +8,7 @@
 #[cfg(feature = "acme")]
 pub mod acme;
 pub mod api;
+pub mod app;
 pub mod atomic64;
 pub mod cli;
 pub mod client;

@@ -13,7 +13,6 @@
 //! which the 32-bit stand-in in [`crate::atomic64`] does not have.
 
 use crate::atomic64::AtomicU64;
-use crate::control::{Server, SharedServer};
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -117,8 +116,20 @@ fn get(c: &AtomicU64) -> u64 {
     c.load(Relaxed)
 }
 
+/// What the server knows when scraped (read by the top-level room, which
+/// serves `/metrics`).
+pub struct Gauges {
+    /// Nodes known, and those with a connected map session.
+    pub nodes: usize,
+    pub online: usize,
+    /// Policy compiles in force since start.
+    pub policy_generation: u64,
+    /// The embedded DERP relay, when enabled.
+    pub derp: Option<std::sync::Arc<crate::derp::server::DerpServer>>,
+}
+
 /// The text exposition of every metric.
-pub fn render(server: &Server) -> String {
+pub fn render(g: &Gauges) -> String {
     let mut o = String::with_capacity(4096);
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -148,15 +159,7 @@ pub fn render(server: &Server) -> String {
         "Streaming map sessions that ended.",
         &[(r#"{reason="closed"}"#, closed as f64)],
     );
-    let (nodes, online) = {
-        let st = server.state();
-        let online = st
-            .nodes
-            .keys()
-            .filter(|id| server.hub.is_online(**id))
-            .count();
-        (st.nodes.len(), online)
-    };
+    let (nodes, online) = (g.nodes, g.online);
     metric(
         "headscale_nodestore_nodes",
         "gauge",
@@ -194,7 +197,7 @@ pub fn render(server: &Server) -> String {
         "tinyscale_policy_generation",
         "gauge",
         "Policy compiles in force since start (moves on every recompile).",
-        &[("", server.policy_view().1 as f64)],
+        &[("", g.policy_generation as f64)],
     );
     metric(
         "tinyscale_policy_compiles_total",
@@ -214,7 +217,7 @@ pub fn render(server: &Server) -> String {
         "Duration of the last policy compile.",
         &[("", get(&C.policy_last_compile_micros) as f64 / 1e6)],
     );
-    if let Some(d) = server.derp.as_ref() {
+    if let Some(d) = g.derp.as_ref() {
         let s = d.stats();
         metric(
             "tinyscale_derp_clients",
@@ -277,59 +280,4 @@ pub fn render(server: &Server) -> String {
         );
     }
     o
-}
-
-/// Serves `GET /metrics` on `addr` until the process ends; a failed bind
-/// is logged (metrics are not worth refusing to start for).
-pub fn spawn(server: &SharedServer, addr: std::net::SocketAddr) {
-    let l = match async_io::Async::<std::net::TcpListener>::bind(addr) {
-        Ok(l) => l,
-        Err(e) => {
-            log::warn!("metrics_listen_addr {addr}: {e} (no /metrics)");
-            return;
-        }
-    };
-    log::info!("metrics on http://{addr}/metrics");
-    let weak = std::sync::Arc::downgrade(server);
-    smol::spawn(async move {
-        loop {
-            let mut s = match l.accept().await {
-                Ok((s, _)) => s,
-                Err(_) => {
-                    async_io::Timer::after(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let Some(server) = weak.upgrade() else { return };
-            smol::spawn(async move {
-                let _ = scrape(&server, &mut s).await;
-            })
-            .detach();
-        }
-    })
-    .detach();
-}
-
-async fn scrape(
-    server: &Server,
-    s: &mut async_io::Async<std::net::TcpStream>,
-) -> std::io::Result<()> {
-    use futures_lite::AsyncWriteExt;
-    let mut buf = Vec::new();
-    let head = crate::http::read_head(s, &mut buf);
-    let Some(h) = crate::http::timeout(Duration::from_secs(10), head).await? else {
-        return Ok(());
-    };
-    let (status, body) = if h.method == "GET" && h.path == "/metrics" {
-        ("200 OK", render(server))
-    } else {
-        ("404 Not Found", "not found\n".to_string())
-    };
-    let out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(out.as_bytes()).await?;
-    s.flush().await
 }

@@ -57,8 +57,9 @@ fn server(
     start_with(cfg, dir)
 }
 
-fn manager(ts: &TestServer) -> &tinyscale::acme::Manager {
-    ts.server.acme.as_deref().expect("ACME configured")
+fn manager(ts: &TestServer) -> std::sync::Arc<tinyscale::acme::Manager> {
+    let app = ts.app.upgrade().expect("server running");
+    app.acme.clone().expect("ACME configured")
 }
 
 /// Waits for a certificate other than `old`.

@@ -129,8 +129,10 @@ fn config_for(dir: &Path, sock: &Path) -> tinyscale::config::Config {
 fn socket_mode_and_directory_checks() {
     let dir = tempdir("dir");
     // Created owner-only, the socket 0600 from the start.
-    let server =
-        tinyscale::control::build_server(config_for(&dir, &dir.join("run/a.sock"))).unwrap();
+    let server = tinyscale::app::build(config_for(&dir, &dir.join("run/a.sock")))
+        .unwrap()
+        .server
+        .clone();
     tinyscale::api::spawn(server).unwrap();
     let md = std::fs::metadata(dir.join("run/a.sock")).unwrap();
     assert_eq!(md.mode() & 0o777, 0o600);
@@ -144,14 +146,14 @@ fn socket_mode_and_directory_checks() {
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
     let mut c = config_for(&dir, &open.join("b.sock"));
     c.database_path = dir.join("db2/db.redb");
-    let e = tinyscale::api::spawn(tinyscale::control::build_server(c).unwrap()).unwrap_err();
+    let e = tinyscale::api::spawn(tinyscale::app::build(c).unwrap().server.clone()).unwrap_err();
     assert!(e.to_string().contains("lets others replace"), "{e}");
     assert!(!open.join("b.sock").exists());
     // Sticky and world-writable (like /tmp) is fine.
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
     let mut c = config_for(&dir, &open.join("c.sock"));
     c.database_path = dir.join("db3/db.redb");
-    tinyscale::api::spawn(tinyscale::control::build_server(c).unwrap()).unwrap();
+    tinyscale::api::spawn(tinyscale::app::build(c).unwrap().server.clone()).unwrap();
 
     // Owned by someone else (only root can arrange that here).
     if rustix::process::geteuid().is_root() {
@@ -160,7 +162,8 @@ fn socket_mode_and_directory_checks() {
         std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
         let mut c = config_for(&dir, &theirs.join("d.sock"));
         c.database_path = dir.join("db4/db.redb");
-        let e = tinyscale::api::spawn(tinyscale::control::build_server(c).unwrap()).unwrap_err();
+        let e =
+            tinyscale::api::spawn(tinyscale::app::build(c).unwrap().server.clone()).unwrap_err();
         assert!(e.to_string().contains("owned by uid 65534"), "{e}");
     } else {
         skip_or_fail("the foreign-owner case needs root to chown");
@@ -189,7 +192,7 @@ fn peer_uid_is_checked() {
     std::fs::create_dir(dir.join("run")).unwrap();
     std::fs::set_permissions(dir.join("run"), std::fs::Permissions::from_mode(0o755)).unwrap();
     let (c, _) = tinyscale::config::load(Some(&cfg)).unwrap();
-    let server = tinyscale::control::build_server(c).unwrap();
+    let server = tinyscale::app::build(c).unwrap().server.clone();
     tinyscale::api::spawn(server.clone()).unwrap();
     let sock = dir.join("run/admin.sock");
     std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();

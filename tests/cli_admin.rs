@@ -38,7 +38,7 @@ fn setup_with(name: &str, extra: &str) -> Env {
     .unwrap();
     let (cfg, used) = tinyscale::config::load(Some(&config)).unwrap();
     assert_eq!(used.as_deref(), Some(config.as_path()));
-    let server = tinyscale::control::build_server(cfg).unwrap();
+    let server = tinyscale::app::build(cfg).unwrap().server.clone();
     tinyscale::api::spawn(server.clone()).unwrap();
     Env {
         dir,
@@ -629,7 +629,7 @@ fn socket_path_safety() {
     cfg.unix_socket = env.dir.join("not-a-socket");
     std::fs::write(&cfg.unix_socket, b"precious").unwrap();
     cfg.database_path = env.dir.join("db2/db.redb");
-    let other = tinyscale::control::build_server(cfg).unwrap();
+    let other = tinyscale::app::build(cfg).unwrap().server.clone();
     let e = tinyscale::api::spawn(other.clone()).unwrap_err();
     assert!(e.to_string().contains("not a socket"), "{e}");
     assert_eq!(

@@ -39,7 +39,7 @@ fn setup(tag: &str) -> Env {
     )
     .unwrap();
     let (cfg, _) = tinyscale::config::load(Some(&config)).unwrap();
-    let server = tinyscale::control::build_server(cfg).unwrap();
+    let server = tinyscale::app::build(cfg).unwrap().server.clone();
     tinyscale::api::spawn(server.clone()).unwrap();
     Env {
         dir,

@@ -18,7 +18,7 @@ fn policy_get_and_set_through_the_cli() {
     )
     .unwrap();
     let (cfg, _) = tinyscale::config::load(Some(&config)).unwrap();
-    let server = tinyscale::control::build_server(cfg).unwrap();
+    let server = tinyscale::app::build(cfg).unwrap().server.clone();
     tinyscale::api::spawn(server.clone()).unwrap();
     let cli = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_tinyscale"))

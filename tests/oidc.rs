@@ -614,7 +614,7 @@ fn unreachable_provider_stops_start_unless_allowed() {
     let dir = tempdir("oidc-down");
     let mut cfg = config(&dir);
     cfg.oidc = Some(oidc_config(&p));
-    let e = tinyscale::control::build_server(cfg.clone())
+    let e = tinyscale::app::build(cfg.clone())
         .err()
         .expect("must refuse to start");
     assert!(

@@ -789,7 +789,7 @@ fn load_config(explicit: Option<&std::path::Path>) -> Result<Config, String> {
 
 /// Runs the server until it exits.
 fn serve(cfg: Config) -> std::io::Result<()> {
-    crate::http::serve(cfg)
+    crate::app::serve(cfg)
 }
 
 fn dispatch(cmd: Cmd, explicit: Option<&std::path::Path>) -> Result<(), String> {

@@ -1,8 +1,12 @@
 //! The control plane: register, map sessions, lite updates and the hub that
-//! fans changes out to connected map sessions.
+//! fans changes out to connected map sessions. Requests reach it from the
+//! transport through [`crate::http::h2srv::Handler`] (see `endpoints`); the
+//! planes above it (API, page, OIDC, ACME) call into it, never the reverse.
+//! The top-level room (`crate::app`) builds it and binds its listeners.
 
 pub mod churn;
 pub mod derpmap;
+mod endpoints;
 pub mod ephemeral;
 pub mod hub;
 pub mod interactive;
@@ -58,12 +62,6 @@ pub struct Server {
     pub admission: Arc<crate::http::admission::Admission>,
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
-    /// OpenID Connect login (`oidc.issuer` set).
-    #[cfg(feature = "oidc")]
-    pub oidc: Option<crate::oidc::Oidc>,
-    /// ACME certificates (`tls_letsencrypt_hostname` set).
-    #[cfg(feature = "acme")]
-    pub acme: Option<Arc<crate::acme::Manager>>,
     /// The admin page's sessions and login links.
     pub web: crate::web::Web,
 }
@@ -91,8 +89,7 @@ impl Server {
         let port = *self.tls_port.get()?;
         self.derp.as_ref()?;
         // Until the first ACME certificate is in, TLS handshakes fail.
-        #[cfg(feature = "acme")]
-        if self.acme.as_ref().is_some_and(|m| m.validity().is_none()) {
+        if self.tls.as_ref().is_some_and(|t| !t.ready()) {
             return None;
         }
         Some(derpmap::Served {
@@ -108,10 +105,15 @@ impl Server {
 
 pub type SharedServer = Arc<Server>;
 
-/// Loads the store and the Noise key and builds the shared server.
-pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
-    use std::io::{Error, ErrorKind};
-    let _ = ErrorKind::Other;
+/// Loads the store and the Noise key and builds the shared server. `tls`
+/// gives the TLS listener's certificate (the top-level room's choice: a
+/// file, a generated one, ACME); it is called once the database and the
+/// Noise key are loaded.
+pub fn build_server(
+    cfg: Config,
+    tls: impl FnOnce(&Config) -> std::io::Result<Option<crate::http::tls::Tls>>,
+) -> std::io::Result<SharedServer> {
+    use std::io::Error;
     if let Some(dir) = cfg.database_path.parent() {
         create_private_dir(dir)?;
     }
@@ -128,48 +130,7 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
         )
     })?;
     let noise_public = crate::keys::x25519_public(&noise_private);
-    #[cfg(feature = "oidc")]
-    let oidc = crate::oidc::from_config(&cfg)?;
-    #[cfg(not(feature = "oidc"))]
-    if let Some(o) = cfg.oidc.as_ref() {
-        let msg = "oidc.issuer is set but this tinyscale was built without the `oidc` feature";
-        if o.only_start_if_oidc_is_available {
-            return Err(Error::other(format!(
-                "{msg}; rebuild with --features oidc, or set oidc.only_start_if_oidc_is_available: false to approve logins with `tinyscale auth register`"
-            )));
-        }
-        log::warn!("{msg}; logins are approved with `tinyscale auth register`");
-    }
-    #[cfg(not(feature = "acme"))]
-    if cfg.acme.is_some() {
-        return Err(Error::other(
-            "tls_letsencrypt_hostname is set but this tinyscale was built without the `acme` feature; rebuild with --features acme, or use tls_cert_path/tls_key_path",
-        ));
-    }
-    #[cfg(feature = "acme")]
-    let acme = match &cfg.acme {
-        Some(a) => Some(crate::acme::Manager::new(a.clone())?),
-        None => None,
-    };
-    let tls = match cfg.tls_listen_addr {
-        #[cfg(feature = "acme")]
-        Some(_) if acme.is_some() => acme
-            .as_ref()
-            .map(|m| -> std::io::Result<_> {
-                Ok(crate::http::tls::Tls {
-                    acceptor: crate::acme::acceptor(m)?,
-                    pin: None,
-                })
-            })
-            .transpose()?,
-        Some(_) => Some(crate::http::tls::load_or_generate(
-            cfg.tls_cert_path.as_deref(),
-            cfg.tls_key_path.as_deref(),
-            &cfg.data_dir,
-            tls_names(&cfg),
-        )?),
-        None => None,
-    };
+    let tls = tls(&cfg)?;
     let derp = if cfg.derp_server_enabled {
         let key_path = derp_key_path(&cfg);
         let key = load_or_create_key(&key_path)
@@ -219,29 +180,10 @@ pub fn build_server(cfg: Config) -> std::io::Result<SharedServer> {
             me,
             derp_last_good: Mutex::new(Default::default()),
             dns_extra: Mutex::new(Vec::new()),
-            #[cfg(feature = "oidc")]
-            oidc,
-            #[cfg(feature = "acme")]
-            acme,
         }
     });
     policy::load_initial(&server).map_err(Error::other)?;
     Ok(server)
-}
-
-/// Names the generated certificate is valid for: the control host and the
-/// DERP addresses clients dial.
-fn tls_names(cfg: &Config) -> Vec<String> {
-    let mut v = vec![netmap::server_host(cfg)];
-    v.extend(cfg.derp_ipv4.iter().cloned());
-    v.extend(cfg.derp_ipv6.iter().cloned());
-    if let Some(a) = cfg.tls_listen_addr.filter(|a| !a.ip().is_unspecified()) {
-        v.push(a.ip().to_string());
-    }
-    v.sort();
-    v.dedup();
-    v.retain(|s| !s.is_empty() && s != "none");
-    v
 }
 
 /// Creates `dir` (and parents) readable by the owner only.
@@ -287,86 +229,6 @@ pub fn write_new_key(path: &std::path::Path, key: &[u8; 32]) -> std::io::Result<
     )
 }
 
-/// Starts every listener and serves until the process ends.
-pub fn run_forever(server: SharedServer) -> std::io::Result<()> {
-    if std::env::var_os("SMOL_THREADS").is_none() {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        std::env::set_var("SMOL_THREADS", n.to_string());
-    }
-    // Headscale's TLS: `listen_addr: 0.0.0.0:443` with a certificate makes that one listener
-    // HTTPS. Ours would bind the plain listener and then fail the TLS bind of the same socket, so
-    // when both name one socket the TLS listener serves everything (control, API, pages, DERP).
-    let single = server.tls.is_some()
-        && server
-            .cfg
-            .tls_listen_addr
-            .is_some_and(|t| same_socket(t, server.cfg.listen_addr));
-    let listener = if single {
-        None
-    } else {
-        Some(crate::http::bind(&server)?)
-    };
-    if let Some(addr) = server.cfg.stun_listen_addr {
-        if server.cfg.derp_server_enabled {
-            start_stun(addr);
-        }
-    }
-    start_admin(&server)?;
-    if let Some(addr) = server.cfg.metrics_listen_addr {
-        crate::metrics::spawn(&server, addr);
-    }
-    let tls = start_tls(&server);
-    #[cfg(feature = "acme")]
-    let _http01 = start_acme_http01(&server);
-    spawn_background(&server);
-    signals::spawn(&server);
-    match listener {
-        Some(listener) => {
-            println!(
-                "tinyscale listening on {}; server_url {}",
-                server.cfg.listen_addr, server.cfg.server_url
-            );
-            let _tls = tls;
-            smol::block_on(crate::http::accept_loop(server, listener));
-        }
-        None => {
-            // The only listener: without it there is no server (start_tls said why).
-            let tls = tls.ok_or_else(|| {
-                std::io::Error::other(format!(
-                    "listen_addr {} (HTTPS, the same socket as tls_listen_addr) could not be bound",
-                    server.cfg.listen_addr
-                ))
-            })?;
-            println!(
-                "tinyscale listening on {} (HTTPS); server_url {}",
-                server.cfg.listen_addr, server.cfg.server_url
-            );
-            smol::block_on(tls);
-        }
-    }
-    Ok(())
-}
-
-/// Whether two listen addresses name one socket: the same port on the same address, or on
-/// addresses that overlap because one of them is the unspecified address.
-fn same_socket(a: std::net::SocketAddr, b: std::net::SocketAddr) -> bool {
-    a.port() != 0
-        && a.port() == b.port()
-        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-fn start_stun(addr: std::net::SocketAddr) {
-    match crate::derp::stun::spawn_stun(addr) {
-        Ok(s) => {
-            log::info!("STUN on {}", s.local_addr());
-            s.detach();
-        }
-        Err(e) => log::warn!("STUN on {addr}: {e} (clients will take longer to find direct paths)"),
-    }
-}
-
 /// Tasks that bind nothing: policy file watcher, DERP map sources, key
 /// expiry announcements, extra DNS records file.
 pub fn spawn_background(server: &SharedServer) {
@@ -376,25 +238,6 @@ pub fn spawn_background(server: &SharedServer) {
     netmap::spawn_extra_records_watcher(server.clone());
     ephemeral::spawn_sweeper(server);
     spawn_derp_sweeper(server);
-    #[cfg(feature = "acme")]
-    if let Some(m) = &server.acme {
-        crate::acme::spawn_renewer(m);
-        if m.validity().is_none() {
-            // Offer the relay once the first certificate is in.
-            let weak = Arc::downgrade(server);
-            smol::spawn(async move {
-                loop {
-                    async_io::Timer::after(std::time::Duration::from_secs(1)).await;
-                    let Some(server) = weak.upgrade() else { return };
-                    if server.acme.as_ref().is_some_and(|m| m.validity().is_some()) {
-                        derpmap::refresh(&server).await;
-                        return;
-                    }
-                }
-            })
-            .detach();
-        }
-    }
 }
 
 /// The relay admits only current node keys when a client connects; this
@@ -443,115 +286,4 @@ fn spawn_derp_sweeper(server: &SharedServer) {
         }
     })
     .detach();
-}
-
-/// Binds the TLS listener (when configured) and serves it on a task that
-/// runs as long as the returned handle is kept.
-fn start_tls(server: &SharedServer) -> Option<smol::Task<()>> {
-    let (Some(addr), Some(tls)) = (server.cfg.tls_listen_addr, server.tls.as_ref()) else {
-        return None;
-    };
-    match async_io::Async::<std::net::TcpListener>::bind(addr) {
-        Ok(l) => {
-            let port = l
-                .get_ref()
-                .local_addr()
-                .map(|a| a.port())
-                .unwrap_or(addr.port());
-            let _ = server.tls_port.set(port);
-            log::info!("TLS (DERP, HTTPS control) on {addr} (port {port})");
-            Some(smol::spawn(crate::http::accept_loop_tls(
-                server.clone(),
-                l,
-                tls.acceptor.clone(),
-            )))
-        }
-        Err(e) => {
-            let relay = if server.derp.is_some() {
-                "the DERP map offers no embedded region"
-            } else {
-                "no DERP relay"
-            };
-            log::warn!("tls_listen_addr {addr}: {e} ({relay}; no HTTPS control fallback)");
-            if server.derp.is_some() {
-                // Said where a new user looks, not only in the log.
-                eprintln!("tinyscale: tls_listen_addr {addr}: {e}: no embedded DERP relay is offered to clients (bind a port you may use, e.g. tls_listen_addr: 0.0.0.0:8443, or run with CAP_NET_BIND_SERVICE)");
-            }
-            None
-        }
-    }
-}
-
-/// The HTTP-01 listener (`tls_letsencrypt_listen`) when ACME validates
-/// over HTTP; it answers challenge tokens and nothing else.
-#[cfg(feature = "acme")]
-fn start_acme_http01(server: &SharedServer) -> Option<smol::Task<()>> {
-    let m = server.acme.as_ref()?;
-    if m.cfg.challenge != crate::config::AcmeChallenge::Http01 {
-        return None;
-    }
-    let addr = m.cfg.listen;
-    match async_io::Async::<std::net::TcpListener>::bind(addr) {
-        Ok(l) => {
-            log::info!("ACME HTTP-01 on {addr}");
-            Some(smol::spawn(crate::http::accept_loop_http01(m.clone(), l)))
-        }
-        Err(e) => {
-            log::warn!("tls_letsencrypt_listen {addr}: {e} (HTTP-01 validation will fail; TLS-ALPN-01 needs no port 80)");
-            None
-        }
-    }
-}
-
-/// A server without its admin socket would leave the CLI talking to
-/// whatever else listens at that path: failing to bind it is fatal.
-fn start_admin(server: &SharedServer) -> std::io::Result<()> {
-    crate::api::spawn(server.clone()).map_err(|e| {
-        std::io::Error::new(
-            e.kind(),
-            format!("admin socket {}: {e}", server.cfg.unix_socket.display()),
-        )
-    })
-}
-
-/// Binds the control listener and serves it on smol's executor; returns
-/// the bound address (tests and benchmarks bind port 0).
-pub fn start_background(
-    server: &SharedServer,
-) -> std::io::Result<(std::net::SocketAddr, smol::Task<()>)> {
-    let listener = crate::http::bind(server)?;
-    let addr = listener.get_ref().local_addr()?;
-    let tls = start_tls(server);
-    #[cfg(feature = "acme")]
-    let http01 = start_acme_http01(server);
-    spawn_background(server);
-    let server = server.clone();
-    Ok((
-        addr,
-        // The TLS task lives (and is cancelled) with the control listener's.
-        smol::spawn(async move {
-            let _tls = tls;
-            #[cfg(feature = "acme")]
-            let _http01 = http01;
-            crate::http::accept_loop(server, listener).await
-        }),
-    ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_socket;
-
-    #[test]
-    fn one_socket_or_two() {
-        let a = |s: &str| s.parse().unwrap();
-        // Headscale's `listen_addr: 0.0.0.0:443` against our default tls_listen_addr.
-        assert!(same_socket(a("0.0.0.0:443"), a("0.0.0.0:443")));
-        assert!(same_socket(a("192.0.2.1:443"), a("0.0.0.0:443")));
-        assert!(same_socket(a("[::]:443"), a("192.0.2.1:443")));
-        assert!(!same_socket(a("0.0.0.0:8080"), a("0.0.0.0:443")));
-        assert!(!same_socket(a("192.0.2.1:443"), a("192.0.2.2:443")));
-        // Port 0 is a fresh port for each bind.
-        assert!(!same_socket(a("127.0.0.1:0"), a("127.0.0.1:0")));
-    }
 }

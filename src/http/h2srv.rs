@@ -1,13 +1,13 @@
 //! HTTP/2 (prior knowledge) inside the Noise stream: our own driver
-//! ([`super::h2conn`]) with the bounds below, routing `/machine/*` to the
-//! control plane.
+//! ([`super::h2conn`]) with the bounds below, handing each request to a
+//! [`Handler`] (the control plane, given by the top-level room).
 
 use super::h2conn::{Driver, Limits, Request, Responder};
-use crate::control::{map, register, SharedServer};
 use async_io::Timer;
 use futures_lite::future::{self, FutureExt};
 use futures_lite::io::{AsyncRead, AsyncWrite};
 use log::debug;
+use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -96,9 +96,21 @@ fn timeout(why: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, why.to_string())
 }
 
-pub async fn serve<S>(server: SharedServer, io: S, ctx: ConnCtx) -> io::Result<()>
+/// What serves the requests of a control connection: the control plane
+/// (`/machine/*`), handed to the transport by the top-level room.
+pub trait Handler: Send + Sync + 'static {
+    /// Serves one request on a task of its own; an error is logged (debug).
+    fn request(
+        self: Arc<Self>,
+        ctx: Arc<ConnCtx>,
+        req: Request,
+    ) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+pub async fn serve<S, H>(handler: Arc<H>, io: S, ctx: ConnCtx) -> io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Handler,
 {
     let driver = Driver::server(io, &SERVER_LIMITS);
     let watch = driver.watch();
@@ -126,10 +138,10 @@ where
     };
     driver
         .serve(|req| {
-            let server = server.clone();
+            let handler = handler.clone();
             let ctx = ctx.clone();
             smol::spawn(async move {
-                if let Err(e) = route(server, ctx, req).await {
+                if let Err(e) = handler.request(ctx, req).await {
                     debug!("request: {e}");
                 }
             })
@@ -137,27 +149,6 @@ where
         })
         .or(deadlines)
         .await
-}
-
-async fn route(server: SharedServer, ctx: Arc<ConnCtx>, req: Request) -> io::Result<()> {
-    let Request {
-        path,
-        body,
-        resp: mut respond,
-    } = req;
-    if path.ends_with("/machine/register") {
-        // Identifies the connection itself, only when the node is known
-        // and authorised (every answer is a 200, errors included).
-        let (status, json) = register::handle(&server, &ctx, &body).await;
-        respond.reply(status, "application/json", &json).await
-    } else if path.ends_with("/machine/map") {
-        Box::pin(map::handle(server, ctx, body, respond)).await
-    } else if path.ends_with("/machine/audit-log") || path.ends_with("/machine/update-health") {
-        // Accept and drop: 404/501 would be treated as permanent failures.
-        respond.reply(200, "text/plain", &[]).await
-    } else {
-        respond.reply(404, "text/plain", b"not found\n").await
-    }
 }
 
 /// Sends a complete response (a helper for the control handlers).

@@ -18,6 +18,16 @@ pub struct Tls {
     /// `sha256-raw:<hex>` of the leaf when the certificate is our own
     /// self-signed one (published as the DERP node's `CertName`).
     pub pin: Option<String>,
+    /// Whether handshakes can succeed yet (an ACME certificate may not be
+    /// in); None: a certificate is always there.
+    pub ready: Option<Arc<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl Tls {
+    /// False until the certificate source has a certificate to serve.
+    pub fn ready(&self) -> bool {
+        self.ready.as_ref().map_or(true, |r| r())
+    }
 }
 
 /// Where a generated certificate and key live.
@@ -71,6 +81,7 @@ pub fn load(cert: &Path, key: &Path, pinned: bool) -> io::Result<Tls> {
     Ok(Tls {
         acceptor: TlsAcceptor::from(Arc::new(cfg)),
         pin,
+        ready: None,
     })
 }
 

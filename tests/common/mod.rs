@@ -9,6 +9,9 @@ use tinyscale::control::SharedServer;
 
 pub struct TestServer {
     pub server: SharedServer,
+    /// The planes around it (held by the listener task, not by the test,
+    /// so that `stop` sees the server let go).
+    pub app: std::sync::Weak<tinyscale::app::App>,
     pub task: Option<smol::Task<()>>,
     pub addr: SocketAddr,
     pub dir: PathBuf,
@@ -49,10 +52,12 @@ pub fn config(dir: &std::path::Path) -> Config {
 }
 
 pub fn start_with(cfg: Config, dir: PathBuf) -> TestServer {
-    let server = tinyscale::control::build_server(cfg).unwrap();
-    let (addr, task) = tinyscale::control::start_background(&server).unwrap();
+    let app = tinyscale::app::build(cfg).unwrap();
+    let server = app.server.clone();
+    let (addr, task) = tinyscale::app::start_background(&app).unwrap();
     TestServer {
         server,
+        app: std::sync::Arc::downgrade(&app),
         addr,
         dir,
         task: Some(task),
