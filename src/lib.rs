@@ -1,9 +1,23 @@
 //! tinyscale: a small self-hosted Tailscale control server.
 //!
-//! The crate is split into rooms with one concern each (see README.md):
-//! wire codecs without I/O, the JSON wire types, the Noise transport, the
-//! HTTP front door, the control plane, state and storage, policy, DERP/STUN,
-//! the admin plane and the CLI.
+//! The crate is split into rooms with one concern each (see README.md).
+//! Imports go one way only, downwards in this map:
+//!
+//! ```text
+//! cli (entry: main) ─► app (top level: config, listeners, wiring)
+//!   web · oidc · acme   the admin page, OIDC logins, ACME certificates
+//!   api                 the one API room: REST API, admin socket, CLI's server side
+//!   control             register, map sessions, hub, policy in force
+//!   http · noise · derp the transport: accept loops, TLS, HTTP/1 heads, Noise, h2; DERP/STUN
+//!   state · policy · metrics · session · config · tailcfg · keys · …   leaves
+//!   wire                codecs without I/O
+//! ```
+//!
+//! The transport learns what a connection is for only through the traits
+//! the top-level room hands it (`http::Service` for the listeners,
+//! `http::h2srv::Handler` for requests inside Noise); the planes above the
+//! control plane call into it, never the reverse. `layers` (a unit test)
+//! fails on an import against this map for the rooms it checks.
 
 #[cfg(feature = "acme")]
 pub mod acme;
@@ -27,8 +41,12 @@ pub mod oidc;
 pub mod policy;
 pub mod ratelimit;
 pub mod secretfile;
+pub mod session;
 pub mod state;
 pub mod tailcfg;
 pub mod timefmt;
 pub mod web;
 pub mod wire;
+
+#[cfg(test)]
+mod layers;

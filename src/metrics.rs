@@ -125,7 +125,15 @@ pub struct Gauges {
     /// Policy compiles in force since start.
     pub policy_generation: u64,
     /// The embedded DERP relay, when enabled.
-    pub derp: Option<std::sync::Arc<crate::derp::server::DerpServer>>,
+    pub derp: Option<DerpGauges>,
+}
+
+/// The embedded relay's figures.
+pub struct DerpGauges {
+    pub clients: usize,
+    pub relayed: u64,
+    pub dropped_unknown_dst: u64,
+    pub dropped_queue_full: u64,
 }
 
 /// The text exposition of every metric.
@@ -218,32 +226,25 @@ pub fn render(g: &Gauges) -> String {
         &[("", get(&C.policy_last_compile_micros) as f64 / 1e6)],
     );
     if let Some(d) = g.derp.as_ref() {
-        let s = d.stats();
         metric(
             "tinyscale_derp_clients",
             "gauge",
             "Clients connected to the embedded DERP relay.",
-            &[("", d.connected_keys().len() as f64)],
+            &[("", d.clients as f64)],
         );
         metric(
             "tinyscale_derp_packets_relayed_total",
             "counter",
             "Packets the DERP relay delivered to a destination queue.",
-            &[("", get(&s.packets_forwarded) as f64)],
+            &[("", d.relayed as f64)],
         );
         metric(
             "tinyscale_derp_packets_dropped_total",
             "counter",
             "Packets the DERP relay dropped, by reason.",
             &[
-                (
-                    r#"{reason="unknown_dst"}"#,
-                    get(&s.packets_dropped_unknown_dst) as f64,
-                ),
-                (
-                    r#"{reason="queue_full"}"#,
-                    get(&s.packets_dropped_queue_full) as f64,
-                ),
+                (r#"{reason="unknown_dst"}"#, d.dropped_unknown_dst as f64),
+                (r#"{reason="queue_full"}"#, d.dropped_queue_full as f64),
             ],
         );
     }

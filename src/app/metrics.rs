@@ -3,6 +3,7 @@
 
 use crate::control::{Server, SharedServer};
 use crate::http;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 /// The control plane's figures, read at each scrape.
@@ -20,7 +21,16 @@ fn gauges(server: &Server) -> crate::metrics::Gauges {
         nodes,
         online,
         policy_generation: server.policy_view().1,
-        derp: server.derp.clone(),
+        derp: server.derp.as_ref().map(|d| {
+            let s = d.stats();
+            let get = |c: &crate::atomic64::AtomicU64| c.load(Relaxed);
+            crate::metrics::DerpGauges {
+                clients: d.connected_keys().len(),
+                relayed: get(&s.packets_forwarded),
+                dropped_unknown_dst: get(&s.packets_dropped_unknown_dst),
+                dropped_queue_full: get(&s.packets_dropped_queue_full),
+            }
+        }),
     }
 }
 

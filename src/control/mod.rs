@@ -63,7 +63,7 @@ pub struct Server {
     /// Elected primary router per subnet prefix.
     pub primaries: Mutex<std::collections::BTreeMap<String, u64>>,
     /// The admin page's sessions and login links.
-    pub web: crate::web::Web,
+    pub web: crate::session::WebState,
 }
 
 impl Server {
@@ -172,7 +172,7 @@ pub fn build_server(
             tls_port: std::sync::OnceLock::new(),
             derp_map: Mutex::new(None),
             pending: interactive::Registry::default(),
-            web: crate::web::Web::default(),
+            web: Default::default(),
             primaries: Mutex::new(Default::default()),
             churn: Default::default(),
             expiry_announced: Mutex::new(Default::default()),

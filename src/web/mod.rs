@@ -11,26 +11,10 @@
 
 pub mod api;
 pub mod assets;
-pub mod session;
+pub use crate::session;
 
 use crate::control::Server;
 use crate::http::head::Head;
-use std::time::Instant;
-
-/// The page's server-side state, one per server.
-pub struct Web {
-    pub sessions: session::Sessions,
-    pub started: Instant,
-}
-
-impl Default for Web {
-    fn default() -> Self {
-        Web {
-            sessions: session::Sessions::default(),
-            started: Instant::now(),
-        }
-    }
-}
 
 /// Headers on every page answer: nothing but our own files may run or
 /// load, nothing may frame us, and nothing is cached or leaks a referrer.

@@ -2,6 +2,9 @@
 //! owner (`tinyscale web login`, over the admin socket) and the sessions
 //! they open.
 //!
+//! A leaf room: the control plane's `Server` holds the state ([`WebState`]),
+//! the API room and the page (`crate::web`) use it, and it imports neither.
+//!
 //! Everything lives in memory: a restart logs every browser out, which is
 //! the safe failure. Nothing here can be created by an unauthenticated
 //! peer except by redeeming a link, so both tables are bounded by what the
@@ -12,6 +15,22 @@
 use crate::state::now;
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+/// The page's server-side state, one per server.
+pub struct WebState {
+    pub sessions: Sessions,
+    pub started: Instant,
+}
+
+impl Default for WebState {
+    fn default() -> Self {
+        WebState {
+            sessions: Sessions::default(),
+            started: Instant::now(),
+        }
+    }
+}
 
 /// A login link works this long, once.
 pub const LINK_TTL: i64 = 5 * 60;
