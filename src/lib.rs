@@ -6,7 +6,7 @@
 //! ```text
 //! cli (entry: main) ─► app (top level: config, listeners, wiring)
 //!   web · oidc · acme   the admin page, OIDC logins, ACME certificates
-//!   api                 the one API room: REST API, admin socket, CLI's server side
+//!   api                 the one API room: REST API, admin socket, the page's routes, its cookie check
 //!   control             register, map sessions, hub, policy in force
 //!   http · noise · derp the transport: accept loops, TLS, HTTP/1 heads, Noise, h2; DERP/STUN
 //!   state · policy · metrics · session · config · tailcfg · keys · …   leaves

@@ -50,20 +50,20 @@ where
 {
     let public = matches!(h.path.as_str(), "/health" | "/version");
     let mut who = match caller {
-        Caller::Local => crate::web::api::Who::Local,
-        Caller::Network => crate::web::api::Who::ApiKey,
+        Caller::Local => super::web::Who::Local,
+        Caller::Network => super::web::Who::ApiKey,
     };
     if caller == Caller::Network && !public && !authorised(server, h).await {
         // No API key: the admin page's session cookie (+ CSRF token) is the
-        // one alternative (src/web).
-        match crate::web::authorise(server, h) {
-            crate::web::Browser::Session(c) => who = crate::web::api::Who::Session(c),
-            crate::web::Browser::Refused(status, why) => {
+        // one alternative (api/web.rs).
+        match super::web::authorise(server, h) {
+            super::web::Browser::Session(c) => who = super::web::Who::Session(c),
+            super::web::Browser::Refused(status, why) => {
                 let r = routes::error(status, why);
                 write(stream, status, "application/json", r.body.as_bytes(), true).await?;
                 return Ok(false);
             }
-            crate::web::Browser::NoCookie => {
+            super::web::Browser::NoCookie => {
                 // Headscale's answer, byte for byte: both UIs look for a 401.
                 write(
                     stream,
@@ -113,10 +113,10 @@ where
             )
         }
         "/version" => (200, "application/json", version_json()),
-        p if crate::web::api::is_web_api_path(p) => {
+        p if super::web::is_web_api_path(p) => {
             let (s, m, p) = (server.clone(), h.method.to_ascii_uppercase(), p.to_string());
             let Reply { status, body } =
-                smol::unblock(move || crate::web::api::handle(&s, &who, &m, &p)).await;
+                smol::unblock(move || super::web::handle(&s, &who, &m, &p)).await;
             (status, "application/json", body)
         }
         // The server writes the file itself: only for the local admin.

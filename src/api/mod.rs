@@ -1,7 +1,7 @@
 //! The API room: one implementation of Headscale's v1 REST API that every
 //! way in calls — the admin unix socket (the local CLI, no key: the peer's
 //! uid is checked), `/api/v1/*` on the main listener (an API key), the
-//! remote CLI, and later the built-in web page.
+//! remote CLI, and the built-in web page's script.
 //!
 //! - [`routes`]: method + path + body → status + JSON, transport-free.
 //! - [`types`]: the JSON shapes (grpc-gateway's).
@@ -10,6 +10,8 @@
 //!   caller's authorisation decided before the body is read.
 //! - [`socket`]: the admin socket.
 //! - [`backup`]: `POST /api/v1/backup`, served on the admin socket only.
+//! - [`web`]: the admin page's own routes (`/api/v1/web/*`) and its
+//!   browser sessions as a way to authorise.
 
 pub mod apikey;
 pub mod backup;
@@ -17,6 +19,7 @@ pub mod http1;
 pub mod routes;
 pub mod socket;
 pub mod types;
+pub mod web;
 
 pub use routes::{error, handle, pct_decode, Reply, META_POLICY_UPDATED};
 pub use socket::{spawn, MAX_BODY};

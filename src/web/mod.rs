@@ -9,8 +9,8 @@
 //! key; [`session`]) and a few read-mostly routes the REST API lacks
 //! (pending logins, status figures; [`api`]).
 
-pub mod api;
 pub mod assets;
+pub use crate::api::web as api;
 pub use crate::session;
 
 use crate::control::Server;
@@ -101,45 +101,4 @@ fn login(server: &Server, h: &Head, tls: bool) -> Page {
             )
         }
     }
-}
-
-/// What a request's cookie says about the browser behind it.
-pub enum Browser {
-    /// No session cookie at all: not a browser request.
-    NoCookie,
-    /// A live session; its cookie token (for log-out).
-    Session(String),
-    /// Refused: the status and a message for the page.
-    Refused(u16, &'static str),
-}
-
-/// Decides a request that carries no API key: a live session cookie, and on
-/// anything but GET/HEAD the session's CSRF token in `X-CSRF-Token`.
-pub fn authorise(server: &Server, h: &Head) -> Browser {
-    if !server.cfg.web_enabled {
-        return Browser::NoCookie;
-    }
-    let header = crate::http::cookies(h);
-    let Some(cookie) = session::cookie(&header, session::COOKIE) else {
-        return Browser::NoCookie;
-    };
-    let Some(s) = server.web.sessions.get(cookie) else {
-        return Browser::Refused(
-            401,
-            "the session has expired or was revoked: run `tinyscale web login` on the server for a new link",
-        );
-    };
-    let safe = matches!(h.method.to_ascii_uppercase().as_str(), "GET" | "HEAD");
-    if !safe {
-        let ok = h
-            .header("x-csrf-token")
-            .is_some_and(|t| session::same(t, &s.csrf));
-        if !ok {
-            return Browser::Refused(
-                403,
-                "missing or wrong X-CSRF-Token: reload the page (nothing was changed)",
-            );
-        }
-    }
-    Browser::Session(cookie.to_string())
 }

@@ -1,6 +1,9 @@
 //! The routes the admin page needs that the REST API does not have, under
 //! `/api/v1/web/`; authorised by the same transport code as every other
-//! `/api/v1/*` route ([`crate::api::http1`]).
+//! `/api/v1/*` route ([`crate::api::http1`]), with the browser's session
+//! cookie ([`authorise`]) as the one way in besides the socket and API keys.
+//! They live in the API room, beside the REST API, so that the page
+//! (`crate::web`) only serves its files and the login link.
 //!
 //! | method | path | who | answer |
 //! | --- | --- | --- | --- |
@@ -11,8 +14,10 @@
 //! | GET | /api/v1/web/pending | any | `{pending: [{authId, hostname, os, expiresInSeconds}]}` |
 //! | GET | /api/v1/web/status | any | version, uptime, database, nodes, DERP, STUN, health, memory |
 
-use crate::api::{error, Reply};
+use super::{error, Reply};
 use crate::control::Server;
+use crate::http::head::Head;
+use crate::session;
 use crate::state::now;
 use serde_json::json;
 
@@ -51,7 +56,7 @@ pub fn handle(server: &Server, who: &Who, method: &str, path: &str) -> Reply {
                 let base = server.cfg.server_url.trim_end_matches('/');
                 ok(json!({
                     "url": format!("{base}/admin/login?t={t}"),
-                    "expiresInSeconds": super::session::LINK_TTL,
+                    "expiresInSeconds": session::LINK_TTL,
                 }))
             }
         },
@@ -147,7 +152,7 @@ fn status(server: &Server) -> serde_json::Value {
         "uptimeSeconds": server.web.started.elapsed().as_secs(),
         "serverUrl": server.cfg.server_url,
         "databaseBytes": db_bytes,
-        "databaseHealthy": crate::api::routes::db_healthy(server),
+        "databaseHealthy": super::routes::db_healthy(server),
         "nodes": nodes,
         "online": online,
         "derp": derp,
@@ -158,4 +163,45 @@ fn status(server: &Server) -> serde_json::Value {
         "residentBytes": crate::debug::procfs::rss_bytes(std::process::id()).ok(),
         "openFiles": std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok(),
     })
+}
+
+/// What a request's cookie says about the browser behind it.
+pub enum Browser {
+    /// No session cookie at all: not a browser request.
+    NoCookie,
+    /// A live session; its cookie token (for log-out).
+    Session(String),
+    /// Refused: the status and a message for the page.
+    Refused(u16, &'static str),
+}
+
+/// Decides a request that carries no API key: a live session cookie, and on
+/// anything but GET/HEAD the session's CSRF token in `X-CSRF-Token`.
+pub fn authorise(server: &Server, h: &Head) -> Browser {
+    if !server.cfg.web_enabled {
+        return Browser::NoCookie;
+    }
+    let header = crate::http::cookies(h);
+    let Some(cookie) = session::cookie(&header, session::COOKIE) else {
+        return Browser::NoCookie;
+    };
+    let Some(s) = server.web.sessions.get(cookie) else {
+        return Browser::Refused(
+            401,
+            "the session has expired or was revoked: run `tinyscale web login` on the server for a new link",
+        );
+    };
+    let safe = matches!(h.method.to_ascii_uppercase().as_str(), "GET" | "HEAD");
+    if !safe {
+        let ok = h
+            .header("x-csrf-token")
+            .is_some_and(|t| session::same(t, &s.csrf));
+        if !ok {
+            return Browser::Refused(
+                403,
+                "missing or wrong X-CSRF-Token: reload the page (nothing was changed)",
+            );
+        }
+    }
+    Browser::Session(cookie.to_string())
 }
