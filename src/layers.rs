@@ -15,6 +15,8 @@ const RULES: &[(&str, &[&str])] = &[
     ("derp", TRANSPORT_MAY_NOT),
     ("metrics.rs", LEAF_MAY_NOT),
     ("session.rs", LEAF_MAY_NOT),
+    ("procfs.rs", LEAF_MAY_NOT),
+    ("logging.rs", LEAF_MAY_NOT),
     ("control", CONTROL_MAY_NOT),
     ("api", API_MAY_NOT),
 ];
@@ -23,18 +25,18 @@ const RULES: &[(&str, &[&str])] = &[
 const UP_FROM_WIRE: &str = "*";
 
 /// The API room serves the page's routes itself; the page, OIDC and ACME
-/// sit above it. (`debug::procfs`, a leaf, gives the status figures.)
-const API_MAY_NOT: &[&str] = &["web", "oidc", "acme", "cli", "app", "client"];
+/// sit above it.
+const API_MAY_NOT: &[&str] = &["web", "oidc", "acme", "cli", "app", "client", "debug"];
 
 const CONTROL_MAY_NOT: &[&str] = &[
     "api", "web", "oidc", "acme", "cli", "app", "client", "debug", "migrate",
 ];
 
 /// Leaves the transport and the control plane use (counters, sessions):
-/// `state::now` and `debug::procfs` are leaves too.
+/// `state::now` is a leaf too.
 const LEAF_MAY_NOT: &[&str] = &[
     "http", "noise", "derp", "control", "api", "web", "oidc", "acme", "cli", "app", "client",
-    "migrate",
+    "debug", "migrate",
 ];
 
 const TRANSPORT_MAY_NOT: &[&str] = &[

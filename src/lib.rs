@@ -1,6 +1,6 @@
 //! tinyscale: a small self-hosted Tailscale control server.
 //!
-//! The crate is split into rooms with one concern each (see README.md).
+//! The crate is split into rooms with one concern each.
 //! Imports go one way only, downwards in this map:
 //!
 //! ```text
@@ -39,6 +39,7 @@ pub mod noise;
 #[cfg(feature = "oidc")]
 pub mod oidc;
 pub mod policy;
+pub mod procfs;
 pub mod ratelimit;
 pub mod secretfile;
 pub mod session;

@@ -59,7 +59,7 @@ pub fn init(level: &str) {
 /// when the hard limit is "unlimited".)
 pub fn raise_nofile_limit() {
     let before = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
-    match crate::debug::procfs::raise_nofile(1 << 20) {
+    match crate::procfs::raise_nofile(1 << 20) {
         Ok((soft, hard)) if Some(soft) != before => {
             log::info!(
                 "open files: soft limit raised from {before:?} to {soft} (hard limit {hard})"

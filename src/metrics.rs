@@ -264,7 +264,7 @@ pub fn render(g: &Gauges) -> String {
         &codes,
     );
     let pid = std::process::id();
-    if let Ok(rss) = crate::debug::procfs::rss_bytes(pid) {
+    if let Ok(rss) = crate::procfs::rss_bytes(pid) {
         metric(
             "process_resident_memory_bytes",
             "gauge",

@@ -160,7 +160,7 @@ fn status(server: &Server) -> serde_json::Value {
         "stun": server.cfg.stun_listen_addr.map(|a| a.to_string()),
         "policyMode": server.cfg.policy_mode,
         "sessions": server.web.sessions.live(),
-        "residentBytes": crate::debug::procfs::rss_bytes(std::process::id()).ok(),
+        "residentBytes": crate::procfs::rss_bytes(std::process::id()).ok(),
         "openFiles": std::fs::read_dir("/proc/self/fd").map(|d| d.count()).ok(),
     })
 }

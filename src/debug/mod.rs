@@ -24,7 +24,7 @@ pub mod loadgen {
         2
     }
 }
-pub mod procfs;
+pub use crate::procfs;
 pub mod smoke;
 
 use argh::FromArgs;
