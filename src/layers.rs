@@ -17,6 +17,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("session.rs", LEAF_MAY_NOT),
     ("procfs.rs", LEAF_MAY_NOT),
     ("logging.rs", LEAF_MAY_NOT),
+    ("secretfile.rs", LEAF_MAY_NOT),
     ("control", CONTROL_MAY_NOT),
     ("api", API_MAY_NOT),
 ];

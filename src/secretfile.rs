@@ -116,7 +116,7 @@ pub fn load_or_create_key(path: &Path) -> io::Result<[u8; 32]> {
         }),
         Err(e) if e.kind() == ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                crate::control::create_private_dir(dir)?;
+                create_private_dir(dir)?;
             }
             let key = crate::keys::random32();
             write_atomic(
@@ -133,6 +133,18 @@ pub fn load_or_create_key(path: &Path) -> io::Result<[u8; 32]> {
 pub(crate) fn parse_key(b: &[u8]) -> Option<[u8; 32]> {
     let s = std::str::from_utf8(b).ok()?.trim();
     crate::keys::from_hex::<32>(s.strip_prefix("privkey:").unwrap_or(s))
+}
+
+/// Creates `dir` (and parents) readable by the owner only.
+pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.as_os_str().is_empty() || dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 #[cfg(test)]

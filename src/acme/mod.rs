@@ -114,7 +114,7 @@ impl Manager {
     /// The manager, with the cached certificate if there is one (served at
     /// once, renewed when due).
     pub fn new(cfg: AcmeConfig) -> io::Result<Arc<Manager>> {
-        crate::control::create_private_dir(&cfg.cache_dir)?;
+        crate::secretfile::create_private_dir(&cfg.cache_dir)?;
         let m = Manager {
             cfg,
             current: RwLock::new(None),

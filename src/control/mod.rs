@@ -186,18 +186,7 @@ pub fn build_server(
     Ok(server)
 }
 
-/// Creates `dir` (and parents) readable by the owner only.
-pub fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if dir.as_os_str().is_empty() || dir.exists() {
-        return Ok(());
-    }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
+pub use crate::secretfile::create_private_dir;
 pub use crate::secretfile::load_or_create_key;
 
 /// The embedded DERP server's private key: `derp.server.private_key_path`,
