@@ -216,10 +216,12 @@ fn apply_update(server: &Server, id: u64, req: &MapRequest) -> bool {
 fn went_offline(server: SharedServer, id: u64, _seq: u64) {
     let ephemeral = {
         let mut st = server.state();
-        st.nodes.get_mut(&id).is_some_and(|n| {
-            n.last_seen = now();
-            n.ephemeral
-        })
+        st.nodes
+            .update(id, |n| {
+                n.last_seen = now();
+                n.ephemeral
+            })
+            .unwrap_or(false)
     };
     // What follows, in time order: peers learn the node is offline after
     // the grace period; an ephemeral node is deleted after the inactivity

@@ -255,17 +255,15 @@ fn spawn_derp_sweeper(server: &SharedServer) {
                 return;
             };
             let t = crate::state::now();
+            // Each relay client looked up in the node-key index: O(D log N)
+            // per check, not a set of all N keys (this runs after every
+            // registration burst).
+            let connected = derp.connected_keys();
             let stale: Vec<_> = {
                 let st = server.state();
-                let current: std::collections::HashSet<[u8; 32]> = st
-                    .nodes
-                    .values()
-                    .filter(|n| !n.is_expired(t))
-                    .map(|n| n.node_key)
-                    .collect();
-                derp.connected_keys()
+                connected
                     .into_iter()
-                    .filter(|k| !current.contains(k))
+                    .filter(|k| st.node_by_node_key(k).map_or(true, |n| n.is_expired(t)))
                     .collect()
             };
             for k in stale {

@@ -5,9 +5,9 @@
 //! highest address already handed out inside the prefix (so a freed address
 //! is not reused at once, which keeps stale peer caches harmless), wraps to
 //! the start of the prefix once, and fails only when the prefix is full.
-//! Cost per call: one pass over the nodes to find the highest address in
-//! use; a set of used addresses is built only once the top of the prefix is
-//! reached and the scan wraps. So O(N) cheap steps for N nodes.
+//! Cost per call: O(log N), a look-up of the highest address in use in the
+//! node index (`state::index`); only once the top of the prefix is used
+//! and the scan wraps does it step over used addresses one by one.
 //!
 //! Never handed out: the prefix's network and last address, quad-100
 //! (100.100.100.0/24 is reserved whole), the ChromeOS VM range
@@ -18,7 +18,7 @@
 
 use super::{OpError, State};
 use ipnet::{Ipv4Net, Ipv6Net};
-use std::collections::HashSet;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 const RESERVED_V4: [(Ipv4Addr, u8); 2] = [
@@ -56,14 +56,8 @@ pub fn allocate(state: &State, v4: Ipv4Net, v6: Ipv6Net) -> Result<(Ipv4Addr, Ip
         .iter()
         .map(|&(a, l)| range(u128::from(a), 128 - l as u32))
         .collect();
-    let used4 = || {
-        state
-            .nodes
-            .values()
-            .filter_map(|n| n.ipv4)
-            .map(|a| u32::from(a) as u128)
-    };
-    let used6 = || state.nodes.values().filter_map(|n| n.ipv6).map(u128::from);
+    let used4 = state.nodes.used_v4();
+    let used6 = state.nodes.used_v6();
     let a4 = pick(b4.0, b4.1, used4, &r4)
         .ok_or_else(|| OpError::Conflict(format!("no free IPv4 address left in {net4}")))?;
     let a6 = pick(b6.0, b6.1, used6, &r6)
@@ -81,41 +75,70 @@ fn range(base: u128, host_bits: u32) -> (u128, u128) {
     (base, base.saturating_add(size_m1))
 }
 
+/// The addresses in use, as the node index keeps them (sorted).
+trait Used {
+    /// The highest used address in `[lo, hi]`.
+    fn highest(&self, lo: u128, hi: u128) -> Option<u128>;
+    fn contains(&self, a: u128) -> bool;
+}
+
+impl Used for BTreeMap<u32, u32> {
+    fn highest(&self, lo: u128, hi: u128) -> Option<u128> {
+        let (Ok(lo), hi) = (u32::try_from(lo), u32::try_from(hi).unwrap_or(u32::MAX)) else {
+            return None;
+        };
+        self.range(lo..=hi).next_back().map(|(&a, _)| a as u128)
+    }
+    fn contains(&self, a: u128) -> bool {
+        u32::try_from(a).is_ok_and(|a| self.contains_key(&a))
+    }
+}
+
+impl Used for BTreeMap<u128, u32> {
+    fn highest(&self, lo: u128, hi: u128) -> Option<u128> {
+        self.range(lo..=hi).next_back().map(|(&a, _)| a)
+    }
+    fn contains(&self, a: u128) -> bool {
+        self.contains_key(&a)
+    }
+}
+
 /// Sequential pick in the block `[base, base + 2^host_bits)`, excluding its
 /// first and last address, the `used` ones and the `reserved` ranges.
 ///
 /// Fast path: nothing above the highest used address is taken, so the
-/// forward scan needs only that maximum (one pass, no set). The set of
-/// used addresses is built only when the scan wraps around.
-fn pick<I: Iterator<Item = u128>>(
-    base: u128,
-    host_bits: u32,
-    used: impl Fn() -> I,
-    reserved: &[(u128, u128)],
-) -> Option<u128> {
+/// forward scan starts right after it: O(log N) with the sorted index.
+/// Only once the top of the block is used does the scan wrap to the start
+/// and step over used addresses one by one.
+fn pick(base: u128, host_bits: u32, used: &impl Used, reserved: &[(u128, u128)]) -> Option<u128> {
     let (first, last) = range(base, host_bits);
     if last - first < 2 {
         return None;
     }
     let (lo, hi) = (first + 1, last - 1);
-    let highest = used().filter(|a| (lo..=hi).contains(a)).max();
+    let highest = used.highest(lo, hi);
     let start = match highest {
         Some(h) if h < hi => h + 1,
         _ => lo,
     };
     if highest.map_or(true, |h| h < hi) {
-        if let Some(a) = scan(start, hi, &HashSet::new(), reserved) {
+        // Nothing above `highest` is used: only reserved ranges to skip.
+        if let Some(a) = scan(start, hi, &|_| false, reserved) {
             return Some(a);
         }
     }
-    let set: HashSet<u128> = used().collect();
-    scan(lo, hi, &set, reserved)
+    scan(lo, hi, &|a| used.contains(a), reserved)
 }
 
 /// First free address in `[from, to]`. Each step either returns or skips a
 /// used address or a whole reserved range, so the loop runs at most
-/// `used.len() + reserved.len() + 1` times.
-fn scan(from: u128, to: u128, used: &HashSet<u128>, reserved: &[(u128, u128)]) -> Option<u128> {
+/// `used + reserved.len() + 1` times.
+fn scan(
+    from: u128,
+    to: u128,
+    used: &dyn Fn(u128) -> bool,
+    reserved: &[(u128, u128)],
+) -> Option<u128> {
     let mut a = from;
     loop {
         if a > to {
@@ -125,7 +148,7 @@ fn scan(from: u128, to: u128, used: &HashSet<u128>, reserved: &[(u128, u128)]) -
             a = end.checked_add(1)?;
             continue;
         }
-        if used.contains(&a) {
+        if used(a) {
             a = a.checked_add(1)?;
             continue;
         }
@@ -137,8 +160,9 @@ fn scan(from: u128, to: u128, used: &HashSet<u128>, reserved: &[(u128, u128)]) -
 mod tests {
     use super::*;
 
-    fn set<'a>(v: &'a [u128]) -> impl Fn() -> std::iter::Copied<std::slice::Iter<'a, u128>> + 'a {
-        move || v.iter().copied()
+    /// A used set as the index keeps it (IPv6 form: any u128).
+    fn set(v: &[u128]) -> BTreeMap<u128, u32> {
+        v.iter().map(|&a| (a, 1)).collect()
     }
 
     fn v4(s: &str) -> u128 {
@@ -152,37 +176,42 @@ mod tests {
             .map(|&(a, l)| range(u32::from(a) as u128, 32 - l as u32))
             .collect();
         let base = v4("100.64.0.0");
-        assert_eq!(pick(base, 22, set(&[]), &r), Some(v4("100.64.0.1")));
+        assert_eq!(pick(base, 22, &set(&[]), &r), Some(v4("100.64.0.1")));
         assert_eq!(
-            pick(base, 22, set(&[v4("100.64.0.1"), v4("100.64.0.2")]), &r),
+            pick(base, 22, &set(&[v4("100.64.0.1"), v4("100.64.0.2")]), &r),
             Some(v4("100.64.0.3"))
         );
         // Walks forward from the highest used address, not into a hole.
         assert_eq!(
-            pick(base, 22, set(&[v4("100.64.0.5")]), &r),
+            pick(base, 22, &set(&[v4("100.64.0.5")]), &r),
             Some(v4("100.64.0.6"))
         );
         // Quad-100 /24 and ChromeOS /23 are skipped.
         let b = v4("100.100.99.255");
         assert_eq!(
-            pick(v4("100.100.0.0"), 16, set(&[b]), &r),
+            pick(v4("100.100.0.0"), 16, &set(&[b]), &r),
             Some(v4("100.100.101.0"))
         );
         assert_eq!(
-            pick(v4("100.115.0.0"), 16, set(&[v4("100.115.91.255")]), &r),
+            pick(v4("100.115.0.0"), 16, &set(&[v4("100.115.91.255")]), &r),
             Some(v4("100.115.94.0"))
         );
         // Wraps around once the top is used, then reports exhaustion.
         let net = v4("10.0.0.0");
         assert_eq!(
-            pick(net, 2, set(&[v4("10.0.0.2")]), &r),
+            pick(net, 2, &set(&[v4("10.0.0.2")]), &r),
             Some(v4("10.0.0.1"))
         );
         assert_eq!(
-            pick(net, 2, set(&[v4("10.0.0.1"), v4("10.0.0.2")]), &r),
+            pick(net, 2, &set(&[v4("10.0.0.1"), v4("10.0.0.2")]), &r),
             None
         );
-        assert_eq!(pick(net, 1, set(&[]), &r), None);
+        assert_eq!(pick(net, 1, &set(&[]), &r), None);
+        // The IPv4 index form (u32 keys) answers the same.
+        let used: BTreeMap<u32, u32> = [(v4("100.64.0.5") as u32, 1)].into_iter().collect();
+        assert_eq!(pick(base, 22, &used, &r), Some(v4("100.64.0.6")));
+        let used: BTreeMap<u32, u32> = [(v4("10.0.0.2") as u32, 1)].into_iter().collect();
+        assert_eq!(pick(net, 2, &used, &r), Some(v4("10.0.0.1")));
     }
 
     #[test]

@@ -8,6 +8,7 @@
 
 pub mod commit;
 pub mod imported;
+pub mod index;
 pub mod ipalloc;
 pub mod model;
 pub mod ops;
@@ -15,6 +16,7 @@ pub mod store;
 
 use std::collections::BTreeMap;
 
+pub use index::Nodes;
 pub use model::{Node, PreAuthKey, RegisterMethod, Unix, User};
 pub use store::{Op, Store, StoreError};
 
@@ -22,7 +24,8 @@ pub use store::{Op, Store, StoreError};
 pub struct State {
     pub users: BTreeMap<u64, User>,
     pub keys: BTreeMap<u64, PreAuthKey>,
-    pub nodes: BTreeMap<u64, Node>,
+    /// Indexed by key, name and address (see [`index`]).
+    pub nodes: Nodes,
     pub next_user_id: u64,
     pub next_key_id: u64,
     pub next_node_id: u64,
@@ -61,7 +64,7 @@ impl State {
         let snap = store.load()?;
         let users: BTreeMap<_, _> = snap.users.into_iter().map(|u| (u.id, u)).collect();
         let keys: BTreeMap<_, _> = snap.keys.into_iter().map(|k| (k.id, k)).collect();
-        let nodes: BTreeMap<_, _> = snap.nodes.into_iter().map(|n| (n.id, n)).collect();
+        let nodes: Nodes = snap.nodes.into_iter().collect();
         let next = |m: u64, stored: u64| stored.max(m + 1).max(1);
         Ok(State {
             next_user_id: next(users.keys().last().copied().unwrap_or(0), snap.next_user_id),
@@ -84,12 +87,14 @@ impl State {
         self.users.values().find(|u| u.name == name_or_id)
     }
 
+    /// O(log N) (index); the lowest id if several nodes have the key.
     pub fn node_by_node_key(&self, key: &[u8; 32]) -> Option<&Node> {
-        self.nodes.values().find(|n| &n.node_key == key)
+        self.nodes.by_node_key(key)
     }
 
+    /// O(log N) (index); the lowest id if several nodes have the key.
     pub fn node_by_machine_key(&self, key: &[u8; 32]) -> Option<&Node> {
-        self.nodes.values().find(|n| &n.machine_key == key)
+        self.nodes.by_machine_key(key)
     }
 }
 

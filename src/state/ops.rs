@@ -333,11 +333,7 @@ impl State {
                  not starting or ending with '-'"
             )));
         }
-        if self
-            .nodes
-            .values()
-            .any(|n| n.id != id && n.given_name == name)
-        {
+        if self.nodes.name_taken(&name, id) {
             return Err(OpError::Conflict(format!(
                 "node name {name:?} is already in use"
             )));
@@ -418,8 +414,8 @@ impl State {
     }
 
     /// A DNS label derived from `hostname` that no other node uses:
-    /// sanitised, then `-1`, `-2`, … appended on collision. For the
-    /// register handler.
+    /// sanitised, then the smallest free `-1`, `-2`, … appended on
+    /// collision. For the register handler; O(log N) (name index).
     pub fn unique_given_name(&self, hostname: &str, except_node: u64) -> String {
         let mut base: String = hostname
             .to_ascii_lowercase()
@@ -434,15 +430,18 @@ impl State {
         } else {
             base
         };
-        let taken = |s: &str| {
-            self.nodes
-                .values()
-                .any(|n| n.id != except_node && n.given_name == s)
-        };
+        let taken = |s: &str| self.nodes.name_taken(s, except_node);
         if !taken(&base) {
             return base;
         }
-        (1u64..)
+        // The smallest free suffix: every one below the index's hint is
+        // taken (by any node: with `except_node` its own may be free).
+        let start = if except_node == 0 {
+            self.nodes.name_suffix_start(&base)
+        } else {
+            1
+        };
+        (start..)
             .map(|i| format!("{base}-{i}"))
             .find(|s| !taken(s))
             .expect("infinite")
@@ -664,6 +663,67 @@ mod tests {
             .unwrap()
             .approved_routes
             .is_empty());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The indexes behind key, name and address look-ups follow every
+    /// writer (put, delete, rename, in-place update) and are rebuilt when
+    /// the state is loaded again from the store.
+    #[test]
+    fn indexes_follow_writes_and_reload() {
+        let (mut s, dir) = state();
+        let v4: ipnet::Ipv4Net = "100.64.0.0/10".parse().unwrap();
+        let v6: ipnet::Ipv6Net = "fd7a:115c:a1e0::/48".parse().unwrap();
+        let add = |s: &mut State, id: u64| {
+            let (a4, a6) = crate::state::ipalloc::allocate(s, v4, v6).unwrap();
+            let mut n = node(id, 1, "web");
+            n.given_name = s.unique_given_name("Web", 0);
+            (n.ipv4, n.ipv6) = (Some(a4), Some(a6));
+            s.put_node(n.clone()).unwrap();
+            n
+        };
+        let names: Vec<String> = (1..=4).map(|i| add(&mut s, i).given_name).collect();
+        assert_eq!(names, ["web", "web-1", "web-2", "web-3"]);
+        assert_eq!(s.nodes[&4].ipv4, Some("100.64.0.4".parse().unwrap()));
+        // A freed name is handed out again, the smallest first.
+        s.delete_node(3).unwrap();
+        s.rename_node(2, "db").unwrap();
+        assert_eq!(s.unique_given_name("web", 0), "web-1");
+        assert_eq!(add(&mut s, 5).given_name, "web-1");
+        assert_eq!(add(&mut s, 6).given_name, "web-2");
+        assert_eq!(add(&mut s, 7).given_name, "web-4");
+        assert!(matches!(s.rename_node(1, "db"), Err(OpError::Conflict(_))));
+        assert_eq!(
+            s.rename_node(2, "db").unwrap().given_name,
+            "db",
+            "its own name"
+        );
+        // Keys: a node key moved by an in-place update is found by the new
+        // one only; a deleted node by neither.
+        let k5 = s.nodes[&5].node_key;
+        s.nodes.update(5, |n| n.node_key = [0xee; 32]);
+        assert!(s.node_by_node_key(&k5).is_none());
+        assert_eq!(s.node_by_node_key(&[0xee; 32]).unwrap().id, 5);
+        let n5 = s.nodes[&5].clone();
+        s.put_node(n5).unwrap();
+        assert!(s.node_by_machine_key(&[3; 32]).is_none(), "deleted");
+        assert_eq!(s.node_by_machine_key(&[4; 32]).unwrap().id, 4);
+        // Addresses continue after the highest one in use.
+        assert_eq!(s.nodes[&7].ipv4, Some("100.64.0.7".parse().unwrap()));
+        s.delete_node(7).unwrap();
+        let (a4, _) = crate::state::ipalloc::allocate(&s, v4, v6).unwrap();
+        assert_eq!(a4, "100.64.0.7".parse::<std::net::Ipv4Addr>().unwrap());
+        // Rebuilt from the tables on load.
+        let State { store, .. } = s;
+        let s = State::load(store).unwrap();
+        assert_eq!(s.node_by_node_key(&[0xee; 32]).unwrap().id, 5);
+        assert!(s.node_by_node_key(&k5).is_none());
+        assert_eq!(s.node_by_machine_key(&[6; 32]).unwrap().id, 6);
+        assert_eq!(s.unique_given_name("web", 0), "web-4");
+        assert_eq!(s.unique_given_name("db", 0), "db-1");
+        assert_eq!(s.unique_given_name("db", 2), "db", "except its holder");
+        let (a4, _) = crate::state::ipalloc::allocate(&s, v4, v6).unwrap();
+        assert_eq!(a4, "100.64.0.7".parse::<std::net::Ipv4Addr>().unwrap());
         let _ = std::fs::remove_dir_all(dir);
     }
 }

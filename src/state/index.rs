@@ -1,0 +1,410 @@
+//! The node table with the lookups a registration needs kept as indexes,
+//! so that registering the N-th node costs O(log N) instead of a pass over
+//! every node: by node key, by machine key, by DNS name (`given_name`), and
+//! the addresses in use.
+//!
+//! [`Nodes`] reads like the `BTreeMap<u64, Node>` it wraps (it derefs to
+//! it); every write goes through [`Nodes::insert`], [`Nodes::remove`] or
+//! [`Nodes::update`], which keep the indexes in step. The indexes live only
+//! in memory: [`State::load`](super::State::load) rebuilds them from the
+//! tables, and every writer of the table (register, map updates, admin
+//! operations) already writes memory in the same place it queues the store
+//! batch, so they cannot drift from redb.
+//!
+//! Compact on purpose (memory per node counts): a key or a name is indexed
+//! by a 64-bit keyed SipHash of it plus the node id (16 bytes per entry),
+//! never a copy; a hit is confirmed against the node itself, so a hash
+//! collision costs one extra comparison, never a wrong answer. Addresses
+//! are kept as integers with a use count (two nodes may share one after an
+//! import).
+
+use super::model::Node;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::ops::Bound::Included;
+
+#[derive(Default)]
+pub struct Nodes {
+    map: BTreeMap<u64, Node>,
+    hasher: RandomState,
+    node_keys: BTreeSet<(u64, u64)>,
+    machine_keys: BTreeSet<(u64, u64)>,
+    names: BTreeSet<(u64, u64)>,
+    v4: BTreeMap<u32, u32>,
+    v6: BTreeMap<u128, u32>,
+    /// For a DNS name base `b` that collided (keyed by its hash): every
+    /// `b-1` … `b-(h-1)` is taken, so the search for a free `b-i` starts at
+    /// `h` instead of 1 (many nodes reporting one hostname stay O(log N)
+    /// each). Lowered when such a name is freed.
+    name_hint: HashMap<u64, u64>,
+}
+
+impl std::ops::Deref for Nodes {
+    type Target = BTreeMap<u64, Node>;
+    fn deref(&self) -> &BTreeMap<u64, Node> {
+        &self.map
+    }
+}
+
+impl FromIterator<Node> for Nodes {
+    fn from_iter<I: IntoIterator<Item = Node>>(iter: I) -> Self {
+        let mut out = Nodes::default();
+        for n in iter {
+            out.insert(n.id, n);
+        }
+        out
+    }
+}
+
+/// What of a node the indexes look at (to skip reindexing when an update
+/// leaves it alone, e.g. `last_seen`).
+type Indexed = (
+    [u8; 32],
+    [u8; 32],
+    String,
+    Option<Ipv4Addr>,
+    Option<Ipv6Addr>,
+);
+
+fn indexed(n: &Node) -> Indexed {
+    (
+        n.node_key,
+        n.machine_key,
+        n.given_name.clone(),
+        n.ipv4,
+        n.ipv6,
+    )
+}
+
+fn same_indexed(a: &Node, b: &Indexed) -> bool {
+    a.node_key == b.0
+        && a.machine_key == b.1
+        && a.given_name == b.2
+        && a.ipv4 == b.3
+        && a.ipv6 == b.4
+}
+
+impl Nodes {
+    fn h(&self, bytes: &[u8]) -> u64 {
+        self.hasher.hash_one(bytes)
+    }
+
+    /// Inserts or replaces node `id` (`node.id` must be `id`).
+    pub fn insert(&mut self, id: u64, node: Node) -> Option<Node> {
+        debug_assert_eq!(id, node.id);
+        let old = self.remove(&id);
+        self.link(&node);
+        self.map.insert(id, node);
+        old
+    }
+
+    /// Removes node `id`; its key, name and addresses become free.
+    pub fn remove(&mut self, id: &u64) -> Option<Node> {
+        let old = self.map.remove(id)?;
+        self.unlink(&old);
+        Some(old)
+    }
+
+    /// Changes node `id` in place, reindexing only if an indexed field
+    /// changed. `None` if there is no such node.
+    pub fn update<R>(&mut self, id: u64, f: impl FnOnce(&mut Node) -> R) -> Option<R> {
+        let n = self.map.get_mut(&id)?;
+        let before = indexed(n);
+        let r = f(n);
+        if !same_indexed(n, &before) {
+            let n = self.map.remove(&id)?;
+            let mut old = n.clone();
+            (
+                old.node_key,
+                old.machine_key,
+                old.given_name,
+                old.ipv4,
+                old.ipv6,
+            ) = before;
+            self.unlink(&old);
+            self.link(&n);
+            self.map.insert(id, n);
+        }
+        Some(r)
+    }
+
+    fn link(&mut self, n: &Node) {
+        let (k, m, g) = (
+            self.h(&n.node_key),
+            self.h(&n.machine_key),
+            self.h(n.given_name.as_bytes()),
+        );
+        self.node_keys.insert((k, n.id));
+        self.machine_keys.insert((m, n.id));
+        self.names.insert((g, n.id));
+        if let Some(a) = n.ipv4 {
+            *self.v4.entry(u32::from(a)).or_default() += 1;
+        }
+        if let Some(a) = n.ipv6 {
+            *self.v6.entry(u128::from(a)).or_default() += 1;
+        }
+        // A name `b-i` taken where the search for base `b` would start:
+        // move the start past every taken `b-…`.
+        if let Some((base, i)) = split_suffix(&n.given_name) {
+            let bh = self.h(base.as_bytes());
+            let start = self.name_hint.get(&bh).copied().unwrap_or(1);
+            if i == start {
+                let mut next = i + 1;
+                while self.name_taken(&format!("{base}-{next}"), 0) {
+                    next += 1;
+                }
+                self.name_hint.insert(bh, next);
+            }
+        }
+    }
+
+    fn unlink(&mut self, n: &Node) {
+        let (k, m, g) = (
+            self.h(&n.node_key),
+            self.h(&n.machine_key),
+            self.h(n.given_name.as_bytes()),
+        );
+        self.node_keys.remove(&(k, n.id));
+        self.machine_keys.remove(&(m, n.id));
+        self.names.remove(&(g, n.id));
+        if let Some(a) = n.ipv4 {
+            dec(&mut self.v4, u32::from(a));
+        }
+        if let Some(a) = n.ipv6 {
+            dec(&mut self.v6, u128::from(a));
+        }
+        if let Some((base, i)) = split_suffix(&n.given_name) {
+            let bh = self.h(base.as_bytes());
+            if let Some(h) = self.name_hint.get_mut(&bh) {
+                if i < *h {
+                    *h = i;
+                }
+            }
+        }
+    }
+
+    /// Ids whose `idx` entry has hash `h`, lowest id first.
+    fn ids(idx: &BTreeSet<(u64, u64)>, h: u64) -> impl Iterator<Item = u64> + '_ {
+        idx.range((Included((h, 0)), Included((h, u64::MAX))))
+            .map(|&(_, id)| id)
+    }
+
+    /// The node (lowest id if several) whose current node key is `key`.
+    pub fn by_node_key(&self, key: &[u8; 32]) -> Option<&Node> {
+        Self::ids(&self.node_keys, self.h(key))
+            .filter_map(|id| self.map.get(&id))
+            .find(|n| &n.node_key == key)
+    }
+
+    /// The node (lowest id if several) of machine key `key`.
+    pub fn by_machine_key(&self, key: &[u8; 32]) -> Option<&Node> {
+        Self::ids(&self.machine_keys, self.h(key))
+            .filter_map(|id| self.map.get(&id))
+            .find(|n| &n.machine_key == key)
+    }
+
+    /// Does a node other than `except` (0: none) have DNS name `name`?
+    pub fn name_taken(&self, name: &str, except: u64) -> bool {
+        Self::ids(&self.names, self.h(name.as_bytes()))
+            .filter(|&id| id != except)
+            .filter_map(|id| self.map.get(&id))
+            .any(|n| n.given_name == name)
+    }
+
+    /// The first `i` worth trying for a free `base-i` (see `name_hint`).
+    pub fn name_suffix_start(&self, base: &str) -> u64 {
+        self.name_hint
+            .get(&self.h(base.as_bytes()))
+            .copied()
+            .unwrap_or(1)
+    }
+
+    /// IPv4 addresses in use, as integers (each with its number of nodes).
+    pub fn used_v4(&self) -> &BTreeMap<u32, u32> {
+        &self.v4
+    }
+
+    /// IPv6 addresses in use, as integers (each with its number of nodes).
+    pub fn used_v6(&self) -> &BTreeMap<u128, u32> {
+        &self.v6
+    }
+
+    /// Entries per index (tests).
+    #[cfg(test)]
+    pub fn index_entries(&self) -> [usize; 6] {
+        [
+            self.node_keys.len(),
+            self.machine_keys.len(),
+            self.names.len(),
+            self.v4.len(),
+            self.v6.len(),
+            self.name_hint.len(),
+        ]
+    }
+}
+
+fn dec<K: Ord + Copy>(m: &mut BTreeMap<K, u32>, k: K) {
+    if let Some(c) = m.get_mut(&k) {
+        *c -= 1;
+        if *c == 0 {
+            m.remove(&k);
+        }
+    }
+}
+
+/// `"web-12"` → `("web", 12)`: a name as `unique_given_name` makes it on a
+/// collision (digits without a leading zero after the last `-`).
+pub(crate) fn split_suffix(name: &str) -> Option<(&str, u64)> {
+    let (base, digits) = name.rsplit_once('-')?;
+    if base.is_empty()
+        || digits.is_empty()
+        || digits.starts_with('0')
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    Some((base, digits.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: u64, name: &str) -> Node {
+        Node {
+            id,
+            machine_key: [id as u8; 32],
+            node_key: [id as u8 + 100; 32],
+            given_name: name.into(),
+            ipv4: Some(Ipv4Addr::new(100, 64, 0, id as u8)),
+            ..Default::default()
+        }
+    }
+
+    /// The indexes agree with a scan over the table.
+    fn check(ns: &Nodes) {
+        for n in ns.values() {
+            let by_nk = ns.values().find(|m| m.node_key == n.node_key).unwrap();
+            assert_eq!(ns.by_node_key(&n.node_key).unwrap().id, by_nk.id);
+            let by_mk = ns
+                .values()
+                .find(|m| m.machine_key == n.machine_key)
+                .unwrap();
+            assert_eq!(ns.by_machine_key(&n.machine_key).unwrap().id, by_mk.id);
+            assert!(ns.name_taken(&n.given_name, 0));
+        }
+        let mut v4: BTreeMap<u32, u32> = BTreeMap::new();
+        for a in ns.values().filter_map(|n| n.ipv4) {
+            *v4.entry(a.into()).or_default() += 1;
+        }
+        assert_eq!(&v4, ns.used_v4());
+        let [a, b, c, ..] = ns.index_entries();
+        assert_eq!([a, b, c], [ns.len(); 3]);
+    }
+
+    #[test]
+    fn follows_insert_replace_update_remove() {
+        let mut ns: Nodes = [node(1, "a"), node(2, "b")].into_iter().collect();
+        check(&ns);
+        assert!(ns.by_node_key(&[0; 32]).is_none());
+        // Replace: the old key and name are free, the new ones found.
+        let mut n = node(1, "c");
+        n.node_key = [7; 32];
+        n.ipv4 = Some(Ipv4Addr::new(100, 64, 0, 2));
+        ns.insert(1, n);
+        check(&ns);
+        assert!(ns.by_node_key(&[101; 32]).is_none());
+        assert!(!ns.name_taken("a", 0));
+        assert!(ns.name_taken("c", 0) && !ns.name_taken("c", 1));
+        assert_eq!(
+            ns.used_v4().get(&u32::from(Ipv4Addr::new(100, 64, 0, 2))),
+            Some(&2)
+        );
+        // An update of an unindexed field keeps everything; of a key reindexes.
+        assert_eq!(ns.update(2, |n| n.last_seen = 5), Some(()));
+        check(&ns);
+        ns.update(2, |n| n.node_key = [9; 32]).unwrap();
+        check(&ns);
+        assert_eq!(ns.by_node_key(&[9; 32]).unwrap().id, 2);
+        assert!(ns.by_node_key(&[102; 32]).is_none());
+        assert!(ns.update(3, |_| ()).is_none());
+        ns.remove(&1);
+        check(&ns);
+        assert!(ns.by_node_key(&[7; 32]).is_none() && !ns.name_taken("c", 0));
+        assert_eq!(ns.used_v4().len(), 1);
+        // Two nodes of one machine key: the lowest id, as a scan finds it.
+        let mut n = node(5, "e");
+        n.machine_key = [2; 32];
+        ns.insert(5, n);
+        check(&ns);
+        assert_eq!(ns.by_machine_key(&[2; 32]).unwrap().id, 2);
+        ns.remove(&2);
+        assert_eq!(ns.by_machine_key(&[2; 32]).unwrap().id, 5);
+    }
+
+    #[test]
+    fn suffix_hint_moves_both_ways() {
+        assert_eq!(split_suffix("web-12"), Some(("web", 12)));
+        assert_eq!(split_suffix("a-b-3"), Some(("a-b", 3)));
+        for s in ["web", "web-", "-3", "web-03", "web-3x"] {
+            assert_eq!(split_suffix(s), None, "{s}");
+        }
+        let mut ns = Nodes::default();
+        assert_eq!(ns.name_suffix_start("web"), 1);
+        ns.insert(1, node(1, "web"));
+        ns.insert(3, node(3, "web-2"));
+        assert_eq!(ns.name_suffix_start("web"), 1, "web-1 is still free");
+        ns.insert(2, node(2, "web-1"));
+        assert_eq!(ns.name_suffix_start("web"), 3, "1 and 2 taken");
+        ns.insert(4, node(4, "web-3"));
+        assert_eq!(ns.name_suffix_start("web"), 4);
+        ns.remove(&3);
+        assert_eq!(ns.name_suffix_start("web"), 2, "web-2 freed");
+        // A rename away from a suffixed name frees it too.
+        ns.update(2, |n| n.given_name = "other".into());
+        assert_eq!(ns.name_suffix_start("web"), 1);
+    }
+
+    /// Heap bytes the indexes add per node (glibc's in-use byte count,
+    /// before and after building them), printed, not asserted. Run alone:
+    /// `cargo test --release --lib index_bytes_per_node -- --ignored --nocapture`.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[test]
+    #[ignore]
+    fn index_bytes_per_node() {
+        #[repr(C)]
+        struct MallInfo2 {
+            f: [usize; 10],
+        }
+        extern "C" {
+            fn mallinfo2() -> MallInfo2;
+        }
+        // uordblks: bytes in use (all arenas).
+        let in_use = || unsafe { mallinfo2() }.f[7];
+        const N: u64 = 100_000;
+        let mk = |i: u64| {
+            let mut n = node(i, &format!("host-{}", i * 7919 % 1_000_003));
+            n.node_key[..8].copy_from_slice(&i.to_le_bytes());
+            n.machine_key[8..16].copy_from_slice(&i.to_le_bytes());
+            n.ipv4 = Some(Ipv4Addr::from(0x6440_0000 + i as u32));
+            n.ipv6 = Some(Ipv6Addr::from(0xfd7a_115c_a1e0_u128 << 80 | i as u128));
+            n
+        };
+        let a = in_use();
+        let plain: BTreeMap<u64, Node> = (1..=N).map(|i| (i, mk(i))).collect();
+        let b = in_use();
+        drop(plain);
+        let c = in_use();
+        let indexed: Nodes = (1..=N).map(mk).collect();
+        let d = in_use();
+        let per = |x: usize, y: usize| y.saturating_sub(x) as f64 / N as f64;
+        println!(
+            "{N} nodes: table {:.1} B/node, table + indexes {:.1} B/node: indexes {:.1} B/node",
+            per(a, b),
+            per(c, d),
+            per(c, d) - per(a, b)
+        );
+        drop(indexed);
+    }
+}
