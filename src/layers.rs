@@ -18,6 +18,7 @@ const RULES: &[(&str, &[&str])] = &[
     ("procfs.rs", LEAF_MAY_NOT),
     ("logging.rs", LEAF_MAY_NOT),
     ("secretfile.rs", LEAF_MAY_NOT),
+    ("bcrypt", LEAF_MAY_NOT),
     ("control", CONTROL_MAY_NOT),
     ("api", API_MAY_NOT),
 ];

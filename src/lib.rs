@@ -24,6 +24,7 @@ pub mod acme;
 pub mod api;
 pub mod app;
 pub mod atomic64;
+pub mod bcrypt;
 pub mod cli;
 pub mod client;
 pub mod config;

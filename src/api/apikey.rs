@@ -189,7 +189,7 @@ pub fn validate(store: &Store, full: &str) -> bool {
     };
     if !k.bcrypt.is_empty() {
         return !k.is_expired(now())
-            && crate::migrate::bcrypt::verify(k.bcrypt.as_bytes(), secret.as_bytes());
+            && crate::bcrypt::verify(k.bcrypt.as_bytes(), secret.as_bytes());
     }
     if legacy {
         return false;

@@ -253,7 +253,7 @@ impl State {
                     ct_eq(&key.hash, &hash)
                 } else {
                     tail.len() == KEY_SECRET_HEX
-                        && crate::migrate::bcrypt::verify(key.bcrypt.as_bytes(), tail.as_bytes())
+                        && crate::bcrypt::verify(key.bcrypt.as_bytes(), tail.as_bytes())
                 };
                 if !ok {
                     return Err(invalid());

@@ -12,7 +12,6 @@
 //! formula (see the commit that added it); the tests check it against
 //! hashes made by the system's libxcrypt.
 
-#[path = "pi_words.rs"]
 mod pi_words;
 use pi_words::PI_WORDS;
 
