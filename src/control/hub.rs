@@ -13,6 +13,7 @@ use smol::channel::{self, Receiver, Sender};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 
 /// What changed; map sessions turn this into deltas for their node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,15 +38,56 @@ pub enum Change {
 
 struct Slot {
     seq: u64,
-    /// Capacity 1: a token means "look at `pending`"; closed ends the session.
-    wake: Sender<()>,
-    pending: Arc<Mutex<Pending>>,
+    inbox: Arc<Inbox>,
     known: Arc<Known>,
+}
+
+/// Where the hub leaves a session's changes: what is pending, and the
+/// session's waker. A waker slot rather than a channel: waking a session
+/// that waits costs no allocation and no channel bookkeeping, which adds
+/// up when one change reaches 10,000 sessions.
+#[derive(Default)]
+struct Inbox(Mutex<Mailbox>);
+
+#[derive(Default)]
+struct Mailbox {
+    pending: Pending,
+    /// The session task waiting for changes, if it waits.
+    waker: Option<Waker>,
+    /// The session was replaced or disconnected: it ends once it has read
+    /// what is pending.
+    closed: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> MutexGuard<'_, Mailbox> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn add(&self, c: &Change) {
+        let mut m = self.lock();
+        m.pending.add(c);
+        let w = m.waker.take();
+        drop(m);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+    fn close(&self) {
+        let mut m = self.lock();
+        m.closed = true;
+        let w = m.waker.take();
+        drop(m);
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
 }
 
 /// Changes a session has not read yet, coalesced by kind and node.
 #[derive(Default)]
 struct Pending {
+    /// Something was added since the last drain.
+    any: bool,
     everything: bool,
     policy_refresh: bool,
     removed: IdSet,
@@ -57,6 +99,7 @@ struct Pending {
 
 impl Pending {
     fn add(&mut self, c: &Change) {
+        self.any = true;
         match *c {
             Change::Everything => self.everything = true,
             Change::PolicyRefresh => self.policy_refresh = true,
@@ -232,8 +275,21 @@ impl FromIterator<u64> for IdSet {
 struct Inner {
     sessions: HashMap<u64, Slot>,
     next_seq: u64,
-    /// Serialised peer `Node` JSON by node ID, valid until the node changes.
-    peer_cache: HashMap<u64, SharedRaw>,
+    /// What sessions send of a node, by node ID, valid until the node
+    /// changes (every change of a node is announced through `notify`, after
+    /// the state was updated; renders are made under the state lock).
+    rendered: HashMap<u64, Rendered>,
+}
+
+/// A node's renders that every viewer gets alike.
+#[derive(Default)]
+struct Rendered {
+    /// Its peer `Node` JSON.
+    peer: Option<SharedRaw>,
+    /// The complete framed map message that carries only its patch
+    /// (`PeersChangedPatch`), plain and zstd-framed: what a tagged node's
+    /// endpoint change sends to thousands of sessions, encoded once.
+    patch: [Option<Arc<[u8]>>; 2],
 }
 
 pub struct Hub {
@@ -261,26 +317,35 @@ impl Default for Hub {
 pub struct Subscription {
     pub node_id: u64,
     pub seq: u64,
-    wake: Receiver<()>,
-    pending: Arc<Mutex<Pending>>,
+    inbox: Arc<Inbox>,
     pub known: Arc<Known>,
 }
 
 impl Subscription {
-    /// Waits for changes and takes all that are pending; None once the
-    /// session was replaced or disconnected.
+    /// Waits for changes and takes all that are pending (never an empty
+    /// batch); None once the session was replaced or disconnected and
+    /// nothing is left to read.
     pub async fn changes(&self) -> Option<Vec<Change>> {
-        self.wake.recv().await.ok()?;
-        Some(self.take())
+        std::future::poll_fn(|cx| self.poll_changes(cx)).await
+    }
+
+    pub fn poll_changes(&self, cx: &mut Context<'_>) -> Poll<Option<Vec<Change>>> {
+        let mut m = self.inbox.lock();
+        if m.pending.any {
+            return Poll::Ready(Some(m.pending.drain()));
+        }
+        if m.closed {
+            return Poll::Ready(None);
+        }
+        if !m.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            m.waker = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Takes what is pending without waiting (empty if nothing is).
     pub fn take(&self) -> Vec<Change> {
-        let _ = self.wake.try_recv();
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain()
+        self.inbox.lock().pending.drain()
     }
 }
 
@@ -292,8 +357,7 @@ impl Hub {
     /// Registers the node's streaming session, replacing (and thereby
     /// ending) an older one. Returns whether the node was already online.
     pub fn subscribe(&self, node_id: u64) -> (Subscription, bool) {
-        let (wake_tx, wake) = channel::bounded(1);
-        let pending = Arc::new(Mutex::new(Pending::default()));
+        let inbox = Arc::new(Inbox::default());
         let known = Arc::new(Known::default());
         let mut g = self.lock();
         g.next_seq += 1;
@@ -302,21 +366,20 @@ impl Hub {
             node_id,
             Slot {
                 seq,
-                wake: wake_tx,
-                pending: pending.clone(),
+                inbox: inbox.clone(),
                 known: known.clone(),
             },
         );
-        g.peer_cache.remove(&node_id);
+        // Online changed: its renders say so.
+        g.rendered.remove(&node_id);
         if let Some(old) = &old {
-            old.wake.close();
+            old.inbox.close();
         }
         (
             Subscription {
                 node_id,
                 seq,
-                wake,
-                pending,
+                inbox,
                 known,
             },
             old.is_some(),
@@ -328,7 +391,7 @@ impl Hub {
         let mut g = self.lock();
         if g.sessions.get(&node_id).is_some_and(|s| s.seq == seq) {
             g.sessions.remove(&node_id);
-            g.peer_cache.remove(&node_id);
+            g.rendered.remove(&node_id);
             true
         } else {
             false
@@ -337,8 +400,10 @@ impl Hub {
 
     /// Ends the node's session (deleted node, expired key).
     pub fn disconnect(&self, node_id: u64) {
-        if let Some(s) = self.lock().sessions.remove(&node_id) {
-            s.wake.close();
+        let mut g = self.lock();
+        if let Some(s) = g.sessions.remove(&node_id) {
+            g.rendered.remove(&node_id);
+            s.inbox.close();
         }
     }
 
@@ -384,9 +449,9 @@ impl Hub {
             | Change::NodeRemoved(id)
             | Change::NodePatch(id)
             | Change::NodeInfo(id) => {
-                g.peer_cache.remove(id);
+                g.rendered.remove(id);
             }
-            Change::UserChanged(_) | Change::Everything => g.peer_cache.clear(),
+            Change::UserChanged(_) | Change::Everything => g.rendered.clear(),
             Change::PolicyRefresh => {}
         }
         let only_knowers = match c {
@@ -399,18 +464,26 @@ impl Hub {
                     continue;
                 }
             }
-            s.pending.lock().unwrap_or_else(|e| e.into_inner()).add(&c);
-            // Full: a wake-up is already on its way, and will see this too.
-            let _ = s.wake.try_send(());
+            s.inbox.add(&c);
         }
     }
 
     pub fn cached_peer(&self, id: u64) -> Option<SharedRaw> {
-        self.lock().peer_cache.get(&id).cloned()
+        self.lock().rendered.get(&id)?.peer.clone()
     }
 
     pub fn cache_peer(&self, id: u64, raw: SharedRaw) {
-        self.lock().peer_cache.insert(id, raw);
+        self.lock().rendered.entry(id).or_default().peer = Some(raw);
+    }
+
+    /// The framed patch message of node `id` (see [`Rendered::patch`]),
+    /// zstd-framed or plain as the session negotiated.
+    pub fn cached_patch(&self, id: u64, zstd: bool) -> Option<Arc<[u8]>> {
+        self.lock().rendered.get(&id)?.patch[usize::from(zstd)].clone()
+    }
+
+    pub fn cache_patch(&self, id: u64, zstd: bool, msg: Arc<[u8]>) {
+        self.lock().rendered.entry(id).or_default().patch[usize::from(zstd)] = Some(msg);
     }
 }
 

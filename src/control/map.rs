@@ -18,9 +18,12 @@ use async_io::Timer;
 use futures_lite::future::{self, FutureExt};
 use log::{debug, info};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::task::Poll;
+use std::time::{Duration, Instant};
 
 /// Keep-alive base interval; the client's watchdog fires after 120 s.
 const KEEPALIVE: Duration = Duration::from_secs(50);
@@ -444,7 +447,35 @@ fn patch_for(server: &Server, n: &Node, t: i64) -> PeerChange {
     }
 }
 
+/// The framed message that carries only node `n`'s patch, as every
+/// session that already has `n` as a peer gets it (see [`delta`]): from
+/// the hub's cache, or built and cached. Call with the state lock held
+/// (as for [`peer_json`]), so a render cached here is never older than
+/// the node's last announced change.
+fn shared_patch(server: &Server, n: &Node, t: i64, zstd: bool) -> Arc<[u8]> {
+    if let Some(b) = server.hub.cached_patch(n.id, zstd) {
+        return b;
+    }
+    let m = MapResponse {
+        peers_changed_patch: Some(vec![patch_for(server, n, t)]),
+        ..Default::default()
+    };
+    let b: Arc<[u8]> = frame(&m, zstd).into();
+    server.hub.cache_patch(n.id, zstd, b.clone());
+    b
+}
+
+/// A delta for one session: a message of its own, or framed bytes shared
+/// with every session that is sent the identical message. Lives on the
+/// stack for one message, so the size difference does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Delta {
+    Own(MapResponse),
+    Shared(Arc<[u8]>),
+}
+
 /// Turns a batch of changes into one delta message (None if nothing to say).
+#[allow(clippy::too_many_arguments)]
 fn delta(
     server: &Server,
     id: u64,
@@ -453,12 +484,28 @@ fn delta(
     vis_cache: &mut Option<(u64, Vis)>,
     seen_gen: &mut u64,
     sent: &mut Sent,
-) -> Option<MapResponse> {
+    zstd: bool,
+) -> Option<Delta> {
     let (view, gen) = server.policy_view();
     let t = now();
     let st = server.state();
     let me = st.nodes.get(&id)?;
     let vis = Vis::cached(vis_cache, &view, gen, id);
+    // The fan-out case: the only change is a patch (endpoints, DERP home,
+    // online) of a peer this session already has, under the policy it last
+    // saw. What the slow path below sends for it is `PeersChangedPatch`
+    // with that one patch, whose content depends on the peer alone: not on
+    // the viewer, its capability version (nothing rendered here varies by
+    // it) or what else the viewer knows. Only the framing differs between
+    // sessions (zstd or plain), so the message is built once per change
+    // and framing, and thousands of sessions send the same bytes.
+    if let [Change::NodePatch(x)] = changes {
+        if *x != id && gen == *seen_gen && known.contains(*x) {
+            if let Some(n) = st.nodes.get(x).filter(|n| vis.sees(n.id)) {
+                return Some(Delta::Shared(shared_patch(server, n, t, zstd)));
+            }
+        }
+    }
     let mut m = MapResponse::default();
     let mut changed: BTreeMap<u64, SharedRaw> = BTreeMap::new();
     let mut removed = BTreeSet::new();
@@ -579,7 +626,7 @@ fn delta(
         && m.peers_removed.is_none()
         && m.peers_changed_patch.is_none()
         && m.user_profiles.is_empty();
-    (!empty).then_some(m)
+    (!empty).then_some(Delta::Own(m))
 }
 
 /// What this session last sent of the per-node policy outputs, so a
@@ -665,22 +712,25 @@ enum Event {
     Closed,
 }
 
-async fn next_event(sub: &Subscription, tx: &Responder, keepalive: Duration) -> Event {
-    let recv = async {
-        match sub.changes().await {
-            Some(v) => Event::Changes(v),
-            None => Event::Closed,
+/// The session's next event. One poll function over state that lives as
+/// long as the session (the hub's inbox, the stream's close waker, one
+/// keep-alive timer): waiting again after a message registers nothing new
+/// (a fresh timer per message was a reactor registration per stream per
+/// change).
+async fn next_event(sub: &Subscription, tx: &Responder, ka: &mut Timer) -> Event {
+    future::poll_fn(|cx| {
+        if let Poll::Ready(c) = sub.poll_changes(cx) {
+            return Poll::Ready(c.map_or(Event::Closed, Event::Changes));
         }
-    };
-    let ka = async {
-        Timer::after(keepalive).await;
-        Event::KeepAlive
-    };
-    let reset = async {
-        tx.closed().await;
-        Event::Closed
-    };
-    recv.or(ka).or(reset).await
+        if tx.poll_closed(cx).is_ready() {
+            return Poll::Ready(Event::Closed);
+        }
+        if Pin::new(&mut *ka).poll(cx).is_ready() {
+            return Poll::Ready(Event::KeepAlive);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 async fn stream(
@@ -710,25 +760,34 @@ async fn stream(
         },
         zstd,
     );
+    // 50 s plus jitter, so keep-alives of many nodes do not align; sent
+    // when nothing else was for that long.
+    let ka = if keep_alive {
+        KEEPALIVE + jitter
+    } else {
+        Duration::from_secs(3600)
+    };
+    let mut timer = Timer::after(ka);
+    let mut last_event = Instant::now();
     loop {
-        // 50 s plus jitter, so keep-alives of many nodes do not align.
-        let ka = if keep_alive {
-            KEEPALIVE + jitter
-        } else {
-            Duration::from_secs(3600)
-        };
-        match next_event(sub, tx, ka).await {
+        let ev = next_event(sub, tx, &mut timer).await;
+        match ev {
             Event::Closed => {
                 // Replaced or disconnected: end the body cleanly.
                 tx.end();
                 return Ok(());
             }
             Event::KeepAlive => {
+                let due = last_event + ka;
+                if due > Instant::now() {
+                    // Something else happened since the timer was set.
+                    timer.set_at(due);
+                    continue;
+                }
+                timer.set_after(ka);
                 crate::metrics::sent_keepalive();
                 tx.send(&ka_msg, false).await?
             }
-            // A wake-up whose changes an earlier read already took.
-            Event::Changes(changes) if changes.is_empty() => {}
             Event::Changes(changes) if changes.contains(&Change::Everything) => {
                 seen_gen = server.policy_view().1;
                 match send_full_map(server, tx, id, known, &mut vis_cache, true, zstd).await? {
@@ -748,16 +807,208 @@ async fn stream(
                     &mut vis_cache,
                     &mut seen_gen,
                     &mut sent,
+                    zstd,
                 );
                 if let Some(m) = msg {
                     crate::metrics::sent_delta();
-                    tx.send(&frame(&m, zstd), false).await?;
+                    match m {
+                        Delta::Shared(b) => tx.send(&b, false).await?,
+                        Delta::Own(m) => tx.send(&frame(&m, zstd), false).await?,
+                    }
                 } else if !server.state().nodes.contains_key(&id) {
                     tx.end();
                     return Ok(()); // deleted
                 }
             }
         }
-        future::yield_now().await;
+        last_event = Instant::now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::mapframe;
+
+    fn server(tag: &str) -> (SharedServer, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "tinyscale-map-{tag}-{}-{}",
+            std::process::id(),
+            crate::keys::to_hex(&crate::keys::random32()[..4])
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let server = crate::control::build_server(crate::config::Config::defaults(&dir)).unwrap();
+        {
+            let mut st = server.state();
+            let u = st.create_user("alice", "", "").unwrap();
+            for id in 1..=4u64 {
+                st.put_node(Node {
+                    id,
+                    user: u.id,
+                    node_key: [id as u8; 32],
+                    machine_key: [0x40 + id as u8; 32],
+                    given_name: format!("n{id}"),
+                    ipv4: Some(std::net::Ipv4Addr::new(100, 64, 0, id as u8)),
+                    endpoints: vec![format!("192.0.2.{id}:41641")],
+                    cap: 100 + id as u32,
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+        }
+        (server, dir)
+    }
+
+    /// What `delta` returns for viewer `id` given one change.
+    fn one(server: &Server, id: u64, c: Change, known: &Known, zstd: bool) -> Delta {
+        let mut seen = server.policy_view().1;
+        let mut vis = None;
+        let mut sent = Sent::default();
+        delta(
+            server,
+            id,
+            &[c],
+            known,
+            &mut vis,
+            &mut seen,
+            &mut sent,
+            zstd,
+        )
+        .expect("a message")
+    }
+
+    fn json(b: &[u8], zstd: bool) -> serde_json::Value {
+        let (body, used) = mapframe::split_message(b).unwrap().unwrap();
+        assert_eq!(used, b.len(), "one whole message");
+        let mut out = Vec::new();
+        if zstd {
+            mapframe::decode_zstd_raw(body, &mut out).unwrap();
+        } else {
+            assert_ne!(body[..4], mapframe::ZSTD_MAGIC, "plain JSON");
+            out = body.to_vec();
+        }
+        serde_json::from_slice(&out).unwrap()
+    }
+
+    fn shared(d: Delta) -> Arc<[u8]> {
+        match d {
+            Delta::Shared(b) => b,
+            Delta::Own(m) => panic!("expected shared bytes, got {m:?}"),
+        }
+    }
+
+    #[test]
+    fn patch_bytes_are_shared_per_framing_and_match_the_per_session_render() {
+        let (server, dir) = server("shared");
+        // Sessions of nodes 1 and 2 (zstd, capver 101 and 102) and node 4
+        // (plain) know node 3; a patch of 3 is the same message for all.
+        let known = |ids: &[u64]| {
+            let k = Known::default();
+            for &i in ids {
+                k.insert(i);
+            }
+            k
+        };
+        let (k1, k2, k4) = (known(&[3]), known(&[2, 3]), known(&[1, 3]));
+        let a = shared(one(&server, 1, Change::NodePatch(3), &k1, true));
+        let b = shared(one(&server, 2, Change::NodePatch(3), &k2, true));
+        let c = shared(one(&server, 4, Change::NodePatch(3), &k4, false));
+        assert!(Arc::ptr_eq(&a, &b), "identical messages share one encoding");
+        assert!(
+            !Arc::ptr_eq(&a, &c) && a[..] != c[..],
+            "zstd and plain differ"
+        );
+        // Byte for byte what each session would have framed itself.
+        let own = |zstd| {
+            let st = server.state();
+            let n = &st.nodes[&3];
+            let m = MapResponse {
+                peers_changed_patch: Some(vec![patch_for(&server, n, now())]),
+                ..Default::default()
+            };
+            frame(&m, zstd)
+        };
+        assert_eq!(a[..], own(true)[..]);
+        assert_eq!(c[..], own(false)[..]);
+        let j = json(&a, true);
+        assert_eq!(j, json(&c, false));
+        assert_eq!(j["PeersChangedPatch"][0]["NodeID"], 3);
+        assert_eq!(j["PeersChangedPatch"][0]["Endpoints"][0], "192.0.2.3:41641");
+        assert_eq!(j["PeersChangedPatch"][0]["Online"], false);
+
+        // A session that does not know 3 yet gets the full node, its own.
+        let k = known(&[]);
+        match one(&server, 1, Change::NodePatch(3), &k, true) {
+            Delta::Own(m) => {
+                assert!(m.peers_changed.is_some() && m.peers_changed_patch.is_none());
+                assert!(k.contains(3), "now known");
+            }
+            Delta::Shared(_) => panic!("an unknown peer needs the full node"),
+        }
+        // The node's own session is not sent its patch.
+        let k3 = known(&[1]);
+        let (mut seen, mut vis, mut sent) = (server.policy_view().1, None, Sent::default());
+        let own3 = delta(
+            &server,
+            3,
+            &[Change::NodePatch(3)],
+            &k3,
+            &mut vis,
+            &mut seen,
+            &mut sent,
+            true,
+        );
+        assert!(own3.is_none());
+
+        // The node changes: announced, the next message carries the change.
+        {
+            let mut st = server.state();
+            let mut n = st.nodes[&3].clone();
+            n.endpoints = vec!["198.51.100.7:1".into()];
+            st.put_node(n).unwrap();
+        }
+        server.hub.notify(Change::NodePatch(3));
+        let d = shared(one(&server, 2, Change::NodePatch(3), &k2, true));
+        assert!(!Arc::ptr_eq(&a, &d));
+        assert_eq!(
+            json(&d, true)["PeersChangedPatch"][0]["Endpoints"][0],
+            "198.51.100.7:1"
+        );
+        // It comes online (its stream opens): the render says so.
+        let (_sub, _) = server.hub.subscribe(3);
+        let e = shared(one(&server, 2, Change::NodePatch(3), &k2, true));
+        assert_eq!(json(&e, true)["PeersChangedPatch"][0]["Online"], true);
+        let f = shared(one(&server, 1, Change::NodePatch(3), &k1, true));
+        assert!(Arc::ptr_eq(&e, &f));
+
+        // Two changes at once, or a policy generation the session has not
+        // seen, take the per-session path.
+        let (mut seen, mut vis, mut sent) = (server.policy_view().1, None, Sent::default());
+        let two = [Change::NodePatch(3), Change::NodePatch(2)];
+        let m = delta(
+            &server,
+            1,
+            &two,
+            &known(&[2, 3]),
+            &mut vis,
+            &mut seen,
+            &mut sent,
+            true,
+        );
+        assert!(matches!(m, Some(Delta::Own(_))));
+        let mut stale = seen.wrapping_sub(1);
+        let m = delta(
+            &server,
+            1,
+            &[Change::NodePatch(3)],
+            &k1,
+            &mut None,
+            &mut stale,
+            &mut sent,
+            true,
+        );
+        assert!(!matches!(m, Some(Delta::Shared(_))));
+        drop(server);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -73,8 +73,16 @@ struct Stream {
     send: i64,
     /// What the peer may still send on it.
     recv: i64,
-    /// The task serving (server) or reading (client) this stream.
+    /// Client: bytes read whose WINDOW_UPDATE is held back ([`refund`]).
+    unsent: i64,
+    /// The task serving (server) or reading (client) this stream, while
+    /// it waits for a window, room in `out` or data.
     waker: Option<Waker>,
+    /// A task waiting in [`Responder::closed`]: woken only when the stream
+    /// or the connection ends, not by every WINDOW_UPDATE or drained write
+    /// (a long poll waits there between messages; each message's
+    /// WINDOW_UPDATE would otherwise poll it once more for nothing).
+    closer: Option<Waker>,
     /// Request body (server) / response bytes not yet taken (client).
     body: Vec<u8>,
     remote_end: bool,
@@ -97,6 +105,8 @@ struct State {
     peer_max_frame: usize,
     send_conn: i64,
     recv_conn: i64,
+    /// Client: connection-level bytes whose WINDOW_UPDATE is held back.
+    conn_unsent: i64,
     streams: Vec<Stream>,
     /// Highest stream id the peer opened (server) — GOAWAY's last id.
     last_peer: u32,
@@ -134,6 +144,7 @@ impl State {
             peer_max_frame: w::DEFAULT_MAX_FRAME,
             send_conn: w::DEFAULT_WINDOW,
             recv_conn: w::DEFAULT_WINDOW + i64::from(limits.conn_window_extra),
+            conn_unsent: 0,
             streams: Vec::new(),
             last_peer: 0,
             next_local: 1,
@@ -175,9 +186,20 @@ impl State {
         }
     }
 
-    fn wake_all(&mut self) {
+    /// Wakes every task waiting for a window, room or data.
+    fn wake_senders(&mut self) {
         for s in &mut self.streams {
             if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        }
+    }
+
+    /// The connection ends: wakes every task of every stream.
+    fn wake_all(&mut self) {
+        self.wake_senders();
+        for s in &mut self.streams {
+            if let Some(w) = s.closer.take() {
                 w.wake();
             }
         }
@@ -194,6 +216,9 @@ impl State {
             self.buffered -= s.body.len();
         }
         if let Some(w) = &s.waker {
+            w.wake_by_ref();
+        }
+        if let Some(w) = &s.closer {
             w.wake_by_ref();
         }
         Some(s)
@@ -319,7 +344,7 @@ impl State {
                             why: "connection window overflow",
                         });
                     }
-                    self.wake_all();
+                    self.wake_senders();
                 } else if let Some(s) = self.find(h.stream) {
                     s.send += inc;
                     let bad = if inc == 0 {
@@ -401,7 +426,7 @@ impl State {
                             });
                         }
                     }
-                    self.wake_all();
+                    self.wake_senders();
                 }
                 setting::MAX_FRAME_SIZE => {
                     if !(w::DEFAULT_MAX_FRAME as u32..1 << 24).contains(&v) {
@@ -506,7 +531,9 @@ impl State {
             id,
             send: self.peer_window,
             recv: i64::from(self.limits.stream_window),
+            unsent: 0,
             waker: None,
+            closer: None,
             body: Vec::new(),
             remote_end: end,
             local_end: false,
@@ -608,9 +635,13 @@ impl State {
                 self.dispatch(h.stream, sh, reqs)?;
             }
         } else {
-            // Client: the connection window is given back at once, and
-            // padding on the stream; the data's when the reader takes it.
-            self.give_back(0, n);
+            // Client: the connection window is given back as it is
+            // received (in steps, see `refund`), and padding on the
+            // stream; the data's when the reader takes it.
+            let u = refund(&mut self.recv_conn, &mut self.conn_unsent, n);
+            if u > 0 {
+                w::emit_window_update(0, u as u32, &mut self.out);
+            }
             let pad = n - data.len() as i64;
             if pad > 0 && !end {
                 if let Some(s) = self.find(h.stream) {
@@ -711,6 +742,27 @@ impl State {
     }
 }
 
+/// Smallest WINDOW_UPDATE a client sends (Go's x/net/http2 `inflowMinRefresh`).
+const MIN_REFRESH: i64 = 4096;
+
+/// A receiver gives `n` consumed bytes back to a window whose peer may
+/// still send `avail`: returns the increment to send now, 0 to hold it.
+/// As the Go client (x/net/http2 `inflow.add`, which Tailscale's control
+/// client uses) does: an update once at least 4 KiB are owed, or once the
+/// owed bytes reach what the peer may still send (half the window is
+/// used), so a stream of small messages is not answered with a
+/// WINDOW_UPDATE each. The client role here (load generator, smoke client,
+/// tests) behaves like the real client the server serves.
+fn refund(avail: &mut i64, unsent: &mut i64, n: i64) -> i64 {
+    *unsent += n;
+    if *unsent < MIN_REFRESH && *unsent < *avail {
+        return 0;
+    }
+    let u = std::mem::take(unsent);
+    *avail += u;
+    u
+}
+
 fn encode_status(status: u16, out: &mut Vec<u8>) {
     let s = status.to_string();
     if !hpack::encode_indexed(":status", &s, out) {
@@ -756,20 +808,24 @@ impl Responder {
 
     /// Resolves when the peer reset the stream or the connection ended.
     pub async fn closed(&self) {
-        poll_fn(|cx| {
-            let mut st = lock(&self.sh.st);
-            if st.dead.is_some() {
-                return Poll::Ready(());
-            }
-            match st.find(self.id) {
-                Some(s) => {
-                    s.waker = Some(cx.waker().clone());
-                    Poll::Pending
+        poll_fn(|cx| self.poll_closed(cx)).await
+    }
+
+    /// [`Responder::closed`] as a poll function.
+    pub fn poll_closed(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut st = lock(&self.sh.st);
+        if st.dead.is_some() {
+            return Poll::Ready(());
+        }
+        match st.find(self.id) {
+            Some(s) => {
+                if !s.closer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    s.closer = Some(cx.waker().clone());
                 }
-                None => Poll::Ready(()),
+                Poll::Pending
             }
-        })
-        .await
+            None => Poll::Ready(()),
+        }
     }
 
     /// A complete response.
@@ -895,7 +951,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                 self.wbuf = Vec::new();
                 self.wpos = 0;
                 self.flushing = true;
-                lock(&self.sh.st).wake_all(); // senders waiting for room
+                lock(&self.sh.st).wake_senders(); // senders waiting for room
             }
             if self.flushing {
                 match Pin::new(&mut self.io).poll_flush(cx) {
@@ -1024,7 +1080,9 @@ impl Client {
                 id,
                 send,
                 recv,
+                unsent: 0,
                 waker: None,
+                closer: None,
                 body: Vec::new(),
                 remote_end: false,
                 local_end: false,
@@ -1072,10 +1130,15 @@ impl RecvStream {
             };
             if !s.body.is_empty() {
                 let b = std::mem::take(&mut s.body);
-                let end = s.remote_end;
-                if !end {
-                    s.recv += b.len() as i64;
-                    w::emit_window_update(self.id, b.len() as u32, &mut st.out);
+                let u = if s.remote_end {
+                    0
+                } else {
+                    refund(&mut s.recv, &mut s.unsent, b.len() as i64)
+                };
+                if u > 0 {
+                    w::emit_window_update(self.id, u as u32, &mut st.out);
+                }
+                if u > 0 {
                     st.wake_driver();
                 }
                 return Poll::Ready(Some(Ok(b)));
@@ -1123,5 +1186,34 @@ impl Drop for Client {
         let mut st = lock(&self.sh.st);
         st.handles -= 1;
         st.wake_driver();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refund;
+
+    #[test]
+    fn window_updates_are_sent_in_steps_like_the_go_client() {
+        // A 1 MiB window and 300-byte messages: one update per 4 KiB.
+        let (mut avail, mut unsent) = (1i64 << 20, 0i64);
+        let mut updates = vec![];
+        for _ in 0..40 {
+            avail -= 300; // received
+            let u = refund(&mut avail, &mut unsent, 300);
+            if u > 0 {
+                updates.push(u);
+            }
+        }
+        assert_eq!(updates, vec![4200, 4200]);
+        assert_eq!(avail + unsent, 1 << 20, "nothing lost");
+        // A small window: given back once half of it is used, so the
+        // peer never runs dry.
+        let (mut avail, mut unsent) = (1000i64, 0i64);
+        avail -= 400;
+        assert_eq!(refund(&mut avail, &mut unsent, 400), 0);
+        avail -= 200;
+        assert_eq!(refund(&mut avail, &mut unsent, 200), 600);
+        assert_eq!((avail, unsent), (1000, 0));
     }
 }
