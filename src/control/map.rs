@@ -837,7 +837,8 @@ mod tests {
             crate::keys::to_hex(&crate::keys::random32()[..4])
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let server = crate::control::build_server(crate::config::Config::defaults(&dir)).unwrap();
+        let cfg = crate::config::Config::defaults(&dir);
+        let server = crate::control::build_server(cfg, |_| Ok(None)).unwrap();
         {
             let mut st = server.state();
             let u = st.create_user("alice", "", "").unwrap();
