@@ -4,7 +4,7 @@
 //! Imports go one way only, downwards in this map:
 //!
 //! ```text
-//! cli (entry: main) ─► app (top level: config, listeners, wiring)
+//! cli (entry: main, loads the config) ─► app (top level: builds, binds, wires)
 //!   web · oidc · acme   the admin page, OIDC logins, ACME certificates
 //!   api                 the one API room: REST API, admin socket, the page's routes, its cookie check
 //!   control             register, map sessions, hub, policy in force
@@ -17,7 +17,9 @@
 //! the top-level room hands it (`http::Service` for the listeners,
 //! `http::h2srv::Handler` for requests inside Noise); the planes above the
 //! control plane call into it, never the reverse. `layers` (a unit test)
-//! fails on an import against this map for the rooms it checks.
+//! fails on an import against this map for the rooms it checks. One known
+//! exception is left: state's schema upgrade of the API-key table calls
+//! `api::apikey`, whose table lives in the store (state <-> api).
 
 #[cfg(feature = "acme")]
 pub mod acme;
