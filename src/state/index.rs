@@ -19,25 +19,35 @@
 //! import).
 
 use super::model::Node;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::ops::Bound::Included;
+
+/// Every index is this one map type, so the B-tree code is linked once
+/// (binary size counts as much as memory here): a key of two words and a
+/// 32-bit value.
+type Idx = BTreeMap<(u64, u64), u32>;
 
 #[derive(Default)]
 pub struct Nodes {
     map: BTreeMap<u64, Node>,
     hasher: RandomState,
-    node_keys: BTreeSet<(u64, u64)>,
-    machine_keys: BTreeSet<(u64, u64)>,
-    names: BTreeSet<(u64, u64)>,
-    v4: BTreeMap<u32, u32>,
-    v6: BTreeMap<u128, u32>,
-    /// For a DNS name base `b` that collided (keyed by its hash): every
-    /// `b-1` … `b-(h-1)` is taken, so the search for a free `b-i` starts at
-    /// `h` instead of 1 (many nodes reporting one hostname stay O(log N)
-    /// each). Lowered when such a name is freed.
-    name_hint: HashMap<u64, u64>,
+    /// (hash of the node key, id).
+    node_keys: Idx,
+    /// (hash of the machine key, id).
+    machine_keys: Idx,
+    /// (hash of the DNS name, id).
+    names: Idx,
+    /// (IPv4 address, id).
+    v4: Idx,
+    /// (upper, lower half of the IPv6 address) → nodes holding it.
+    v6: Idx,
+    /// (hash of a DNS name base `b` that collided, 0) → `h`: every `b-1` …
+    /// `b-(h-1)` is taken, so the search for a free `b-i` starts at `h`
+    /// instead of 1 (many nodes reporting one hostname stay O(log N) each).
+    /// Lowered when such a name is freed.
+    name_hint: Idx,
 }
 
 impl std::ops::Deref for Nodes {
@@ -48,11 +58,15 @@ impl std::ops::Deref for Nodes {
 }
 
 impl FromIterator<Node> for Nodes {
+    /// Builds the table in one go (full B-tree leaves, as a collected
+    /// `BTreeMap`), then the indexes.
     fn from_iter<I: IntoIterator<Item = Node>>(iter: I) -> Self {
+        let map: BTreeMap<u64, Node> = iter.into_iter().map(|n| (n.id, n)).collect();
         let mut out = Nodes::default();
-        for n in iter {
-            out.insert(n.id, n);
+        for n in map.values() {
+            out.link(n);
         }
+        out.map = map;
         out
     }
 }
@@ -83,6 +97,17 @@ fn same_indexed(a: &Node, b: &Indexed) -> bool {
         && a.given_name == b.2
         && a.ipv4 == b.3
         && a.ipv6 == b.4
+}
+
+fn halves(a: Ipv6Addr) -> (u64, u64) {
+    let a = u128::from(a);
+    ((a >> 64) as u64, a as u64)
+}
+
+/// Keys of `idx` in `[(lo, 0), (hi, u64::MAX)]`.
+fn span(idx: &Idx, lo: u64, hi: u64) -> impl DoubleEndedIterator<Item = (u64, u64)> + '_ {
+    idx.range((Included((lo, 0)), Included((hi, u64::MAX))))
+        .map(|(&k, _)| k)
 }
 
 impl Nodes {
@@ -135,26 +160,33 @@ impl Nodes {
             self.h(&n.machine_key),
             self.h(n.given_name.as_bytes()),
         );
-        self.node_keys.insert((k, n.id));
-        self.machine_keys.insert((m, n.id));
-        self.names.insert((g, n.id));
+        self.node_keys.insert((k, n.id), 0);
+        self.machine_keys.insert((m, n.id), 0);
+        self.names.insert((g, n.id), 0);
         if let Some(a) = n.ipv4 {
-            *self.v4.entry(u32::from(a)).or_default() += 1;
+            self.v4.insert((u32::from(a) as u64, n.id), 0);
         }
         if let Some(a) = n.ipv6 {
-            *self.v6.entry(u128::from(a)).or_default() += 1;
+            *self.v6.entry(halves(a)).or_default() += 1;
         }
         // A name `b-i` taken where the search for base `b` would start:
         // move the start past every taken `b-…`.
         if let Some((base, i)) = split_suffix(&n.given_name) {
             let bh = self.h(base.as_bytes());
-            let start = self.name_hint.get(&bh).copied().unwrap_or(1);
-            if i == start {
+            if i == self.name_suffix_start(base) {
+                // By the name index alone (the table may not hold the
+                // nodes yet, see `from_iter`): a 64-bit hash collision
+                // could only move the start past a free name, never hand
+                // out a taken one.
                 let mut next = i + 1;
-                while self.name_taken(&format!("{base}-{next}"), 0) {
+                while {
+                    let h = self.h(format!("{base}-{next}").as_bytes());
+                    span(&self.names, h, h).next().is_some()
+                } {
                     next += 1;
                 }
-                self.name_hint.insert(bh, next);
+                self.name_hint
+                    .insert((bh, 0), u32::try_from(next).unwrap_or(u32::MAX));
             }
         }
     }
@@ -169,25 +201,30 @@ impl Nodes {
         self.machine_keys.remove(&(m, n.id));
         self.names.remove(&(g, n.id));
         if let Some(a) = n.ipv4 {
-            dec(&mut self.v4, u32::from(a));
+            self.v4.remove(&(u32::from(a) as u64, n.id));
         }
         if let Some(a) = n.ipv6 {
-            dec(&mut self.v6, u128::from(a));
+            let k = halves(a);
+            if let Some(c) = self.v6.get_mut(&k) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    self.v6.remove(&k);
+                }
+            }
         }
         if let Some((base, i)) = split_suffix(&n.given_name) {
             let bh = self.h(base.as_bytes());
-            if let Some(h) = self.name_hint.get_mut(&bh) {
-                if i < *h {
-                    *h = i;
+            if let Some(h) = self.name_hint.get_mut(&(bh, 0)) {
+                if i < u64::from(*h) {
+                    *h = i as u32;
                 }
             }
         }
     }
 
     /// Ids whose `idx` entry has hash `h`, lowest id first.
-    fn ids(idx: &BTreeSet<(u64, u64)>, h: u64) -> impl Iterator<Item = u64> + '_ {
-        idx.range((Included((h, 0)), Included((h, u64::MAX))))
-            .map(|&(_, id)| id)
+    fn ids(idx: &Idx, h: u64) -> impl Iterator<Item = u64> + '_ {
+        span(idx, h, h).map(|(_, id)| id)
     }
 
     /// The node (lowest id if several) whose current node key is `key`.
@@ -215,19 +252,32 @@ impl Nodes {
     /// The first `i` worth trying for a free `base-i` (see `name_hint`).
     pub fn name_suffix_start(&self, base: &str) -> u64 {
         self.name_hint
-            .get(&self.h(base.as_bytes()))
-            .copied()
-            .unwrap_or(1)
+            .get(&(self.h(base.as_bytes()), 0))
+            .map_or(1, |&h| u64::from(h))
     }
 
-    /// IPv4 addresses in use, as integers (each with its number of nodes).
-    pub fn used_v4(&self) -> &BTreeMap<u32, u32> {
-        &self.v4
+    /// The highest IPv4 address in use in `[lo, hi]` (as integers).
+    pub fn highest_v4(&self, lo: u32, hi: u32) -> Option<u32> {
+        span(&self.v4, lo.into(), hi.into())
+            .next_back()
+            .map(|(a, _)| a as u32)
     }
 
-    /// IPv6 addresses in use, as integers (each with its number of nodes).
-    pub fn used_v6(&self) -> &BTreeMap<u128, u32> {
-        &self.v6
+    pub fn v4_used(&self, a: u32) -> bool {
+        span(&self.v4, a.into(), a.into()).next().is_some()
+    }
+
+    /// The highest IPv6 address in use in `[lo, hi]` (as integers).
+    pub fn highest_v6(&self, lo: u128, hi: u128) -> Option<u128> {
+        let k = |a: u128| ((a >> 64) as u64, a as u64);
+        self.v6
+            .range((Included(k(lo)), Included(k(hi))))
+            .next_back()
+            .map(|(&(h, l), _)| (u128::from(h) << 64) | u128::from(l))
+    }
+
+    pub fn v6_used(&self, a: u128) -> bool {
+        self.v6.contains_key(&((a >> 64) as u64, a as u64))
     }
 
     /// Entries per index (tests).
@@ -241,15 +291,6 @@ impl Nodes {
             self.v6.len(),
             self.name_hint.len(),
         ]
-    }
-}
-
-fn dec<K: Ord + Copy>(m: &mut BTreeMap<K, u32>, k: K) {
-    if let Some(c) = m.get_mut(&k) {
-        *c -= 1;
-        if *c == 0 {
-            m.remove(&k);
-        }
     }
 }
 
@@ -270,14 +311,18 @@ pub(crate) fn split_suffix(name: &str) -> Option<(&str, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn node(id: u64, name: &str) -> Node {
         Node {
             id,
             machine_key: [id as u8; 32],
-            node_key: [id as u8 + 100; 32],
+            node_key: [(id as u8).wrapping_add(100); 32],
             given_name: name.into(),
             ipv4: Some(Ipv4Addr::new(100, 64, 0, id as u8)),
+            ipv6: Some(Ipv6Addr::from(
+                (0xfd7a_115c_a1e0_u128 << 80) | (id as u128) << 70,
+            )),
             ..Default::default()
         }
     }
@@ -294,13 +339,18 @@ mod tests {
             assert_eq!(ns.by_machine_key(&n.machine_key).unwrap().id, by_mk.id);
             assert!(ns.name_taken(&n.given_name, 0));
         }
-        let mut v4: BTreeMap<u32, u32> = BTreeMap::new();
-        for a in ns.values().filter_map(|n| n.ipv4) {
-            *v4.entry(a.into()).or_default() += 1;
+        for n in ns.values() {
+            let (a4, a6) = (n.ipv4.map(u32::from), n.ipv6.map(u128::from));
+            assert!(a4.map_or(true, |a| ns.v4_used(a) && ns.highest_v4(a, a) == Some(a)));
+            assert!(a6.map_or(true, |a| ns.v6_used(a) && ns.highest_v6(a, a) == Some(a)));
         }
-        assert_eq!(&v4, ns.used_v4());
-        let [a, b, c, ..] = ns.index_entries();
-        assert_eq!([a, b, c], [ns.len(); 3]);
+        let v4: BTreeSet<u32> = ns.values().filter_map(|n| n.ipv4.map(u32::from)).collect();
+        assert_eq!(ns.highest_v4(0, u32::MAX), v4.last().copied());
+        let v6: BTreeSet<u128> = ns.values().filter_map(|n| n.ipv6.map(u128::from)).collect();
+        assert_eq!(ns.highest_v6(0, u128::MAX), v6.last().copied());
+        assert_eq!(ns.index_entries()[4], v6.len());
+        let [a, b, c, d, ..] = ns.index_entries();
+        assert_eq!([a, b, c, d], [ns.len(); 4]);
     }
 
     #[test]
@@ -312,15 +362,15 @@ mod tests {
         let mut n = node(1, "c");
         n.node_key = [7; 32];
         n.ipv4 = Some(Ipv4Addr::new(100, 64, 0, 2));
+        n.ipv6 = ns[&2].ipv6;
         ns.insert(1, n);
         check(&ns);
         assert!(ns.by_node_key(&[101; 32]).is_none());
         assert!(!ns.name_taken("a", 0));
         assert!(ns.name_taken("c", 0) && !ns.name_taken("c", 1));
-        assert_eq!(
-            ns.used_v4().get(&u32::from(Ipv4Addr::new(100, 64, 0, 2))),
-            Some(&2)
-        );
+        let two = u32::from(Ipv4Addr::new(100, 64, 0, 2));
+        assert_eq!(ns.highest_v4(0, two), Some(two));
+        assert!(!ns.v4_used(two - 1));
         // An update of an unindexed field keeps everything; of a key reindexes.
         assert_eq!(ns.update(2, |n| n.last_seen = 5), Some(()));
         check(&ns);
@@ -332,7 +382,12 @@ mod tests {
         ns.remove(&1);
         check(&ns);
         assert!(ns.by_node_key(&[7; 32]).is_none() && !ns.name_taken("c", 0));
-        assert_eq!(ns.used_v4().len(), 1);
+        assert!(ns.v4_used(two) && !ns.v4_used(two - 1));
+        assert!(
+            ns.v6_used(ns[&2].ipv6.unwrap().into()),
+            "still held by node 2"
+        );
+        assert_eq!(ns.highest_v4(0, u32::MAX), Some(two));
         // Two nodes of one machine key: the lowest id, as a scan finds it.
         let mut n = node(5, "e");
         n.machine_key = [2; 32];
@@ -361,6 +416,11 @@ mod tests {
         assert_eq!(ns.name_suffix_start("web"), 4);
         ns.remove(&3);
         assert_eq!(ns.name_suffix_start("web"), 2, "web-2 freed");
+        // Built in one go (as on load): the same start.
+        let again: Nodes = ns.values().cloned().collect();
+        assert_eq!(again.name_suffix_start("web"), 2);
+        let out_of_order: Nodes = [node(1, "web-2"), node(2, "web-1")].into_iter().collect();
+        assert_eq!(out_of_order.name_suffix_start("web"), 3);
         // A rename away from a suffixed name frees it too.
         ns.update(2, |n| n.given_name = "other".into());
         assert_eq!(ns.name_suffix_start("web"), 1);

@@ -16,9 +16,8 @@
 //! fd7a:115c:a1e0:ab12:4843:cd96:6200::/104 (4-to-6) and
 //! fd7a:115c:a1e0:efe3::/64.
 
-use super::{OpError, State};
+use super::{Nodes, OpError, State};
 use ipnet::{Ipv4Net, Ipv6Net};
-use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 const RESERVED_V4: [(Ipv4Addr, u8); 2] = [
@@ -56,11 +55,9 @@ pub fn allocate(state: &State, v4: Ipv4Net, v6: Ipv6Net) -> Result<(Ipv4Addr, Ip
         .iter()
         .map(|&(a, l)| range(u128::from(a), 128 - l as u32))
         .collect();
-    let used4 = state.nodes.used_v4();
-    let used6 = state.nodes.used_v6();
-    let a4 = pick(b4.0, b4.1, used4, &r4)
+    let a4 = pick(b4.0, b4.1, &V4(&state.nodes), &r4)
         .ok_or_else(|| OpError::Conflict(format!("no free IPv4 address left in {net4}")))?;
-    let a6 = pick(b6.0, b6.1, used6, &r6)
+    let a6 = pick(b6.0, b6.1, &V6(&state.nodes), &r6)
         .ok_or_else(|| OpError::Conflict(format!("no free IPv6 address left in {net6}")))?;
     Ok((Ipv4Addr::from(a4 as u32), Ipv6Addr::from(a6)))
 }
@@ -82,24 +79,28 @@ trait Used {
     fn contains(&self, a: u128) -> bool;
 }
 
-impl Used for BTreeMap<u32, u32> {
+/// The IPv4 addresses in use, from the node index.
+struct V4<'a>(&'a Nodes);
+/// The IPv6 addresses in use, from the node index.
+struct V6<'a>(&'a Nodes);
+
+impl Used for V4<'_> {
     fn highest(&self, lo: u128, hi: u128) -> Option<u128> {
-        let (Ok(lo), hi) = (u32::try_from(lo), u32::try_from(hi).unwrap_or(u32::MAX)) else {
-            return None;
-        };
-        self.range(lo..=hi).next_back().map(|(&a, _)| a as u128)
+        let lo = u32::try_from(lo).ok()?;
+        let hi = u32::try_from(hi).unwrap_or(u32::MAX);
+        self.0.highest_v4(lo, hi).map(u128::from)
     }
     fn contains(&self, a: u128) -> bool {
-        u32::try_from(a).is_ok_and(|a| self.contains_key(&a))
+        u32::try_from(a).is_ok_and(|a| self.0.v4_used(a))
     }
 }
 
-impl Used for BTreeMap<u128, u32> {
+impl Used for V6<'_> {
     fn highest(&self, lo: u128, hi: u128) -> Option<u128> {
-        self.range(lo..=hi).next_back().map(|(&a, _)| a)
+        self.0.highest_v6(lo, hi)
     }
     fn contains(&self, a: u128) -> bool {
-        self.contains_key(&a)
+        self.0.v6_used(a)
     }
 }
 
@@ -159,10 +160,20 @@ fn scan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
+
+    impl Used for BTreeSet<u128> {
+        fn highest(&self, lo: u128, hi: u128) -> Option<u128> {
+            self.range(lo..=hi).next_back().copied()
+        }
+        fn contains(&self, a: u128) -> bool {
+            BTreeSet::contains(self, &a)
+        }
+    }
 
     /// A used set as the index keeps it (IPv6 form: any u128).
-    fn set(v: &[u128]) -> BTreeMap<u128, u32> {
-        v.iter().map(|&a| (a, 1)).collect()
+    fn set(v: &[u128]) -> BTreeSet<u128> {
+        v.iter().copied().collect()
     }
 
     fn v4(s: &str) -> u128 {
@@ -207,11 +218,24 @@ mod tests {
             None
         );
         assert_eq!(pick(net, 1, &set(&[]), &r), None);
-        // The IPv4 index form (u32 keys) answers the same.
-        let used: BTreeMap<u32, u32> = [(v4("100.64.0.5") as u32, 1)].into_iter().collect();
-        assert_eq!(pick(base, 22, &used, &r), Some(v4("100.64.0.6")));
-        let used: BTreeMap<u32, u32> = [(v4("10.0.0.2") as u32, 1)].into_iter().collect();
-        assert_eq!(pick(net, 2, &used, &r), Some(v4("10.0.0.1")));
+        // The node index answers the same (IPv4 and IPv6).
+        let node = |id: u64, a: u128| crate::state::Node {
+            id,
+            node_key: [id as u8; 32],
+            ipv4: Some(Ipv4Addr::from(a as u32)),
+            ipv6: Some(Ipv6Addr::from(a << 64)),
+            ..Default::default()
+        };
+        let ns: Nodes = [node(1, v4("100.64.0.5")), node(2, v4("10.0.0.2"))]
+            .into_iter()
+            .collect();
+        assert_eq!(pick(base, 22, &V4(&ns), &r), Some(v4("100.64.0.6")));
+        assert_eq!(pick(net, 2, &V4(&ns), &r), Some(v4("10.0.0.1")));
+        let r6: Vec<(u128, u128)> = Vec::new();
+        assert_eq!(
+            pick(v4("10.0.0.0") << 64, 66, &V6(&ns), &r6),
+            Some((v4("10.0.0.2") << 64) + 1)
+        );
     }
 
     #[test]
