@@ -918,6 +918,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
         cx: &mut Context<'_>,
         on_request: &mut impl FnMut(Request),
     ) -> Poll<io::Result<()>> {
+        // A read that would block registered this task with the reactor,
+        // which wakes it when bytes arrive: reading again in the same poll
+        // would only be a second failing syscall (per message written).
+        let mut read_blocked = false;
         loop {
             let mut progress = false;
             let (dead, queued) = {
@@ -969,7 +973,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                         _ => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
                     });
                 }
-            } else if unsent < READ_PAUSE {
+            } else if unsent < READ_PAUSE && !read_blocked {
                 let mut tmp = [0u8; 4096];
                 match Pin::new(&mut self.io).poll_read(cx, &mut tmp) {
                     Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
@@ -979,7 +983,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                         progress = true;
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
+                    Poll::Pending => read_blocked = true,
                 }
             }
             if !progress {
