@@ -27,10 +27,14 @@ async fn route(server: Arc<Server>, ctx: Arc<ConnCtx>, req: Request) -> io::Resu
     if path.ends_with("/machine/register") {
         // Identifies the connection itself, only when the node is known
         // and authorised (every answer is a 200, errors included).
-        let (status, json) = register::handle(&server, &ctx, &body).await;
+        // Boxed: a registration is short, and its state inline would set
+        // the size of every request task, long polls included.
+        let (status, json) = Box::pin(register::handle(&server, &ctx, &body)).await;
         respond.reply(status, "application/json", &json).await
     } else if path.ends_with("/machine/map") {
-        Box::pin(map::handle(server, ctx, body, respond)).await
+        // Inline: the long poll is what most request tasks are, and one
+        // allocation per stream is smaller than a task plus a box.
+        map::handle(server, ctx, body, respond).await
     } else if path.ends_with("/machine/audit-log") || path.ends_with("/machine/update-health") {
         // Accept and drop: 404/501 would be treated as permanent failures.
         respond.reply(200, "text/plain", &[]).await

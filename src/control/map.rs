@@ -69,7 +69,7 @@ pub async fn handle(
     };
     if expired {
         // As on register: an expired node key is authorised for nothing.
-        return answer_expired(&server, node_id, &req, respond).await;
+        return Box::pin(answer_expired(&server, node_id, &req, respond)).await;
     }
     ctx.set_identified();
     let commits = server.state().store.committer();
@@ -89,7 +89,16 @@ pub async fn handle(
         respond.start(200, "application/octet-stream", false)?;
         let no_cache = &mut None;
         let known = &Known::default();
-        send_full_map(&server, &mut respond, node_id, known, no_cache, false, zstd).await?;
+        Box::pin(send_full_map(
+            &server,
+            &mut respond,
+            node_id,
+            known,
+            no_cache,
+            false,
+            zstd,
+        ))
+        .await?;
         return respond.send(&[], true).await;
     }
     let (sub, was_online) = server.hub.subscribe(node_id);
@@ -756,8 +765,10 @@ async fn stream(
     let known = &*sub.known;
     let mut vis_cache = None;
     let mut seen_gen = server.policy_view().1;
-    let Some(mut sent) = send_full_map(server, tx, id, known, &mut vis_cache, false, zstd).await?
-    else {
+    // Full maps are boxed: their state (the message, the slot, the timer)
+    // exists only while one is sent, not in every idle stream's future.
+    let first = send_full_map(server, tx, id, known, &mut vis_cache, false, zstd);
+    let Some(mut sent) = Box::pin(first).await? else {
         return Ok(());
     };
     // 50 s plus a per-session jitter, so keep-alives of many nodes do not
@@ -800,7 +811,8 @@ async fn stream(
             }
             Event::Changes(changes) if changes.contains(&Change::Everything) => {
                 seen_gen = server.policy_view().1;
-                match send_full_map(server, tx, id, known, &mut vis_cache, true, zstd).await? {
+                let full = send_full_map(server, tx, id, known, &mut vis_cache, true, zstd);
+                match Box::pin(full).await? {
                     Some(s) => sent = s,
                     None => {
                         tx.end();
