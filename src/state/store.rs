@@ -146,7 +146,7 @@ fn own(ops: &[Op<'_>]) -> Result<Vec<Owned>, StoreError> {
 }
 
 /// redb's page cache (read + write), see [`Store::open`].
-const CACHE_BYTES: usize = 1 << 20;
+const CACHE_BYTES: usize = 256 << 10;
 
 impl Store {
     /// Opens (creating if needed) the database at `path`. A directory that
