@@ -7,7 +7,7 @@
 use super::routes::{self, Reply};
 use crate::control::SharedServer;
 use crate::http::head::Head;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use std::io;
 use std::time::Duration;
 
@@ -91,7 +91,7 @@ where
         write(stream, 413, "application/json", r.body.as_bytes(), true).await?;
         return Ok(false);
     }
-    if !read_body(stream, buf, len).await? {
+    if !crate::http::read_body(stream, buf, len, BODY_TIMEOUT).await? {
         return Ok(false);
     }
     let body: Vec<u8> = buf.drain(..len).collect();
@@ -158,27 +158,6 @@ async fn authorised(server: &SharedServer, h: &Head) -> bool {
     };
     let s = server.clone();
     smol::unblock(move || super::apikey::validate(&s.state().store, &key)).await
-}
-
-/// Reads until `buf` holds `len` bytes, within one deadline for the whole
-/// body. False when the peer closed first.
-async fn read_body<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    buf: &mut Vec<u8>,
-    len: usize,
-) -> io::Result<bool> {
-    crate::http::timeout(BODY_TIMEOUT, async {
-        while buf.len() < len {
-            let mut tmp = [0u8; 4096];
-            let n = stream.read(&mut tmp).await?;
-            if n == 0 {
-                return Ok(false);
-            }
-            buf.extend_from_slice(&tmp[..n]);
-        }
-        Ok(true)
-    })
-    .await
 }
 
 fn version_json() -> String {

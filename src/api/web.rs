@@ -105,15 +105,7 @@ pub fn handle(server: &Server, who: &Who, method: &str, path: &str) -> Reply {
 }
 
 fn status(server: &Server) -> serde_json::Value {
-    let (nodes, online) = {
-        let st = server.state();
-        let online = st
-            .nodes
-            .keys()
-            .filter(|id| server.hub.is_online(**id))
-            .count();
-        (st.nodes.len(), online)
-    };
+    let (nodes, online) = server.node_counts();
     let derp = server.derp.as_ref().map(|d| {
         let st = d.stats();
         let n = |a: &crate::atomic64::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);

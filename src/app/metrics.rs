@@ -8,15 +8,7 @@ use std::time::Duration;
 
 /// The control plane's figures, read at each scrape.
 fn gauges(server: &Server) -> crate::metrics::Gauges {
-    let (nodes, online) = {
-        let st = server.state();
-        let online = st
-            .nodes
-            .keys()
-            .filter(|id| server.hub.is_online(**id))
-            .count();
-        (st.nodes.len(), online)
-    };
+    let (nodes, online) = server.node_counts();
     crate::metrics::Gauges {
         nodes,
         online,

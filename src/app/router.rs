@@ -11,7 +11,7 @@ use crate::http::{
     write_flush, BODY_TIMEOUT, HEAD_TIMEOUT, MAX_KEEPALIVE_REQUESTS, WRITE_TIMEOUT,
 };
 use crate::keys::MachineKey;
-use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -68,20 +68,7 @@ where
             .await?;
             return Ok(());
         }
-        // One deadline for the whole body, not per read.
-        let complete = timeout(BODY_TIMEOUT, async {
-            while buf.len() < body_len {
-                let mut tmp = [0u8; 4096];
-                let n = stream.read(&mut tmp).await?;
-                if n == 0 {
-                    return Ok(false);
-                }
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            Ok(true)
-        })
-        .await?;
-        if !complete {
+        if !http::read_body(&mut stream, &mut buf, body_len, BODY_TIMEOUT).await? {
             return Ok(());
         }
         buf.drain(..body_len);

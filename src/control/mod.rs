@@ -67,6 +67,18 @@ pub struct Server {
 }
 
 impl Server {
+    /// Registered nodes, and how many of them hold a map stream (the status
+    /// page and `/metrics` both show these).
+    pub fn node_counts(&self) -> (usize, usize) {
+        let st = self.state();
+        let online = st
+            .nodes
+            .keys()
+            .filter(|id| self.hub.is_online(**id))
+            .count();
+        (st.nodes.len(), online)
+    }
+
     /// Locks the state; a poisoned lock (a panic elsewhere) is recovered
     /// because every mutation is applied to the store before memory.
     pub fn state(&self) -> MutexGuard<'_, State> {

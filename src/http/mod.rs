@@ -148,6 +148,29 @@ pub(crate) async fn timeout<T>(
     .await
 }
 
+/// Reads until `buf` holds `len` bytes of body, under one deadline `d` for
+/// the whole body (not per read, so a byte at a time cannot hold a socket);
+/// false if the peer closed first.
+pub(crate) async fn read_body<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+    len: usize,
+    d: Duration,
+) -> io::Result<bool> {
+    timeout(d, async {
+        while buf.len() < len {
+            let mut tmp = [0u8; 4096];
+            let n = stream.read(&mut tmp).await?;
+            if n == 0 {
+                return Ok(false);
+            }
+            buf.extend_from_slice(&tmp[..n]);
+        }
+        Ok(true)
+    })
+    .await
+}
+
 /// Reads one request head; returns the head and any bytes read past it.
 pub(crate) async fn read_head<S: AsyncRead + Unpin>(
     stream: &mut S,
