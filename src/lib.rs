@@ -17,9 +17,9 @@
 //! the top-level room hands it (`http::Service` for the listeners,
 //! `http::h2srv::Handler` for requests inside Noise); the planes above the
 //! control plane call into it, never the reverse. `layers` (a unit test)
-//! fails on an import against this map for the rooms it checks. One known
-//! exception is left: state's schema upgrade of the API-key table calls
-//! `api::apikey`, whose table lives in the store (state <-> api).
+//! fails on an import against this map for the rooms it checks (state
+//! included: the API-key table, which the store's schema upgrades rewrite,
+//! lives in `state::apikey`; `api::apikey` re-exports it).
 
 #[cfg(feature = "acme")]
 pub mod acme;

@@ -487,7 +487,7 @@ mod headscale_in {
         ops.extend(imp.nodes.iter().map(Op::PutNode));
         if !imp.api_keys.is_empty() {
             let (k, v) =
-                crate::api::apikey::import_table(&imp.api_keys).map_err(|e| e.to_string())?;
+                crate::state::apikey::import_table(&imp.api_keys).map_err(|e| e.to_string())?;
             ops.push(Op::PutMeta(k, v));
         }
         if let Some(text) = &policy {

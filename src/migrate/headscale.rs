@@ -12,8 +12,8 @@
 //! IDs are kept, so scripts that name nodes or users by ID keep working.
 
 use super::sqlite::{Db, Table, Value};
-use crate::api::apikey::ApiKey;
 use crate::keys::{from_hex, DiscoKey, MachineKey, NodeKey};
+use crate::state::apikey::ApiKey;
 use crate::state::{Node, PreAuthKey, RegisterMethod, Unix, User};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

@@ -1,6 +1,6 @@
 //! Pre-auth keys carried over from Headscale (`tinyscale migrate`), stored
 //! as Headscale stored them: a public prefix plus a bcrypt hash of the
-//! secret (API keys: `crate::api::apikey`).
+//! secret (API keys: [`super::apikey`]).
 
 use super::ops::hash_key;
 use super::{Op, OpError, State};

@@ -6,6 +6,7 @@
 //! critical sections. Map sessions read what they need and release it before
 //! writing to the network.
 
+pub mod apikey;
 pub mod commit;
 pub mod imported;
 pub mod index;

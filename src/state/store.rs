@@ -569,10 +569,10 @@ fn migrate_keys_v3(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
     append_zero_byte::<PreAuthKey>(txn, KEYS, "pre-auth key")?;
     let mut meta = txn.open_table(META).map_err(err("open meta"))?;
     let old = meta
-        .get(crate::api::apikey::META_API_KEYS)
+        .get(super::apikey::META_API_KEYS)
         .map_err(err("read meta"))?
         .map(|g| g.value().to_vec());
-    if let Some((k, v)) = crate::api::apikey::upgrade_v3(old.as_deref())? {
+    if let Some((k, v)) = super::apikey::upgrade_v3(old.as_deref())? {
         meta.insert(k, v.as_slice()).map_err(err("write meta"))?;
     }
     Ok(())
@@ -1013,7 +1013,7 @@ mod tests {
         let s = Store::open(&p).unwrap();
         assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
         assert_eq!(s.load().unwrap().keys, vec![k]);
-        let api = crate::api::apikey::list(&s).unwrap();
+        let api = crate::state::apikey::list(&s).unwrap();
         assert_eq!(api.len(), 1);
         assert_eq!((api[0].id, api[0].prefix.as_str()), (9, "abcdefghijkl"));
         assert_eq!((api[0].hash, api[0].bcrypt.as_str()), ([5; 32], ""));

@@ -6,12 +6,16 @@
 //! Keys are few (one per UI or script), so they live together in one meta
 //! value of the database (postcard), rewritten durably on every change.
 //!
+//! The table and its checks live with the store (its schema upgrades
+//! rewrite the table); the API room serves them (`api::apikey` re-exports
+//! this module).
+//!
 //! Keys imported from Headscale (`tinyscale migrate`) keep Headscale's
 //! bcrypt hash of their secret instead (schema 4 added the field), so
 //! `hskey-api-…` keys and Headscale's legacy `<7-char prefix>.<secret>`
 //! keys keep working without their secrets ever being known here.
 
-use crate::state::{now, Op, OpError, Store, StoreError, Unix};
+use super::{now, Op, OpError, Store, StoreError, Unix};
 use blake2::{Blake2s256, Digest};
 use serde::{Deserialize, Serialize};
 use std::sync::Mutex;
