@@ -6,27 +6,11 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tinyscale::client::{self, Node};
 use tinyscale::keys::x25519_public;
 use tinyscale::state::{State, Store};
-
-fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .env_remove("TINYSCALE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn write_config(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("config.yaml");

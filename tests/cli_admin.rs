@@ -2,68 +2,28 @@
 //! through the real binary and the unix socket; error cases, durability and
 //! that no plaintext key reaches the database file.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::AdminPlane;
+use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
-use tinyscale::control::Server;
 use tinyscale::state::{ipalloc, Node, State, Store};
 
-struct Env {
-    dir: PathBuf,
-    config: PathBuf,
-    server: Arc<Server>,
-}
+type Env = AdminPlane;
 
 fn setup(name: &str) -> Env {
     setup_with(name, "")
 }
 
 fn setup_with(name: &str, extra: &str) -> Env {
-    let mut b = [0u8; 8];
-    getrandom::fill(&mut b).unwrap();
-    let dir = std::env::temp_dir().join(format!(
-        "tinyscale-cli-{name}-{:016x}",
-        u64::from_le_bytes(b)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir: {}\nunix_socket: run/admin.sock\ndatabase:\n  path: db/db.redb\n\
-             listen_addr: 127.0.0.1:18080\n{extra}",
-            dir.display()
-        ),
+    common::admin_plane(
+        &format!("cli-{name}"),
+        &format!("database:\n  path: db/db.redb\nlisten_addr: 127.0.0.1:18080\n{extra}"),
     )
-    .unwrap();
-    let (cfg, used) = tinyscale::config::load(Some(&config)).unwrap();
-    assert_eq!(used.as_deref(), Some(config.as_path()));
-    let server = tinyscale::app::build(cfg).unwrap().server.clone();
-    tinyscale::api::spawn(server.clone()).unwrap();
-    Env {
-        dir,
-        config,
-        server,
-    }
 }
 
-impl Env {
-    /// Runs the binary; returns exit code, stdout, stderr.
-    fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("TINYSCALE_CONFIG")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
+/// The checks these tests share, on top of [`AdminPlane::cli`].
+impl AdminPlane {
     fn ok_json(&self, args: &[&str]) -> serde_json::Value {
         let (code, out, err) = self.cli(args);
         assert_eq!(code, 0, "{args:?}: {err}");
@@ -432,8 +392,6 @@ fn users_keys_nodes() {
         assert!(!contains(&bytes, k.as_bytes()));
         assert!(!contains(&bytes, secret.as_bytes()));
     }
-
-    let _ = std::fs::remove_dir_all(&env.dir);
 }
 
 #[test]
@@ -512,7 +470,6 @@ fn policy_through_the_api() {
     assert_eq!(got["policy"], "");
     let e = call(&sock, "GET", "/api/v1/nope", None).unwrap_err();
     assert!(matches!(e, ClientError::Api { status: 404, .. }));
-    let _ = std::fs::remove_dir_all(&env.dir);
 
     // Database mode: validated, stored, served back.
     let env = setup_with("poldb", "policy:\n  mode: database\n");
@@ -536,7 +493,6 @@ fn policy_through_the_api() {
         .unwrap()
         .unwrap();
     assert_eq!(stored, pol.as_bytes());
-    let _ = std::fs::remove_dir_all(&env.dir);
 }
 
 #[test]
@@ -553,7 +509,6 @@ fn oversized_body_is_refused() {
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     assert!(out.starts_with("HTTP/1.1 413"), "{out}");
-    let _ = std::fs::remove_dir_all(&env.dir);
 }
 
 #[test]
@@ -615,7 +570,6 @@ fn approve_interactive_login() {
     assert_eq!(code, 0, "{err}");
     assert!(out.starts_with("Node desk-top-1 registered"), "{out}");
     assert_eq!(env.server.state().nodes.len(), 2);
-    let _ = std::fs::remove_dir_all(&env.dir);
 }
 
 #[test]
@@ -636,7 +590,6 @@ fn socket_path_safety() {
         std::fs::read(env.dir.join("not-a-socket")).unwrap(),
         b"precious"
     );
-    let _ = std::fs::remove_dir_all(&env.dir);
 }
 
 /// Every refused admin request leaves the database exactly as it was: the
@@ -766,7 +719,6 @@ fn bad_input_changes_nothing() {
         before,
         "a refused command changed something"
     );
-    let _ = std::fs::remove_dir_all(&env.dir);
 }
 
 /// `apikeys` as Headscale's CLI: create prints the key once, list shows
@@ -827,5 +779,4 @@ fn api_keys() {
             .len(),
         1
     );
-    let _ = std::fs::remove_dir_all(&env.dir);
 }

@@ -6,67 +6,23 @@
 //! nil list printed as null, tab indents; errors as {"error":"…"}. These
 //! tests pin those shapes against the real binary.
 
+mod common;
+
+use common::AdminPlane;
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::process::Command;
 
-struct Env {
-    dir: PathBuf,
-    config: PathBuf,
-    server: tinyscale::control::SharedServer,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn setup(tag: &str) -> Env {
-    let dir = std::env::temp_dir().join(format!(
-        "tinyscale-clicompat-{tag}-{}-{}",
-        std::process::id(),
-        tinyscale::keys::to_hex(&tinyscale::keys::random32()[..4])
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir: {}\nunix_socket: run/admin.sock\nlisten_addr: 127.0.0.1:18099\n",
-            dir.display()
-        ),
+fn setup(tag: &str) -> AdminPlane {
+    common::admin_plane(
+        &format!("clicompat-{tag}"),
+        "listen_addr: 127.0.0.1:18099\n",
     )
-    .unwrap();
-    let (cfg, _) = tinyscale::config::load(Some(&config)).unwrap();
-    let server = tinyscale::app::build(cfg).unwrap().server.clone();
-    tinyscale::api::spawn(server.clone()).unwrap();
-    Env {
-        dir,
-        config,
-        server,
-    }
 }
 
-impl Env {
-    /// Exit code, stdout, stderr.
-    fn run(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
-            .args(args)
-            .arg("--config")
-            .arg(&self.config)
-            .env_remove("TINYSCALE_CONFIG")
-            .output()
-            .unwrap();
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
+impl AdminPlane {
+    /// Stdout and its JSON; the command must succeed.
     fn json(&self, args: &[&str]) -> (String, Value) {
-        let (code, out, err) = self.run(args);
+        let (code, out, err) = self.cli(args);
         assert_eq!(code, 0, "{args:?}: {err}");
         let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
         (out, v)
@@ -182,7 +138,7 @@ fn json_shapes_are_headscales() {
     assert!(order.windows(2).all(|w| w[0] < w[1]), "proto order: {out}");
 
     // YAML: every field, Go's lowercased names.
-    let (code, y, _) = env.run(&["nodes", "list", "-o", "yaml"]);
+    let (code, y, _) = env.cli(&["nodes", "list", "-o", "yaml"]);
     assert_eq!(code, 0);
     assert!(
         y.starts_with(&format!("- id: {id}\n  machinekey: mkey:")),
@@ -213,10 +169,10 @@ fn json_shapes_are_headscales() {
     ]);
     assert_eq!(e, json!({}));
     // --force is accepted on any command.
-    assert_eq!(env.run(&["users", "list", "--force"]).0, 0);
+    assert_eq!(env.cli(&["users", "list", "--force"]).0, 0);
 
     // Errors under a machine format: {"error": …} on stderr.
-    let (code, out, err) = env.run(&["nodes", "delete", "-i", "999", "-o", "json"]);
+    let (code, out, err) = env.cli(&["nodes", "delete", "-i", "999", "-o", "json"]);
     assert_eq!((code, out.as_str()), (1, ""));
     let v: Value = serde_json::from_str(&err).unwrap_or_else(|e| panic!("{e}: {err}"));
     assert!(v["error"].as_str().unwrap().contains("999"), "{v}");
@@ -245,7 +201,7 @@ fn policy_check_with_and_without_a_server() {
     .unwrap();
     let f = file.to_str().unwrap();
     // Server running: it evaluates the test against the tailnet (no alice: refused).
-    let (code, _, err) = env.run(&["policy", "check", "-f", f]);
+    let (code, _, err) = env.cli(&["policy", "check", "-f", f]);
     assert_eq!(code, 1, "{err}");
     // Without a server: everything else is checked, the test is named as not evaluated, exit 0.
     let other = env.dir.join("other.yaml");
@@ -277,7 +233,7 @@ fn policy_check_with_and_without_a_server() {
         .unwrap();
     assert!(!out.status.success());
     // Aliases: show/view/fetch = get.
-    assert_eq!(env.run(&["policy", "view"]).0, 0);
+    assert_eq!(env.cli(&["policy", "view"]).0, 0);
 }
 
 /// A Headscale installation's `HEADSCALE_CONFIG` is read when tinyscale has

@@ -16,8 +16,6 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The server's open-files limit: its own descriptors (database, epoll,
@@ -31,34 +29,6 @@ const FLOOD: usize = 3 * NOFILE as usize;
 /// success in between, which resets the back-off); spinning gives orders of
 /// magnitude more.
 const MAX_HELD_BACK: u64 = 200;
-
-fn read(p: &Path) -> String {
-    std::fs::read_to_string(p).unwrap_or_default()
-}
-
-/// Runs the CLI against `cfg` with a deadline; returns (success, stdout +
-/// stderr).
-fn cli(cfg: &Path, args: &[&str]) -> (bool, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the CLI");
-    if !common::eventually(30, || c.try_wait().ok().flatten().is_some()) {
-        let _ = c.kill();
-        let _ = c.wait();
-        panic!("CLI {args:?} did not answer within 30 s");
-    }
-    let out = c.wait_with_output().expect("CLI output");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
-}
 
 /// The number in the accept-failure lines' " (N more like it since the last
 /// such line)" suffix, for every such line after the first.
@@ -81,10 +51,9 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
     tinyscale::debug::procfs::raise_nofile(4096).expect("raise this test's open-files limit");
     let dir = common::tempdir("emfile");
     let port = common::free_port();
-    let cfg = dir.join("config.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (mut server, cfg) = common::serve_with(
+        &dir,
+        &format!(
             "server_url: http://127.0.0.1:{port}\nlisten_addr: 127.0.0.1:{port}\ndata_dir: {d}\n\
              unix_socket: {d}/admin.sock\ntls_listen_addr: \"\"\n\
              derp:\n  server:\n    enabled: true\n    stun_listen_addr: \"\"\n\
@@ -93,44 +62,25 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
              log:\n  level: info\n",
             d = dir.display()
         ),
-    )
-    .unwrap();
-    let log = dir.join("server.log");
-    let logf = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tinyscale"));
-    cmd.args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf);
-    // SAFETY: only an async-signal-safe system call between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            use rustix::process::{setrlimit, Resource, Rlimit};
-            let l = Rlimit {
-                current: Some(NOFILE),
-                maximum: Some(NOFILE),
-            };
-            setrlimit(Resource::Nofile, l).map_err(std::io::Error::from)
-        });
-    }
-    let mut server = common::Serve(cmd.spawn().expect("start tinyscale serve"));
+        |cmd| common::limit_nofile(cmd, NOFILE),
+    );
+    let read = || common::serve_log(&dir);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut alive = |during: &str| {
         if let Ok(Some(st)) = server.0.try_wait() {
-            panic!("server exited during {during} ({st}); log:\n{}", read(&log));
+            panic!("server exited during {during} ({st}); log:\n{}", read());
         }
     };
     assert!(
         common::eventually(30, || TcpStream::connect(addr).is_ok()),
         "server did not start; log:\n{}",
-        read(&log)
+        read()
     );
     alive("start");
     assert!(
-        read(&log).contains(&format!("open files: soft limit {NOFILE}")),
+        read().contains(&format!("open files: soft limit {NOFILE}")),
         "the start-up log names the open-files limit:\n{}",
-        read(&log)
+        read()
     );
 
     // The flood: connections beyond the listen queue time out in connect
@@ -147,21 +97,21 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
         held.len()
     );
     assert!(
-        common::eventually(30, || read(&log).contains("Too many open files")),
+        common::eventually(30, || read().contains("Too many open files")),
         "{} connections held, but no accept failed with EMFILE; log:\n{}",
         held.len(),
-        read(&log)
+        read()
     );
     alive("EMFILE");
     // Stay out of descriptors until the next rate-limited line (10 s after
     // the first) reports how many failed accepts it held back.
     assert!(
-        common::eventually(40, || !held_back(&read(&log)).is_empty()),
+        common::eventually(40, || !held_back(&read()).is_empty()),
         "no second accept-failure line while out of descriptors; log:\n{}",
-        read(&log)
+        read()
     );
     alive("EMFILE");
-    let counts = held_back(&read(&log));
+    let counts = held_back(&read());
     println!(
         "emfile: {} connections held; failed accepts held back between log lines: {counts:?}",
         held.len()
@@ -170,7 +120,7 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
         counts.iter().all(|&n| n <= MAX_HELD_BACK),
         "accept retried {counts:?} times between two log lines (bound {MAX_HELD_BACK}): \
          the loop spins instead of backing off; log:\n{}",
-        read(&log)
+        read()
     );
 
     // Released: the server accepts (and closes) what was queued, then serves.
@@ -185,10 +135,13 @@ fn out_of_descriptors_the_server_backs_off_and_recovers() {
     });
     assert_ne!(got, [0u8; 32], "GET /key returned a zero key");
     alive("recovery");
-    let (ok, out) = cli(&cfg, &["users", "create", "after-emfile"]);
-    assert!(ok, "CLI over the admin socket after EMFILE: {out}");
-    let (ok, out) = cli(&cfg, &["users", "list"]);
-    assert!(ok && out.contains("after-emfile"), "users list: {out}");
+    let (code, _, err) = common::cli(&cfg, &["users", "create", "after-emfile"]);
+    assert_eq!(code, 0, "CLI over the admin socket after EMFILE: {err}");
+    let (code, out, err) = common::cli(&cfg, &["users", "list"]);
+    assert!(
+        code == 0 && out.contains("after-emfile"),
+        "users list: {out}{err}"
+    );
     alive("the end");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);

@@ -14,11 +14,11 @@
 //!
 
 mod attacks;
+mod common;
 
 use std::io::{Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -43,7 +43,7 @@ const LEGIT: &str = "127.0.0.2";
 const PER_SOURCE: usize = 16;
 
 struct Server {
-    child: Child,
+    child: common::Serve,
     addr: SocketAddr,
     cfg: PathBuf,
     dir: PathBuf,
@@ -54,94 +54,37 @@ struct Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
-fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_tinyscale")
-}
-
-/// Runs the CLI with a deadline; returns (success, stdout).
+/// Runs the CLI (with a deadline); returns (success, stdout + stderr).
 fn cli(cfg: &Path, args: &[&str]) -> (bool, String) {
-    let mut c = Command::new(bin())
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run the CLI");
-    let t0 = Instant::now();
-    loop {
-        if c.try_wait().expect("wait for the CLI").is_some() {
-            break;
-        }
-        if t0.elapsed() > Duration::from_secs(30) {
-            let _ = c.kill();
-            let _ = c.wait();
-            panic!("CLI {args:?} did not answer within 30 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = c.wait_with_output().expect("CLI output");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
-    )
+    let (code, out, err) = common::cli(cfg, args);
+    (code == 0, out + &err)
 }
 
 fn start() -> Server {
-    let dir = std::env::temp_dir().join(format!(
-        "tinyscale-hostile-{}-{}",
-        std::process::id(),
-        tinyscale::keys::to_hex(&tinyscale::keys::random32()[..4])
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cfg = dir.join("config.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let dir = common::tempdir("hostile");
+    let port = common::free_port();
+    let (mut child, cfg) = common::serve_with(
+        &dir,
+        &format!(
             "server_url: http://127.0.0.1:{port}\nlisten_addr: 127.0.0.1:{port}\ndata_dir: {d}\n\
              unix_socket: {d}/admin.sock\ntls_listen_addr: \"\"\n\
              derp:\n  server:\n    enabled: true\n    stun_listen_addr: \"\"\n\
              dns:\n  base_domain: hostile.test\npolicy:\n  mode: database\nlog:\n  level: info\n",
             d = dir.display()
         ),
-    )
-    .unwrap();
-    let log = dir.join("server.log");
-    let logf = std::fs::File::create(&log).unwrap();
-    let mut cmd = Command::new(bin());
-    cmd.args(["serve", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(logf.try_clone().unwrap())
-        .stderr(logf);
-    // SAFETY: only an async-signal-safe system call between fork and exec.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
-            use rustix::process::{setrlimit, Resource, Rlimit};
-            let l = Rlimit {
-                current: Some(1024),
-                maximum: Some(1024),
-            };
-            setrlimit(Resource::Nofile, l).map_err(std::io::Error::from)
-        });
-    }
-    let mut child = cmd.spawn().expect("start tinyscale serve");
+        |cmd| common::limit_nofile(cmd, 1024),
+    );
+    let log = dir.join("serve.log");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let t0 = Instant::now();
     while TcpStream::connect(addr).is_err() {
-        if let Ok(Some(st)) = child.try_wait() {
+        if let Ok(Some(st)) = child.0.try_wait() {
             panic!("server exited ({st}):\n{}", read(&log));
         }
         assert!(
@@ -192,11 +135,11 @@ fn status_kib(pid: u32, field: &str) -> u64 {
 
 impl Server {
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.0.id()
     }
 
     fn assert_alive(&mut self, during: &str) {
-        if let Ok(Some(st)) = self.child.try_wait() {
+        if let Ok(Some(st)) = self.child.0.try_wait() {
             panic!(
                 "server died during {during} ({st}); log:\n{}",
                 read(&self.log)

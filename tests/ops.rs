@@ -5,30 +5,11 @@
 
 mod common;
 
-use common::{eventually, free_port, Serve};
+use common::{cli, eventually, free_port, serve, tempdir};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use tinyscale::client::{self, netmap::NetMap, Node};
-
-/// Exit code and stdout (stderr appended after a NUL, for messages).
-fn cli(cfg: &Path, args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tinyscale"))
-        .args(args)
-        .arg("--config")
-        .arg(cfg)
-        .env_remove("TINYSCALE_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + "\0"
-            + &String::from_utf8_lossy(&out.stderr),
-    )
-}
 
 fn metrics(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
@@ -53,47 +34,28 @@ const ONLY_22: &str = r#"{"acls":[{"action":"accept","src":["*"],"dst":["*:22"]}
 
 #[test]
 fn metrics_sighup_health_sigterm() {
-    let dir: PathBuf = std::env::temp_dir().join(format!(
-        "tinyscale-ops-{}-{}",
-        std::process::id(),
-        tinyscale::keys::to_hex(&tinyscale::keys::random32()[..4])
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("ops");
     let (port, mport) = (free_port(), free_port());
     let policy = dir.join("policy.hujson");
     std::fs::write(&policy, ALLOW_ALL).unwrap();
-    let cfg = dir.join("config.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    let (mut srv, cfg) = serve(
+        &dir,
+        &format!(
             "data_dir: {d}\nlisten_addr: 127.0.0.1:{port}\nserver_url: http://127.0.0.1:{port}\n\
              metrics_listen_addr: 127.0.0.1:{mport}\nstun_listen_addr: \"\"\ntls_listen_addr: \"\"\n\
              policy:\n  path: {p}\n",
             d = dir.display(),
             p = policy.display()
         ),
-    )
-    .unwrap();
-    let srv = Serve(
-        Command::new(env!("CARGO_BIN_EXE_tinyscale"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env_remove("TINYSCALE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
-            .spawn()
-            .unwrap(),
     );
-    let mut srv = srv;
     assert!(
         eventually(30, || cli(&cfg, &["health"]).0 == 0),
         "not healthy"
     );
-    let (code, out) = cli(&cfg, &["health", "-o", "json"]);
-    assert_eq!(code, 0);
-    let stdout = out.split('\0').next().unwrap();
+    let (code, out, err) = cli(&cfg, &["health", "-o", "json"]);
+    assert_eq!(code, 0, "{err}");
     assert_eq!(
-        serde_json::from_str::<serde_json::Value>(stdout).unwrap(),
+        serde_json::from_str::<serde_json::Value>(&out).unwrap(),
         serde_json::json!({"database_connectivity": true})
     );
     let maddr: SocketAddr = format!("127.0.0.1:{mport}").parse().unwrap();
@@ -105,11 +67,11 @@ fn metrics_sighup_health_sigterm() {
     let gen0 = sample(&m0, "tinyscale_policy_generation");
 
     cli(&cfg, &["users", "create", "ops"]);
-    let (code, key) = cli(
+    let (code, key, err) = cli(
         &cfg,
         &["preauthkeys", "create", "--user", "ops", "--reusable"],
     );
-    assert_eq!(code, 0, "{key}");
+    assert_eq!(code, 0, "{key}{err}");
     let key = key
         .lines()
         .find(|l| l.starts_with("hskey-auth-"))
@@ -207,8 +169,8 @@ fn metrics_sighup_health_sigterm() {
     // The database file unreadable: health says so (exit 1); back: 0.
     let db = dir.join("db.redb");
     std::fs::rename(&db, dir.join("db.moved")).unwrap();
-    let (code, out) = cli(&cfg, &["health"]);
-    assert_eq!(code, 1, "{out}");
+    let (code, out, err) = cli(&cfg, &["health"]);
+    assert_eq!(code, 1, "{out}{err}");
     std::fs::rename(dir.join("db.moved"), &db).unwrap();
     assert_eq!(cli(&cfg, &["health"]).0, 0);
 

@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{eventually, free_port, Serve};
+use common::{eventually, free_port, serve, serve_log, tempdir, Serve};
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 fn curl(args: &[&str]) -> Output {
     Command::new("curl")
@@ -17,10 +17,9 @@ fn curl(args: &[&str]) -> Output {
 }
 
 fn start(dir: &Path, port: u16, cert: &Path, key: &Path) -> Serve {
-    let cfg = dir.join("config.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
+    serve(
+        dir,
+        &format!(
             "data_dir: {d}\nlisten_addr: 127.0.0.1:{port}\ntls_listen_addr: 127.0.0.1:{port}\nserver_url: https://127.0.0.1:{port}\n\
              tls_cert_path: {c}\ntls_key_path: {k}\n\
              metrics_listen_addr: \"\"\nstun_listen_addr: \"\"\nunix_socket: {d}/admin.sock\n",
@@ -29,17 +28,7 @@ fn start(dir: &Path, port: u16, cert: &Path, key: &Path) -> Serve {
             k = key.display()
         ),
     )
-    .unwrap();
-    Serve(
-        Command::new(env!("CARGO_BIN_EXE_tinyscale"))
-            .args(["serve", "--config"])
-            .arg(&cfg)
-            .env_remove("TINYSCALE_CONFIG")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("serve.log")).unwrap())
-            .spawn()
-            .unwrap(),
-    )
+    .0
 }
 
 #[test]
@@ -49,12 +38,7 @@ fn listen_addr_with_a_certificate_is_one_https_listener() {
         eprintln!("SKIP: curl not installed");
         return;
     }
-    let dir = std::env::temp_dir().join(format!(
-        "tinyscale-tls1-{}-{}",
-        std::process::id(),
-        tinyscale::keys::to_hex(&tinyscale::keys::random32()[..4])
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = tempdir("tls1");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     tinyscale::http::tls::generate(vec!["127.0.0.1".into()], &cert, &key).unwrap();
     let port = free_port();
@@ -66,7 +50,7 @@ fn listen_addr_with_a_certificate_is_one_https_listener() {
             .stdout
             .starts_with(b"{\"status\":\"pass\"}")
     });
-    let log = || std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default();
+    let log = || serve_log(&dir);
     assert!(ok, "no HTTPS health answer on listen_addr; log:\n{}", log());
     // The server is alive on the one socket: the plain bind did not take the port first.
     assert!(

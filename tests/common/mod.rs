@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 use tinyscale::config::Config;
 use tinyscale::control::SharedServer;
@@ -216,6 +217,159 @@ impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Writes `yaml` as `dir/config.yaml` and starts `tinyscale serve` on it
+/// (stdout and stderr to `dir/serve.log`, see [`serve_log`]); returns the
+/// child and the config's path.
+pub fn serve(dir: &Path, yaml: &str) -> (Serve, PathBuf) {
+    serve_with(dir, yaml, |_| {})
+}
+
+/// [`serve`], with `prepare` adjusting the command before it is spawned
+/// (e.g. [`limit_nofile`]).
+pub fn serve_with(dir: &Path, yaml: &str, prepare: impl FnOnce(&mut Command)) -> (Serve, PathBuf) {
+    let cfg = dir.join("config.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    let log = std::fs::File::create(dir.join("serve.log")).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tinyscale"));
+    cmd.args(["serve", "--config"])
+        .arg(&cfg)
+        .env_remove("TINYSCALE_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+    prepare(&mut cmd);
+    (Serve(cmd.spawn().expect("start tinyscale serve")), cfg)
+}
+
+/// What the server started by [`serve`] in `dir` has logged so far.
+pub fn serve_log(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("serve.log")).unwrap_or_default()
+}
+
+/// Sets RLIMIT_NOFILE to `n`, soft *and* hard, in the child `cmd` starts,
+/// so the server's raising its soft limit at start cannot help.
+pub fn limit_nofile(cmd: &mut Command, n: u64) {
+    // SAFETY: only an async-signal-safe system call between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            use rustix::process::{setrlimit, Resource, Rlimit};
+            let l = Rlimit {
+                current: Some(n),
+                maximum: Some(n),
+            };
+            setrlimit(Resource::Nofile, l).map_err(std::io::Error::from)
+        });
+    }
+}
+
+/// Runs the binary (`args --config config`); returns exit code, stdout and
+/// stderr. See [`cli_with`].
+pub fn cli(config: &Path, args: &[&str]) -> (i32, String, String) {
+    cli_with(config, &[], args)
+}
+
+/// [`cli`] with `envs` set, after the variables that would point the CLI
+/// elsewhere (config file, remote address, API key) are removed from the
+/// test's own environment. Killed after [`CLI_DEADLINE`] so that a server
+/// that stopped answering fails the test instead of hanging it.
+pub fn cli_with(config: &Path, envs: &[(&str, &str)], args: &[&str]) -> (i32, String, String) {
+    use std::io::Read;
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tinyscale"));
+    c.args(args).arg("--config").arg(config);
+    for k in [
+        "TINYSCALE_CONFIG",
+        "TINYSCALE_CLI_ADDRESS",
+        "TINYSCALE_CLI_API_KEY",
+        "HEADSCALE_CLI_ADDRESS",
+        "HEADSCALE_CLI_API_KEY",
+    ] {
+        c.env_remove(k);
+    }
+    c.envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("run the CLI");
+    // Read both pipes while waiting: a long answer must not block the CLI.
+    let drain = |r: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut b = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut b);
+            }
+            String::from_utf8_lossy(&b).into_owned()
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let end = std::time::Instant::now() + CLI_DEADLINE;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait for the CLI") {
+            break st;
+        }
+        if std::time::Instant::now() > end {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("CLI {args:?} did not answer within {CLI_DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        status.code().unwrap_or(-1),
+        out.join().unwrap(),
+        err.join().unwrap(),
+    )
+}
+
+/// How long one CLI command may take (a hang guard, not a timing).
+pub const CLI_DEADLINE: Duration = Duration::from_secs(60);
+
+/// An in-process admin plane for CLI tests: the server built from a
+/// config file in a fresh temporary directory, its admin socket served
+/// (`run/admin.sock`), no listener; the binary's CLI reads the same file.
+pub struct AdminPlane {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub server: SharedServer,
+}
+
+impl Drop for AdminPlane {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Starts an [`AdminPlane`]; `yaml` is appended to its config (after
+/// `data_dir` and `unix_socket`).
+pub fn admin_plane(tag: &str, yaml: &str) -> AdminPlane {
+    let dir = tempdir(tag);
+    let config = dir.join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir: {}\nunix_socket: run/admin.sock\n{yaml}",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (cfg, used) = tinyscale::config::load(Some(&config)).unwrap();
+    assert_eq!(used.as_deref(), Some(config.as_path()));
+    let server = tinyscale::app::build(cfg).unwrap().server.clone();
+    tinyscale::api::spawn(server.clone()).unwrap();
+    AdminPlane {
+        dir,
+        config,
+        server,
+    }
+}
+
+impl AdminPlane {
+    /// [`cli`] with this plane's config.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        cli(&self.config, args)
     }
 }
 
