@@ -121,7 +121,7 @@ pub struct Config {
     /// when `tls_letsencrypt_hostname` is unset.
     pub acme: Option<AcmeConfig>,
     /// Connections that have not identified a node yet, in total and per
-    /// source address (`limits.unidentified_connections[_per_source]`).
+    /// source (IPv4 address or IPv6 /64, `limits.unidentified_connections[_per_source]`).
     pub max_unidentified: usize,
     pub max_unidentified_per_source: usize,
 }

@@ -4,6 +4,7 @@
 //! --auth-id ID --user U`) or the pending registration expires.
 
 use crate::control::{Change, Server};
+use crate::http::admission::source_of;
 use crate::state::{now, Node, Op};
 use log::info;
 use smol::channel::{self, Receiver, Sender};
@@ -17,8 +18,9 @@ pub const PENDING_TTL: Duration = Duration::from_secs(15 * 60);
 /// reach the server can start one. Each holds a decoded Hostinfo (≤ 16 KiB
 /// of JSON) and one held request: ≤ a few MB in all.
 pub const MAX_PENDING: usize = 256;
-/// A source address's share of [`MAX_PENDING`], so that one host cannot
-/// fill the registry and lock every real login out for [`PENDING_TTL`].
+/// A source's share of [`MAX_PENDING`] (the IPv4 address or the IPv6 /64:
+/// [`source_of`]), so that one host cannot fill the registry and lock
+/// every real login out for [`PENDING_TTL`].
 pub const MAX_PENDING_PER_SOURCE: usize = 16;
 
 #[derive(Clone, Debug)]
@@ -77,8 +79,9 @@ impl Registry {
         if g.len() >= MAX_PENDING {
             return Err("too many pending registrations; try again later".into());
         }
-        if let Some(src) = req.source {
-            if g.values().filter(|p| p.req.source == Some(src)).count() >= MAX_PENDING_PER_SOURCE {
+        if let Some(src) = req.source.map(source_of) {
+            let same = |p: &&Pending| p.req.source.map(source_of) == Some(src);
+            if g.values().filter(same).count() >= MAX_PENDING_PER_SOURCE {
                 return Err(
                     "too many pending registrations from this address; try again later".into(),
                 );
@@ -366,6 +369,35 @@ pub fn page(server: &Server, id: &str) -> (u16, String) {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    fn req(machine: u8, source: &str) -> Request {
+        Request {
+            machine_key: [machine; 32],
+            node_key: [machine; 32],
+            old_node_key: [0; 32],
+            hostinfo: Default::default(),
+            ephemeral: false,
+            version: 0,
+            source: Some(source.parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn pending_logins_are_capped_per_ipv6_64() {
+        let r = Registry::default();
+        // Every login from another address of one /64: one source.
+        for i in 0..MAX_PENDING_PER_SOURCE {
+            r.start(req(i as u8, &format!("2001:db8:5:6::{:x}", i + 1)))
+                .unwrap();
+        }
+        let err = r.start(req(200, "2001:db8:5:6:ffff::1")).unwrap_err();
+        assert!(err.contains("from this address"), "{err}");
+        // The next /64 and an IPv4 address still get in.
+        r.start(req(201, "2001:db8:5:7::1")).unwrap();
+        r.start(req(202, "192.0.2.9")).unwrap();
+    }
+
     #[test]
     fn ids_from_urls() {
         assert_eq!(

@@ -3,7 +3,7 @@
 //! Anybody who can reach the listener can open a socket; until a request
 //! proves which node it is (a register or map request for a node we know),
 //! a connection is charged to a global count and to a per-source-address
-//! count. Past either cap a new connection is closed at once, before any
+//! count ([`source_of`]: the IPv4 address or the IPv6 /64). Past either cap a new connection is closed at once, before any
 //! buffer is allocated for it: one host cannot exhaust file descriptors
 //! (the soft RLIMIT_NOFILE is 1024 under systemd) nor the memory of a
 //! router, and other sources keep getting in until the global cap.
@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-/// Counts per source address and in total.
+/// Counts per source ([`source_of`]) and in total.
 pub struct Admission {
     max_total: usize,
     max_per_source: usize,
@@ -36,7 +36,7 @@ struct Counts {
 pub enum Refused {
     /// The global cap on unidentified connections is reached.
     Total,
-    /// This source address holds its share already.
+    /// This source holds its share already.
     Source,
 }
 
@@ -55,7 +55,7 @@ impl Admission {
 
     /// Charges one unidentified connection from `ip`, or says why not.
     pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, Refused> {
-        let ip = canonical(ip);
+        let ip = source_of(ip);
         let mut c = self.lock();
         if c.total >= self.max_total {
             return Err(Refused::Total);
@@ -74,7 +74,7 @@ impl Admission {
     /// Unidentified connections held now (total, from `ip`).
     pub fn held(&self, ip: IpAddr) -> (usize, usize) {
         let c = self.lock();
-        let ip = canonical(ip);
+        let ip = source_of(ip);
         (c.total, c.by_source.get(&ip).copied().unwrap_or(0))
     }
 
@@ -90,14 +90,19 @@ impl Admission {
     }
 }
 
-/// An IPv4 peer on a dual-stack socket arrives as `::ffff:a.b.c.d`; it is
-/// the same source as `a.b.c.d`.
-fn canonical(ip: IpAddr) -> IpAddr {
+/// The source a peer is charged to by every per-source cap (unidentified
+/// connections here, pending interactive logins, OIDC login flows): its
+/// IPv4 address, or its IPv6 /64. A host on IPv6 is handed a whole /64 (a
+/// /56 or /48 often), so per exact address it could spread one flood over
+/// 2^64 sources; the /64 is the smallest block a site gets. An IPv4 peer
+/// on a dual-stack socket arrives as `::ffff:a.b.c.d`: the same source as
+/// `a.b.c.d`.
+pub fn source_of(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V6(v6)),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
         v4 => v4,
     }
 }
@@ -155,5 +160,34 @@ mod tests {
         assert_eq!(a.held(x), (2, 0));
         let _p5 = a.admit(x).unwrap();
         assert_eq!(a.held(x), (3, 1));
+    }
+
+    #[test]
+    fn a_source_is_the_ipv4_address_or_the_ipv6_64() {
+        let s = |t: &str| source_of(t.parse().unwrap()).to_string();
+        assert_eq!(s("192.0.2.7"), "192.0.2.7");
+        assert_eq!(s("::ffff:192.0.2.7"), "192.0.2.7");
+        assert_eq!(s("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), "2001:db8:1:2::");
+        assert_eq!(s("2001:db8:1:2::1"), "2001:db8:1:2::");
+        assert_eq!(s("2001:db8:1:3::1"), "2001:db8:1:3::");
+        assert_eq!(s("::1"), "::");
+        assert_eq!(s("fe80::1:2:3:4"), "fe80::");
+    }
+
+    #[test]
+    fn addresses_in_one_ipv6_64_share_a_cap() {
+        let a = Admission::new(10, 2);
+        let ip = |t: &str| -> IpAddr { t.parse().unwrap() };
+        let _p1 = a.admit(ip("2001:db8:0:1::1")).unwrap();
+        let _p2 = a.admit(ip("2001:db8:0:1:ffff:ffff:ffff:fffe")).unwrap();
+        // A third address of the same /64 is the same source.
+        assert_eq!(
+            a.admit(ip("2001:db8:0:1:1234::9")).err(),
+            Some(Refused::Source)
+        );
+        assert_eq!(a.held(ip("2001:db8:0:1::42")), (2, 2));
+        // The neighbouring /64 is another source.
+        let _p3 = a.admit(ip("2001:db8:0:2::1")).unwrap();
+        assert_eq!(a.held(ip("2001:db8:0:2::1")), (3, 1));
     }
 }

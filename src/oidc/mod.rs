@@ -35,7 +35,8 @@ use std::sync::Mutex;
 const FLOW_TTL: i64 = 10 * 60;
 /// Upper bound on logins in progress (anyone can start one).
 const MAX_FLOWS: usize = 1024;
-/// A source address's share of [`MAX_FLOWS`]: one host reloading
+/// A source's share of [`MAX_FLOWS`] (the IPv4 address or the IPv6 /64:
+/// [`crate::http::admission::source_of`]): one host reloading
 /// `/register/<id>` cannot fill the table and lock everyone else out for
 /// [`FLOW_TTL`] (the same share as pending interactive registrations).
 const MAX_FLOWS_PER_SOURCE: usize = 16;
@@ -66,7 +67,7 @@ struct Flow {
     /// PKCE code verifier (None when PKCE is off).
     verifier: Option<String>,
     expires: i64,
-    /// The browser's address, for [`MAX_FLOWS_PER_SOURCE`].
+    /// The browser's source (address or /64), for [`MAX_FLOWS_PER_SOURCE`].
     source: IpAddr,
 }
 
@@ -112,15 +113,6 @@ fn fail(status: u16, msg: &str) -> Page {
         .collect();
     info!("oidc: login refused ({status}): {line}");
     page(status, "login failed", msg)
-}
-
-/// An IPv4 browser on a dual-stack socket (`::ffff:a.b.c.d`) is the same
-/// source as `a.b.c.d`.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 fn random_token() -> String {
@@ -205,7 +197,7 @@ impl Oidc {
     /// `GET /register/<id>` from `source`: start a login for pending
     /// registration `id`.
     pub async fn start(&self, server: &Server, id: &str, source: IpAddr) -> Page {
-        let source = canonical(source);
+        let source = crate::http::admission::source_of(source);
         match server.pending.status(id) {
             None => {
                 return fail(
