@@ -7,6 +7,7 @@
 //! The bcrypt hashes were made by the system's libxcrypt (Python's `crypt`
 //! module), not by the code under test.
 
+mod common;
 mod headscale_fixture;
 
 use headscale_fixture::*;
@@ -221,7 +222,7 @@ fn imports_a_current_headscale_database() {
     let key = std::fs::read_to_string(dir.join("ts").join("noise_private.key")).unwrap();
     assert_eq!(key.trim(), format!("privkey:{}", hexkey(0x44)));
 
-    let st = State::load(Store::open(&dir.join("ts").join("db.redb")).unwrap()).unwrap();
+    let mut st = State::load(Store::open(&dir.join("ts").join("db.redb")).unwrap()).unwrap();
     let bob = &st.users[&2];
     assert_eq!(bob.provider_id, "https://idp.example.com/1234");
     assert_eq!(bob.profile_pic_url, "https://idp.example.com/bob.png");
@@ -253,9 +254,18 @@ fn imports_a_current_headscale_database() {
     assert_eq!(st.next_node_id, 3);
 
     // Carried-over keys work as they did on Headscale; wrong ones do not.
+    // bcrypt runs outside the state (`unverified_imported_key`, `verify`);
+    // until a verified key is accepted the state itself calls it invalid.
     let full = format!("hskey-auth-a1b2c3d4e5f6-{PAK_SECRET}");
-    assert_eq!(st.validate_preauth_key(&full).unwrap().id, 1);
     let wrong = format!("hskey-auth-a1b2c3d4e5f6-{}", "5b".repeat(32));
+    assert!(!st.unverified_imported_key(&wrong).unwrap().verify());
+    let v = st.unverified_imported_key(&full).unwrap();
+    assert!(v.verify());
+    assert!(st.validate_preauth_key(&full).is_err());
+    st.accept_imported_key(&v).unwrap();
+    assert!(st.keys[&1].bcrypt.is_empty());
+    assert!(st.unverified_imported_key(&full).is_none());
+    assert_eq!(st.validate_preauth_key(&full).unwrap().id, 1);
     assert!(st.validate_preauth_key(&wrong).is_err());
     // The legacy key was single-use and used on Headscale.
     let e = st
@@ -430,4 +440,91 @@ fn translates_a_headscale_config() {
     let key = std::fs::read_to_string(dir.join("ts").join("noise_private.key")).unwrap();
     assert!(key.contains(&hexkey(0x55)));
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The secret part of an imported pre-auth key and its bcrypt hash at
+/// Headscale's default cost (10), made by the system's libxcrypt.
+const COST10_SECRET: &str = "7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c";
+const COST10_HASH: &str = "$2b$10$KMupZ8hkjuHMHnhJrYrLZ.W86eQThJZnFQcz.9PqJT0XKJovehSYW";
+
+/// A carried-over key registers a node over the live protocol, and its
+/// bcrypt check (tens of ms, more in a debug build) runs without the state
+/// lock: while a verification holds its slot, the test can take the lock.
+/// With every slot taken a registration is refused, not queued.
+#[test]
+fn imported_key_is_checked_without_the_state_lock() {
+    use tinyscale::bcrypt::Slot;
+    use tinyscale::client::Node;
+    use tinyscale::state::Op;
+    let ts = common::start("bcrypt");
+    let prefix = "c0ffee000001";
+    let id = {
+        let mut st = ts.server.state();
+        st.create_user("alice", "", "").unwrap();
+        let (mut k, _) = st
+            .create_preauth_key(Some("alice"), true, false, None, vec![])
+            .unwrap();
+        // What `tinyscale migrate` stores for a Headscale key.
+        (k.prefix, k.hash, k.bcrypt) = (prefix.into(), [0; 32], COST10_HASH.into());
+        st.store.apply(&[Op::PutKey(&k)]).unwrap();
+        st.keys.insert(k.id, k.clone());
+        k.id
+    };
+    let full = format!("hskey-auth-{prefix}-{COST10_SECRET}");
+    let register = |key: String| {
+        let addr = ts.addr;
+        std::thread::spawn(move || {
+            common::block_on_timeout(300, async move {
+                let node = Node::new("imported");
+                let server_pub = tinyscale::client::fetch_key(addr).await.unwrap();
+                let mut conn = tinyscale::client::connect(addr, &server_pub, &node.machine_private)
+                    .await
+                    .unwrap();
+                conn.register(&node.register_request(Some(&key)))
+                    .await
+                    .unwrap()
+            })
+        })
+    };
+
+    // Every slot taken: refused at once, the key untouched.
+    let slots: Vec<Slot> = std::iter::from_fn(Slot::take).collect();
+    assert!(!slots.is_empty());
+    let r = register(full.clone()).join().unwrap();
+    assert!(
+        r.error.contains("too many auth key checks"),
+        "{:?}",
+        r.error
+    );
+    drop(slots);
+    assert_eq!(Slot::held(), 0);
+
+    // The right key: while its verification holds a slot, the state lock
+    // is free (taken here, and the slot still held after).
+    let t = register(full.clone());
+    let (mut seen_running, mut locked_meanwhile) = (false, 0);
+    while !t.is_finished() {
+        if Slot::held() > 0 {
+            seen_running = true;
+            if let Ok(_st) = ts.server.state.try_lock() {
+                if Slot::held() > 0 {
+                    locked_meanwhile += 1;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    let r = t.join().unwrap();
+    assert_eq!(r.error, "");
+    assert!(r.machine_authorized);
+    assert!(seen_running, "no verification was seen running");
+    assert!(
+        locked_meanwhile > 0,
+        "the state lock was held during every sample of the bcrypt check"
+    );
+    // From now on the key carries tinyscale's own hash: no bcrypt.
+    let st = ts.server.state();
+    assert!(st.keys[&id].bcrypt.is_empty());
+    assert_eq!(st.validate_preauth_key(&full).unwrap().id, id);
+    assert_eq!(st.nodes.len(), 1);
 }

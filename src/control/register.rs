@@ -7,6 +7,8 @@ use crate::control::{Change, Server};
 use crate::http::h2srv::ConnCtx;
 use crate::http::MIN_CAPVER;
 use crate::keys::NodeKey;
+use crate::state::imported::Unverified;
+use crate::state::ops::ERR_INVALID_KEY;
 use crate::state::{now, Node, Op, RegisterMethod, State};
 use crate::tailcfg::{self, Hostinfo, RegisterRequest, RegisterResponse};
 use crate::timefmt::{parse_rfc3339, rfc3339};
@@ -26,9 +28,22 @@ pub async fn handle(server: &Server, ctx: &ConnCtx, body: &[u8]) -> (u16, Vec<u8
     }
     let commits = server.state().store.committer();
     let before = commits.queued();
-    let mut resp = match register(server, ctx, &req) {
-        Outcome::Done(r) => *r,
-        Outcome::Wait(id) => wait_followup(server, ctx, &req, &id).await,
+    let mut checked = false;
+    let mut resp = loop {
+        match register(server, ctx, &req) {
+            Outcome::Done(r) => break *r,
+            Outcome::Wait(id) => break wait_followup(server, ctx, &req, &id).await,
+            // Verified and accepted, then the request is judged again from
+            // the start under the lock (the key may have been used or
+            // deleted meanwhile). A second demand means it changed: refuse.
+            Outcome::Verify(k) if !checked => {
+                checked = true;
+                if let Err(e) = check_imported(server, k).await {
+                    break error_response(e);
+                }
+            }
+            Outcome::Verify(_) => break error_response(ERR_INVALID_KEY),
+        }
     };
     // Acknowledged only once durable: registrations queued meanwhile
     // share one fsync (group commit), awaited without the state lock.
@@ -59,6 +74,38 @@ enum Outcome {
     Done(Box<RegisterResponse>),
     /// Hold the request until pending registration `id` is approved.
     Wait(String),
+    /// The request needs an imported key that still has its bcrypt hash:
+    /// verify it without the state lock, then register again.
+    Verify(Unverified),
+}
+
+/// Verifies an imported pre-auth key (tens of ms of bcrypt) without the
+/// state lock, on a blocking thread, holding one of the few
+/// [`crate::bcrypt::Slot`]s (none free: refused, so a flood of guesses at
+/// a known prefix cannot stall the server); on success the key gets
+/// tinyscale's own hash and is checked like any other from then on.
+async fn check_imported(server: &Server, k: Unverified) -> Result<(), String> {
+    let Some(slot) = crate::bcrypt::Slot::take() else {
+        info!(
+            "register: imported key {} not checked: too many checks running",
+            k.id
+        );
+        return Err("too many auth key checks in progress; try again later".into());
+    };
+    let (k, ok) = smol::unblock(move || {
+        let ok = k.verify();
+        drop(slot);
+        (k, ok)
+    })
+    .await;
+    if !ok {
+        info!("register: rejected auth key: {ERR_INVALID_KEY}");
+        return Err(ERR_INVALID_KEY.into());
+    }
+    server
+        .state()
+        .accept_imported_key(&k)
+        .map_err(|e| format!("storage error: {e}"))
 }
 
 impl From<RegisterResponse> for Outcome {
@@ -124,7 +171,7 @@ async fn wait_followup(
     let hostinfo = req.hostinfo.clone().unwrap_or_default();
     match start_interactive(server, ctx, req, &hostinfo) {
         Outcome::Done(r) => *r,
-        Outcome::Wait(_) => error_response("registration failed"),
+        _ => error_response("registration failed"),
     }
 }
 
@@ -219,7 +266,7 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
             .map(|a| a.auth_key.as_str())
             .filter(|k| !k.is_empty())
         {
-            Some(secret) => return reauth(server, &mut st, n, secret, req, &hostinfo, t).into(),
+            Some(secret) => return reauth(server, &mut st, n, secret, req, &hostinfo, t),
             None => {
                 return RegisterResponse {
                     node_key_expired: true,
@@ -241,7 +288,7 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
                     .map(|a| a.auth_key.as_str())
                     .filter(|k| !k.is_empty())
                 {
-                    Some(secret) => reauth(server, &mut st, n, secret, req, &hostinfo, t).into(),
+                    Some(secret) => reauth(server, &mut st, n, secret, req, &hostinfo, t),
                     None if !n.is_expired(t) => {
                         // Seamless renewal of a valid node: the old key proves it.
                         let mut n2 = n;
@@ -269,6 +316,9 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
         drop(st);
         return start_interactive(server, ctx, req, &hostinfo);
     };
+    if let Some(k) = st.unverified_imported_key(secret) {
+        return Outcome::Verify(k);
+    }
     let key = match st.validate_preauth_key(secret) {
         Ok(k) => k.clone(),
         Err(e) => {
@@ -276,11 +326,6 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
             return error_response(e.to_string()).into();
         }
     };
-    if !key.bcrypt.is_empty() {
-        if let Err(e) = st.rehash_imported_key(key.id, secret) {
-            log::warn!("register: rehashing imported key {}: {e}", key.id);
-        }
-    }
     if let Err(e) = check_request_tags(&key.tags, &hostinfo) {
         return error_response(e).into();
     }
@@ -288,7 +333,7 @@ fn register(server: &Server, ctx: &ConnCtx, req: &RegisterRequest) -> Outcome {
     // its node, IPs and name if the owner is unchanged.
     if let Some(n) = st.node_by_machine_key(&ctx.machine_key).cloned() {
         if n.user == key.user && n.tags == key.tags {
-            return reauth(server, &mut st, n, secret, req, &hostinfo, t).into();
+            return reauth(server, &mut st, n, secret, req, &hostinfo, t);
         }
     }
     let n = match new_node(
@@ -411,13 +456,16 @@ fn reauth(
     req: &RegisterRequest,
     hostinfo: &Hostinfo,
     t: i64,
-) -> RegisterResponse {
+) -> Outcome {
+    if let Some(k) = st.unverified_imported_key(secret) {
+        return Outcome::Verify(k);
+    }
     let key = match st.validate_preauth_key(secret) {
         Ok(k) => k.clone(),
-        Err(e) => return error_response(e.to_string()),
+        Err(e) => return error_response(e.to_string()).into(),
     };
     if let Err(e) = check_request_tags(&key.tags, hostinfo) {
-        return error_response(e);
+        return error_response(e).into();
     }
     let mut n2 = n.clone();
     if n2.node_key != req.node_key.0 {
@@ -432,7 +480,7 @@ fn reauth(
     n2.ephemeral = n.ephemeral || req.ephemeral || key.ephemeral;
     apply_hostinfo(&mut n2, hostinfo);
     let id = n2.id;
-    commit_node(server, st, n2, Some(key), Change::NodeUpsert(id))
+    commit_node(server, st, n2, Some(key), Change::NodeUpsert(id)).into()
 }
 
 fn logout(

@@ -18,7 +18,7 @@ use blake2::{Blake2s256, Digest};
 /// Start of every pre-auth key.
 pub const KEY_PREFIX: &str = "hskey-auth-";
 const KEY_PREFIX_HEX: usize = 12;
-const KEY_SECRET_HEX: usize = 64;
+pub(super) const KEY_SECRET_HEX: usize = 64;
 
 /// Errors `validate_preauth_key` reports, worded as the client shows them.
 pub const ERR_INVALID_KEY: &str = "invalid key";
@@ -233,12 +233,14 @@ impl State {
     /// single-use, has not been used. Errors are [`ERR_INVALID_KEY`],
     /// [`ERR_KEY_EXPIRED`] and [`ERR_KEY_USED`] (as `OpError::Invalid`).
     /// The register handler then calls [`State::mark_preauth_key_used`].
+    /// An imported key still carrying its bcrypt hash is invalid here until
+    /// [`State::accept_imported_key`] (bcrypt never runs under the lock).
     pub fn validate_preauth_key(&self, secret: &str) -> Result<&PreAuthKey, OpError> {
         let invalid = || OpError::Invalid(ERR_INVALID_KEY.into());
         let hash = hash_key(secret);
         let key = match secret.strip_prefix(KEY_PREFIX) {
             Some(rest) => {
-                let (prefix, tail) = rest.split_once('-').ok_or_else(invalid)?;
+                let (prefix, _) = rest.split_once('-').ok_or_else(invalid)?;
                 if prefix.len() != KEY_PREFIX_HEX {
                     return Err(invalid());
                 }
@@ -247,15 +249,11 @@ impl State {
                     .values()
                     .find(|k| k.prefix == prefix)
                     .ok_or_else(invalid)?;
-                // Keys imported from Headscale carry a bcrypt hash of the
-                // part after the prefix; tinyscale's own a BLAKE2s of it all.
-                let ok = if key.bcrypt.is_empty() {
-                    ct_eq(&key.hash, &hash)
-                } else {
-                    tail.len() == KEY_SECRET_HEX
-                        && crate::bcrypt::verify(key.bcrypt.as_bytes(), tail.as_bytes())
-                };
-                if !ok {
+                // A key imported from Headscale that still carries its
+                // bcrypt hash is refused here: it is verified first,
+                // without the lock (`imported.rs`), and then carries a
+                // BLAKE2s of the whole key like tinyscale's own.
+                if !key.bcrypt.is_empty() || !ct_eq(&key.hash, &hash) {
                     return Err(invalid());
                 }
                 key
