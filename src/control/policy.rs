@@ -245,7 +245,9 @@ impl Server {
         }
         match res {
             Ok(c) => {
-                live.compiled = Some(Arc::new(c));
+                let c = Arc::new(c);
+                self.hub.set_view(Some(c.clone()));
+                live.compiled = Some(c);
                 live.generation += 1;
                 if live
                     .error
@@ -330,6 +332,10 @@ impl Server {
             live.text = text.map(String::from);
             live.error = None;
             live.generation += 1;
+            // Under the same lock as `live`, so the hub never offers
+            // patches by an older policy than a session may read.
+            self.hub
+                .set_view(live.policy.as_ref().and(live.compiled.clone()));
         }
         self.hub.notify(Change::Everything);
     }

@@ -1756,6 +1756,13 @@ impl Compiled {
         }
     }
 
+    /// IDs of the peers this node may see (symmetric), in no set order:
+    /// for walking them without the allocation and sort of [`Self::peers`].
+    pub fn peers_unsorted(&self, node_id: u64) -> impl Iterator<Item = u64> + '_ {
+        let list = self.idx(node_id).map_or(&[][..], |i| &self.peers[i][..]);
+        list.iter().map(|&j| self.ids[j])
+    }
+
     /// IDs of the peers this node may see (symmetric), sorted by ID.
     pub fn peers(&self, node_id: u64) -> Vec<u64> {
         let Some(i) = self.idx(node_id) else {

@@ -43,6 +43,10 @@ pub struct Nodes {
     v4: Idx,
     /// (upper, lower half of the IPv6 address) → nodes holding it.
     v6: Idx,
+    /// (id, 0) of every node serving a subnet route (approved and
+    /// advertised, not an exit route): the HA election's candidates, so it
+    /// need not walk every node each time a session starts or ends.
+    routers: Idx,
     /// (hash of a DNS name base `b` that collided, 0) → `h`: every `b-1` …
     /// `b-(h-1)` is taken, so the search for a free `b-i` starts at `h`
     /// instead of 1 (many nodes reporting one hostname stay O(log N) each).
@@ -79,6 +83,7 @@ type Indexed = (
     String,
     Option<Ipv4Addr>,
     Option<Ipv6Addr>,
+    bool,
 );
 
 fn indexed(n: &Node) -> Indexed {
@@ -88,6 +93,7 @@ fn indexed(n: &Node) -> Indexed {
         n.given_name.clone(),
         n.ipv4,
         n.ipv6,
+        n.serves_subnet(),
     )
 }
 
@@ -97,6 +103,7 @@ fn same_indexed(a: &Node, b: &Indexed) -> bool {
         && a.given_name == b.2
         && a.ipv4 == b.3
         && a.ipv6 == b.4
+        && a.serves_subnet() == b.5
 }
 
 fn halves(a: Ipv6Addr) -> (u64, u64) {
@@ -140,12 +147,14 @@ impl Nodes {
         if !same_indexed(n, &before) {
             let n = self.map.remove(&id)?;
             let mut old = n.clone();
+            // (`unlink` takes the router entry out by id alone.)
             (
                 old.node_key,
                 old.machine_key,
                 old.given_name,
                 old.ipv4,
                 old.ipv6,
+                _,
             ) = before;
             self.unlink(&old);
             self.link(&n);
@@ -168,6 +177,9 @@ impl Nodes {
         }
         if let Some(a) = n.ipv6 {
             *self.v6.entry(halves(a)).or_default() += 1;
+        }
+        if n.serves_subnet() {
+            self.routers.insert((n.id, 0), 0);
         }
         // A name `b-i` taken where the search for base `b` would start:
         // move the start past every taken `b-…`.
@@ -200,6 +212,7 @@ impl Nodes {
         self.node_keys.remove(&(k, n.id));
         self.machine_keys.remove(&(m, n.id));
         self.names.remove(&(g, n.id));
+        self.routers.remove(&(n.id, 0));
         if let Some(a) = n.ipv4 {
             self.v4.remove(&(u32::from(a) as u64, n.id));
         }
@@ -220,6 +233,11 @@ impl Nodes {
                 }
             }
         }
+    }
+
+    /// The nodes serving a subnet route, lowest id first.
+    pub fn routers(&self) -> impl Iterator<Item = &Node> + '_ {
+        self.routers.keys().filter_map(|(id, _)| self.map.get(id))
     }
 
     /// Ids whose `idx` entry has hash `h`, lowest id first.
@@ -282,7 +300,7 @@ impl Nodes {
 
     /// Entries per index (tests).
     #[cfg(test)]
-    pub fn index_entries(&self) -> [usize; 6] {
+    pub fn index_entries(&self) -> [usize; 7] {
         [
             self.node_keys.len(),
             self.machine_keys.len(),
@@ -290,6 +308,7 @@ impl Nodes {
             self.v4.len(),
             self.v6.len(),
             self.name_hint.len(),
+            self.routers.len(),
         ]
     }
 }
@@ -351,6 +370,45 @@ mod tests {
         assert_eq!(ns.index_entries()[4], v6.len());
         let [a, b, c, d, ..] = ns.index_entries();
         assert_eq!([a, b, c, d], [ns.len(); 4]);
+        let routers: Vec<u64> = ns.routers().map(|n| n.id).collect();
+        let scan: Vec<u64> = ns
+            .values()
+            .filter(|n| n.serves_subnet())
+            .map(|n| n.id)
+            .collect();
+        assert_eq!(routers, scan);
+    }
+
+    #[test]
+    fn routers_follow_advertised_and_approved_routes() {
+        let mut ns: Nodes = [node(1, "a"), node(2, "b"), node(3, "c")]
+            .into_iter()
+            .collect();
+        let subnet = || vec!["10.0.0.0/24".to_string()];
+        let exit = || vec!["0.0.0.0/0".to_string(), "::/0".to_string()];
+        ns.update(2, |n| n.advertised_routes = subnet());
+        check(&ns);
+        assert_eq!(ns.routers().count(), 0, "advertised, not approved");
+        ns.update(2, |n| n.approved_routes = subnet());
+        check(&ns);
+        assert_eq!(ns.routers().map(|n| n.id).collect::<Vec<_>>(), [2]);
+        // An exit node alone is no candidate in the subnet election.
+        ns.update(3, |n| {
+            (n.advertised_routes, n.approved_routes) = (exit(), exit())
+        });
+        check(&ns);
+        assert_eq!(ns.routers().count(), 1);
+        let mut n = node(4, "d");
+        (n.advertised_routes, n.approved_routes) = (subnet(), subnet());
+        ns.insert(4, n);
+        check(&ns);
+        assert_eq!(ns.routers().map(|n| n.id).collect::<Vec<_>>(), [2, 4]);
+        // No longer advertised (the client withdrew it), then removed.
+        ns.update(2, |n| n.advertised_routes.clear());
+        check(&ns);
+        ns.remove(&4);
+        check(&ns);
+        assert_eq!(ns.routers().count(), 0);
     }
 
     #[test]

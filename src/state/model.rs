@@ -116,4 +116,20 @@ impl Node {
     pub fn is_expired(&self, now: Unix) -> bool {
         self.expiry != 0 && self.expiry <= now
     }
+    /// Routes both advertised by the node and approved for it.
+    pub fn served(&self) -> impl Iterator<Item = &String> {
+        self.approved_routes
+            .iter()
+            .filter(|r| self.advertised_routes.contains(r))
+    }
+    /// Serves a subnet route (not only an exit route): a candidate in the
+    /// HA election.
+    pub fn serves_subnet(&self) -> bool {
+        self.served().any(|r| !is_exit(r))
+    }
+}
+
+/// The default routes an exit node advertises.
+pub fn is_exit(route: &str) -> bool {
+    route == "0.0.0.0/0" || route == "::/0"
 }
