@@ -66,6 +66,8 @@ cleanup() {
         kill "$SPID" 2>/dev/null || true
         wait "$SPID" 2>/dev/null || true
     fi
+    if [ -n "${KEEP_LOG:-}" ]; then cp "$TMP/server.log" "$KEEP_LOG" || true; fi
+    if [ -n "${KEEP_DATA:-}" ]; then rm -rf "$KEEP_DATA"; cp -a "$TMP" "$KEEP_DATA" || true; fi
     rm -rf "$TMP"
 }
 trap cleanup EXIT
