@@ -99,7 +99,7 @@ where
     let (status, ctype, text) = match h.path.as_str() {
         "/health" => {
             let s = server.clone();
-            let up = smol::unblock(move || routes::db_healthy(&s)).await;
+            let up = crate::control::unblock_bool(Box::new(move || routes::db_healthy(&s))).await;
             let b = if up {
                 r#"{"status":"pass"}"#
             } else {
@@ -157,7 +157,10 @@ async fn authorised(server: &SharedServer, h: &Head) -> bool {
         return false;
     };
     let s = server.clone();
-    smol::unblock(move || super::apikey::validate(&s.state().store, &key)).await
+    crate::control::unblock_bool(Box::new(move || {
+        super::apikey::validate(&s.state().store, &key)
+    }))
+    .await
 }
 
 fn version_json() -> String {

@@ -186,38 +186,37 @@ pub fn verify(hash: &[u8], password: &[u8]) -> bool {
     Hash::parse(hash).is_ok_and(|h| h.verify(password))
 }
 
-/// Verifications holding a [`Slot`] now.
-static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// A verification holds the [`Slot`].
+static RUNNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// The right to run one verification that a peer asked for. Each holds a
 /// core for tens of ms at Headscale's cost (seconds at [`MAX_COST`]), and
-/// anybody who knows an imported key's public prefix can ask, so at most
-/// half the cores (at least one) verify at once; past that a check is
-/// refused, not queued, and a flood cannot take every core.
+/// anybody who knows an imported key's public prefix can ask, so one runs
+/// at a time; another is refused, not queued, and a flood holds one core
+/// at most. One is plenty: a real imported key is checked once in its
+/// life (it then carries tinyscale's own hash).
 pub struct Slot(());
 
 impl Slot {
     pub fn take() -> Option<Slot> {
-        use std::sync::atomic::Ordering::SeqCst;
-        static MAX: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-        let max = *MAX.get_or_init(|| {
-            std::thread::available_parallelism().map_or(1, |n| n.get().div_ceil(2))
-        });
-        RUNNING
-            .fetch_update(SeqCst, SeqCst, |n| (n < max).then_some(n + 1))
-            .ok()
-            .map(|_| Slot(()))
+        // Not `then_some(Slot(()))`: that builds the slot, and dropping the
+        // unused one would free the slot another check holds.
+        if RUNNING.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            None
+        } else {
+            Some(Slot(()))
+        }
     }
 
-    /// Slots held now.
-    pub fn held() -> usize {
+    /// Is a verification running now?
+    pub fn held() -> bool {
         RUNNING.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        RUNNING.store(false, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

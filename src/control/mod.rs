@@ -203,6 +203,14 @@ pub use crate::secretfile::load_or_create_key;
 
 /// The embedded DERP server's private key: `derp.server.private_key_path`,
 /// else next to the Noise key.
+/// Runs a yes/no job that blocks (a database read, a bcrypt check) on
+/// the blocking thread pool. Not generic on purpose: each distinct
+/// `smol::unblock` closure adds ~2.5 KB of aarch64 code (the task for its
+/// future), so the small jobs share this one instantiation.
+pub async fn unblock_bool(f: Box<dyn FnOnce() -> bool + Send>) -> bool {
+    smol::unblock(f).await
+}
+
 pub fn derp_key_path(cfg: &Config) -> std::path::PathBuf {
     match &cfg.derp_private_key_path {
         Some(p) => p.clone(),

@@ -80,23 +80,21 @@ enum Outcome {
 }
 
 /// Verifies an imported pre-auth key (tens of ms of bcrypt) without the
-/// state lock, on a blocking thread, holding one of the few
-/// [`crate::bcrypt::Slot`]s (none free: refused, so a flood of guesses at
-/// a known prefix cannot stall the server); on success the key gets
+/// state lock, on a blocking thread, holding the [`crate::bcrypt::Slot`]
+/// (taken: refused, so a flood of guesses at a known prefix cannot stall
+/// the server, and not logged, so it cannot flood the log); on success the key gets
 /// tinyscale's own hash and is checked like any other from then on.
 async fn check_imported(server: &Server, k: Unverified) -> Result<(), String> {
     let Some(slot) = crate::bcrypt::Slot::take() else {
-        info!(
-            "register: imported key {} not checked: too many checks running",
-            k.id
-        );
         return Err("too many auth key checks in progress; try again later".into());
     };
-    let (k, ok) = smol::unblock(move || {
-        let ok = k.verify();
+    let k = std::sync::Arc::new(k);
+    let job = k.clone();
+    let ok = crate::control::unblock_bool(Box::new(move || {
+        let ok = job.verify();
         drop(slot);
-        (k, ok)
-    })
+        ok
+    }))
     .await;
     if !ok {
         info!("register: rejected auth key: {ERR_INVALID_KEY}");
