@@ -281,6 +281,25 @@ fn imports_a_current_headscale_database() {
     let legacy = format!("abcdefg.{LEGACY_API_SECRET}");
     assert!(apikey::validate(&st.store, &legacy));
     assert!(!apikey::validate(&st.store, "abcdefg.nope"));
+    // The server runs bcrypt outside the state lock (`check` only reads
+    // the table), once per key: `accept` gives the key tinyscale's hash.
+    for key in [&api, &legacy] {
+        let apikey::Check::Bcrypt(k) = apikey::check(&st.store, key) else {
+            panic!("{key}: no bcrypt check");
+        };
+        assert!(k.verify());
+        apikey::accept(&st.store, &k).unwrap();
+        assert!(matches!(
+            apikey::check(&st.store, key),
+            apikey::Check::Decided(true)
+        ));
+    }
+    assert!(apikey::list(&st.store)
+        .unwrap()
+        .iter()
+        .all(|k| k.bcrypt.is_empty()));
+    assert!(!apikey::validate(&st.store, &api.replace("6b6b", "6b6c")));
+    assert!(!apikey::validate(&st.store, "abcdefg.nope"));
     let listed = apikey::list(&st.store).unwrap();
     assert_eq!(listed.iter().map(|k| k.id).collect::<Vec<_>>(), vec![1, 2]);
     // The live policy row, not the deleted one.
@@ -442,15 +461,42 @@ fn translates_a_headscale_config() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The secret part of an imported pre-auth key and its bcrypt hash at
+/// The secret part of an imported key (pre-auth or API) and its bcrypt hash at
 /// Headscale's default cost (10), made by the system's libxcrypt.
 const COST10_SECRET: &str = "7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c7c";
 const COST10_HASH: &str = "$2b$10$KMupZ8hkjuHMHnhJrYrLZ.W86eQThJZnFQcz.9PqJT0XKJovehSYW";
 
-/// A carried-over key registers a node over the live protocol, and its
-/// bcrypt check (tens of ms, more in a debug build) runs without the state
-/// lock: while a verification holds its slot, the test can take the lock.
-/// With the slot taken a registration is refused, not queued.
+/// Waits for `t`, a request that makes the server verify a bcrypt hash;
+/// asserts that the test could take the state lock while the verification
+/// held the slot (held before and after the lock was taken).
+fn lock_free_while_verifying<T>(ts: &common::TestServer, t: std::thread::JoinHandle<T>) -> T {
+    use tinyscale::bcrypt::Slot;
+    let (mut seen_running, mut locked_meanwhile) = (false, 0);
+    while !t.is_finished() {
+        if Slot::held() {
+            seen_running = true;
+            if let Ok(_st) = ts.server.state.try_lock() {
+                if Slot::held() {
+                    locked_meanwhile += 1;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    assert!(seen_running, "no verification was seen running");
+    assert!(
+        locked_meanwhile > 0,
+        "the state lock was held during every sample of the bcrypt check"
+    );
+    t.join().unwrap()
+}
+
+/// A carried-over pre-auth key registers a node over the live protocol,
+/// and a carried-over API key opens the REST API; their bcrypt checks
+/// (tens of ms, more in a debug build) run without the state lock: while a
+/// verification holds the slot, the test can take the lock. With the slot
+/// taken a request is refused, not queued; after one success the key has
+/// tinyscale's own hash.
 #[test]
 fn imported_key_is_checked_without_the_state_lock() {
     use tinyscale::bcrypt::Slot;
@@ -506,31 +552,55 @@ fn imported_key_is_checked_without_the_state_lock() {
     assert!(!ts.server.state().keys[&id].bcrypt.is_empty());
 
     // The right key: while its verification holds the slot, the state
-    // lock is free (taken here, and the slot still held after).
-    let t = register(full.clone());
-    let (mut seen_running, mut locked_meanwhile) = (false, 0);
-    while !t.is_finished() {
-        if Slot::held() {
-            seen_running = true;
-            if let Ok(_st) = ts.server.state.try_lock() {
-                if Slot::held() {
-                    locked_meanwhile += 1;
-                }
-            }
-        }
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    let r = t.join().unwrap();
+    // lock is free.
+    let r = lock_free_while_verifying(&ts, register(full.clone()));
     assert_eq!(r.error, "");
     assert!(r.machine_authorized);
-    assert!(seen_running, "no verification was seen running");
-    assert!(
-        locked_meanwhile > 0,
-        "the state lock was held during every sample of the bcrypt check"
-    );
     // From now on the key carries tinyscale's own hash: no bcrypt.
-    let st = ts.server.state();
-    assert!(st.keys[&id].bcrypt.is_empty());
-    assert_eq!(st.validate_preauth_key(&full).unwrap().id, id);
-    assert_eq!(st.nodes.len(), 1);
+    {
+        let st = ts.server.state();
+        assert!(st.keys[&id].bcrypt.is_empty());
+        assert_eq!(st.validate_preauth_key(&full).unwrap().id, id);
+        assert_eq!(st.nodes.len(), 1);
+    }
+
+    // The same for an imported API key on the REST API (same slot).
+    use tinyscale::state::apikey;
+    let api_prefix = "c0ffeeapi001";
+    let imported = apikey::ApiKey {
+        id: 1,
+        prefix: api_prefix.into(),
+        bcrypt: COST10_HASH.into(),
+        ..Default::default()
+    };
+    let (meta, table) = apikey::import_table(&[imported]).unwrap();
+    ts.server
+        .state()
+        .store
+        .apply(&[Op::PutMeta(meta, table)])
+        .unwrap();
+    let get = |key: String| {
+        use std::io::{Read, Write};
+        let addr = ts.addr;
+        std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            write!(
+                s,
+                "GET /api/v1/user HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\
+                 Authorization: Bearer {key}\r\n\r\n"
+            )
+            .unwrap();
+            let mut head = [0u8; 12];
+            s.read_exact(&mut head).unwrap();
+            String::from_utf8_lossy(&head[9..]).to_string()
+        })
+    };
+    let api_key = format!("{}{api_prefix}-{COST10_SECRET}", apikey::KEY_PREFIX);
+    let slot = Slot::take().unwrap();
+    assert_eq!(get(api_key.clone()).join().unwrap(), "401");
+    drop(slot);
+    assert_eq!(lock_free_while_verifying(&ts, get(api_key.clone())), "200");
+    let keys = apikey::list(&ts.server.state().store).unwrap();
+    assert!(keys[0].bcrypt.is_empty());
+    assert_eq!(get(api_key).join().unwrap(), "200");
 }

@@ -147,7 +147,10 @@ where
     Ok(!close)
 }
 
-/// Checks the bearer key (a database read, off the executor threads).
+/// Checks the bearer key (a database read, off the executor threads). The
+/// table is read under the state lock; an imported key's bcrypt runs
+/// without it, in the one [`crate::bcrypt::Slot`] (taken: refused, so a
+/// peer who knows a prefix cannot take every core), once per key.
 async fn authorised(server: &SharedServer, h: &Head) -> bool {
     let Some(key) = h
         .header("authorization")
@@ -158,7 +161,22 @@ async fn authorised(server: &SharedServer, h: &Head) -> bool {
     };
     let s = server.clone();
     crate::control::unblock_bool(Box::new(move || {
-        super::apikey::validate(&s.state().store, &key)
+        let c = super::apikey::check(&s.state().store, &key);
+        let k = match c {
+            super::apikey::Check::Decided(ok) => return ok,
+            super::apikey::Check::Bcrypt(k) => k,
+        };
+        let Some(slot) = crate::bcrypt::Slot::take() else {
+            return false;
+        };
+        let ok = k.verify();
+        drop(slot);
+        if ok {
+            if let Err(e) = super::apikey::accept(&s.state().store, &k) {
+                log::warn!("api: rehashing an imported API key: {e}");
+            }
+        }
+        ok
     }))
     .await
 }

@@ -172,38 +172,96 @@ fn not_found(which: &str) -> OpError {
 /// Headscale's legacy API keys: `<7-char prefix>.<secret>`.
 const LEGACY_PREFIX_LEN: usize = 7;
 
-/// True when `full` is a current key: its prefix is known, the hash of the
-/// whole text matches (compared in constant time) and it has not expired.
-/// An imported key is checked against its bcrypt hash of the secret.
-pub fn validate(store: &Store, full: &str) -> bool {
-    let full = full.trim();
-    let (prefix, secret, legacy) = match full.strip_prefix(KEY_PREFIX) {
-        Some(rest) => match rest.split_once('-') {
-            Some((p, s)) if p.len() == PREFIX_LEN && s.len() == SECRET_LEN => (p, s, false),
-            _ => return false,
-        },
-        None => match full.split_once('.') {
-            Some((p, s)) if p.len() == LEGACY_PREFIX_LEN && !s.is_empty() => (p, s, true),
-            _ => return false,
-        },
-    };
-    let Ok(t) = load(store) else { return false };
-    let Some(k) = t.keys.iter().find(|k| k.prefix == prefix) else {
-        return false;
-    };
-    if !k.bcrypt.is_empty() {
-        return !k.is_expired(now())
-            && crate::bcrypt::verify(k.bcrypt.as_bytes(), secret.as_bytes());
+/// What checking a presented key takes: decided from the table, or an
+/// imported key's bcrypt verification, which is slow (tens of ms) and is
+/// run without the state lock ([`Imported::verify`], then [`accept`]).
+pub enum Check {
+    Decided(bool),
+    Bcrypt(Imported),
+}
+
+/// An imported, unexpired key whose bcrypt hash a presented key must match.
+pub struct Imported {
+    id: u64,
+    bcrypt: String,
+    full: String,
+    secret_at: usize,
+}
+
+impl Imported {
+    /// Checks the secret against Headscale's bcrypt hash of it.
+    pub fn verify(&self) -> bool {
+        let secret = self.full.get(self.secret_at..).unwrap_or("");
+        crate::bcrypt::verify(self.bcrypt.as_bytes(), secret.as_bytes())
     }
-    if legacy {
-        return false;
+}
+
+/// Looks `full` up: a known prefix, the hash of the whole text matching
+/// (compared in constant time) and not expired. An imported key still
+/// carrying its bcrypt hash is left to [`Imported::verify`].
+pub fn check(store: &Store, full: &str) -> Check {
+    let full = full.trim();
+    let (prefix, secret) = match full.strip_prefix(KEY_PREFIX) {
+        Some(rest) => match rest.split_once('-') {
+            Some((p, s)) if p.len() == PREFIX_LEN && s.len() == SECRET_LEN => (p, s),
+            _ => return Check::Decided(false),
+        },
+        // Headscale's legacy keys have 7-character prefixes, tinyscale's
+        // 12: a legacy text only ever finds an imported key.
+        None => match full.split_once('.') {
+            Some((p, s)) if p.len() == LEGACY_PREFIX_LEN && !s.is_empty() => (p, s),
+            _ => return Check::Decided(false),
+        },
+    };
+    let Ok(t) = load(store) else {
+        return Check::Decided(false);
+    };
+    let Some(k) = t.keys.iter().find(|k| k.prefix == prefix) else {
+        return Check::Decided(false);
+    };
+    if k.is_expired(now()) {
+        return Check::Decided(false);
+    }
+    if !k.bcrypt.is_empty() {
+        return Check::Bcrypt(Imported {
+            id: k.id,
+            bcrypt: k.bcrypt.clone(),
+            full: full.to_string(),
+            secret_at: full.len() - secret.len(),
+        });
     }
     let h = hash(full);
     let mut d = 0u8;
     for (x, y) in k.hash.iter().zip(&h) {
         d |= x ^ y;
     }
-    std::hint::black_box(d) == 0 && !k.is_expired(now())
+    Check::Decided(std::hint::black_box(d) == 0)
+}
+
+/// True when `full` is a current key ([`check`], bcrypt run here).
+pub fn validate(store: &Store, full: &str) -> bool {
+    match check(store, full) {
+        Check::Decided(ok) => ok,
+        Check::Bcrypt(k) => k.verify(),
+    }
+}
+
+/// After [`Imported::verify`] said yes: the key gets tinyscale's own hash
+/// of the whole text, so bcrypt runs once per key, not once per request.
+/// A key changed or deleted meanwhile is left alone.
+pub fn accept(store: &Store, k: &Imported) -> Result<(), OpError> {
+    let _g = WRITE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut t = load(store)?;
+    let Some(key) = t
+        .keys
+        .iter_mut()
+        .find(|x| x.id == k.id && x.bcrypt == k.bcrypt)
+    else {
+        return Ok(());
+    };
+    key.bcrypt.clear();
+    key.hash = hash(&k.full);
+    save(store, &t)
 }
 
 /// The meta value holding `keys` (imported from Headscale) as the whole
