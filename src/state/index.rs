@@ -52,6 +52,10 @@ pub struct Nodes {
     /// instead of 1 (many nodes reporting one hostname stay O(log N) each).
     /// Lowered when such a name is freed.
     name_hint: Idx,
+    /// Steps of the suffix-hint walk in `link` (tests: it must not grow
+    /// with the number of nodes when nodes are rewritten).
+    #[cfg(test)]
+    hint_steps: u64,
 }
 
 impl std::ops::Deref for Nodes {
@@ -68,7 +72,7 @@ impl FromIterator<Node> for Nodes {
         let map: BTreeMap<u64, Node> = iter.into_iter().map(|n| (n.id, n)).collect();
         let mut out = Nodes::default();
         for n in map.values() {
-            out.link(n);
+            out.link(n, true);
         }
         out.map = map;
         out
@@ -125,16 +129,27 @@ impl Nodes {
     /// Inserts or replaces node `id` (`node.id` must be `id`).
     pub fn insert(&mut self, id: u64, node: Node) -> Option<Node> {
         debug_assert_eq!(id, node.id);
-        let old = self.remove(&id);
-        self.link(&node);
+        let Some(old) = self.map.remove(&id) else {
+            self.link(&node, true);
+            self.map.insert(id, node);
+            return None;
+        };
+        // A replacement (a map request's endpoints, a re-registration)
+        // usually keeps every indexed field: nothing to do then, and the
+        // name index is touched only if the name changed (see `link`).
+        if !same_indexed(&node, &indexed(&old)) {
+            let name = old.given_name != node.given_name;
+            self.unlink(&old, name);
+            self.link(&node, name);
+        }
         self.map.insert(id, node);
-        old
+        Some(old)
     }
 
     /// Removes node `id`; its key, name and addresses become free.
     pub fn remove(&mut self, id: &u64) -> Option<Node> {
         let old = self.map.remove(id)?;
-        self.unlink(&old);
+        self.unlink(&old, true);
         Some(old)
     }
 
@@ -156,22 +171,23 @@ impl Nodes {
                 old.ipv6,
                 _,
             ) = before;
-            self.unlink(&old);
-            self.link(&n);
+            let name = old.given_name != n.given_name;
+            self.unlink(&old, name);
+            self.link(&n, name);
             self.map.insert(id, n);
         }
         Some(r)
     }
 
-    fn link(&mut self, n: &Node) {
-        let (k, m, g) = (
-            self.h(&n.node_key),
-            self.h(&n.machine_key),
-            self.h(n.given_name.as_bytes()),
-        );
+    /// Adds `n` to the indexes; to the name index only if `name`. Relinking
+    /// an unchanged name would cost O(N): `unlink` lowers the suffix hint
+    /// to the freed `b-i`, and linking `b-i` again walks the hint up past
+    /// every taken `b-…` (10,000 nodes named `b-1` … `b-10000` made each
+    /// map request a pass over all of them).
+    fn link(&mut self, n: &Node, name: bool) {
+        let (k, m) = (self.h(&n.node_key), self.h(&n.machine_key));
         self.node_keys.insert((k, n.id), 0);
         self.machine_keys.insert((m, n.id), 0);
-        self.names.insert((g, n.id), 0);
         if let Some(a) = n.ipv4 {
             self.v4.insert((u32::from(a) as u64, n.id), 0);
         }
@@ -181,6 +197,11 @@ impl Nodes {
         if n.serves_subnet() {
             self.routers.insert((n.id, 0), 0);
         }
+        if !name {
+            return;
+        }
+        let g = self.h(n.given_name.as_bytes());
+        self.names.insert((g, n.id), 0);
         // A name `b-i` taken where the search for base `b` would start:
         // move the start past every taken `b-…`.
         if let Some((base, i)) = split_suffix(&n.given_name) {
@@ -192,6 +213,10 @@ impl Nodes {
                 // out a taken one.
                 let mut next = i + 1;
                 while {
+                    #[cfg(test)]
+                    {
+                        self.hint_steps += 1;
+                    }
                     let h = self.h(format!("{base}-{next}").as_bytes());
                     span(&self.names, h, h).next().is_some()
                 } {
@@ -203,15 +228,11 @@ impl Nodes {
         }
     }
 
-    fn unlink(&mut self, n: &Node) {
-        let (k, m, g) = (
-            self.h(&n.node_key),
-            self.h(&n.machine_key),
-            self.h(n.given_name.as_bytes()),
-        );
+    /// Takes `n` out of the indexes; out of the name index only if `name`.
+    fn unlink(&mut self, n: &Node, name: bool) {
+        let (k, m) = (self.h(&n.node_key), self.h(&n.machine_key));
         self.node_keys.remove(&(k, n.id));
         self.machine_keys.remove(&(m, n.id));
-        self.names.remove(&(g, n.id));
         self.routers.remove(&(n.id, 0));
         if let Some(a) = n.ipv4 {
             self.v4.remove(&(u32::from(a) as u64, n.id));
@@ -225,6 +246,11 @@ impl Nodes {
                 }
             }
         }
+        if !name {
+            return;
+        }
+        let g = self.h(n.given_name.as_bytes());
+        self.names.remove(&(g, n.id));
         if let Some((base, i)) = split_suffix(&n.given_name) {
             let bh = self.h(base.as_bytes());
             if let Some(h) = self.name_hint.get_mut(&(bh, 0)) {
@@ -377,6 +403,31 @@ mod tests {
             .map(|n| n.id)
             .collect();
         assert_eq!(routers, scan);
+    }
+
+    #[test]
+    fn rewriting_nodes_does_not_walk_the_name_suffixes() {
+        // Names as collisions make them: b-1 … b-2000.
+        let mut ns: Nodes = (1..=2000).map(|i| node(i, &format!("b-{i}"))).collect();
+        let built = ns.hint_steps;
+        // Every node rewritten as a map request does (endpoints), then by
+        // update (last_seen), then with a new node key (key rotation).
+        for i in 1..=2000 {
+            let mut n = ns[&i].clone();
+            n.endpoints = vec!["192.0.2.1:41641".into()];
+            ns.insert(i, n);
+            ns.update(i, |n| n.last_seen += 1);
+            ns.update(i, |n| n.node_key[1] ^= 0xff);
+        }
+        check(&ns);
+        assert_eq!(ns.hint_steps, built, "no walk for an unchanged name");
+        assert_eq!(ns.name_suffix_start("b"), 2001);
+        // A real rename still moves the hint both ways.
+        ns.update(7, |n| n.given_name = "x".into());
+        assert_eq!(ns.name_suffix_start("b"), 7);
+        ns.update(7, |n| n.given_name = "b-7".into());
+        assert_eq!(ns.name_suffix_start("b"), 2001);
+        check(&ns);
     }
 
     #[test]
