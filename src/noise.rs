@@ -185,16 +185,23 @@ impl CipherState {
 
     /// Appends one record (header + ciphertext + tag) holding `plain` (≤ 4077 bytes).
     pub fn seal_record(&mut self, plain: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
-        debug_assert!(plain.len() <= MAX_PLAINTEXT_LEN);
-        let nonce = self.next_nonce()?;
-        out.extend_from_slice(
-            &RecordHeader {
-                len: plain.len() + TAG_LEN,
-            }
-            .emit(),
-        );
-        let start = out.len();
+        let at = out.len();
+        out.extend_from_slice(&[0; RECORD_HEADER_LEN]);
         out.extend_from_slice(plain);
+        self.seal_tail(out, at)
+    }
+
+    /// Seals the record whose header starts at `out[at]`: its plaintext
+    /// (≤ 4077 bytes) follows the header's place up to the end of `out`.
+    fn seal_tail(&mut self, out: &mut Vec<u8>, at: usize) -> io::Result<()> {
+        let start = at + RECORD_HEADER_LEN;
+        debug_assert!(out.len() - start <= MAX_PLAINTEXT_LEN);
+        let nonce = self.next_nonce()?;
+        let hdr = RecordHeader {
+            len: out.len() - start + TAG_LEN,
+        }
+        .emit();
+        out[at..start].copy_from_slice(&hdr);
         let tag = self
             .aead
             .encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], &mut out[start..])
@@ -410,20 +417,45 @@ impl<S: FRead + FWrite + Unpin> NoiseStream<S> {
         cx: &mut Context<'_>,
         src: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.poll_write_parts(cx, &[io::IoSlice::new(src)])
+    }
+
+    /// Seals the concatenation of `bufs` into records (up to the write
+    /// high-water mark) and writes out what the socket takes: a frame
+    /// header and its payload given apart share one record and one write,
+    /// as one buffer would, without being copied together first.
+    pub fn poll_write_parts(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         if self.wbuf.len() - self.wpos >= WRITE_HIGH_WATER {
             ready!(self.poll_flush_wbuf(cx))?;
         }
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
         let room = WRITE_HIGH_WATER.saturating_sub(self.wbuf.len() - self.wpos);
-        let records = src.len().min(room).div_ceil(MAX_PLAINTEXT_LEN).max(1);
+        let records = total.min(room).div_ceil(MAX_PLAINTEXT_LEN).max(1);
         self.wbuf
-            .reserve(src.len().min(room) + records * (RECORD_HEADER_LEN + TAG_LEN));
-        let mut taken = 0;
-        for chunk in src.chunks(MAX_PLAINTEXT_LEN) {
-            if self.wbuf.len() - self.wpos >= WRITE_HIGH_WATER {
-                break;
+            .reserve(total.min(room) + records * (RECORD_HEADER_LEN + TAG_LEN));
+        let (mut taken, mut i, mut off) = (0, 0, 0);
+        while taken < total && self.wbuf.len() - self.wpos < WRITE_HIGH_WATER {
+            let n = (total - taken).min(MAX_PLAINTEXT_LEN);
+            let at = self.wbuf.len();
+            self.wbuf.extend_from_slice(&[0; RECORD_HEADER_LEN]);
+            let mut need = n;
+            while need > 0 {
+                let b = &bufs[i][off..];
+                let k = b.len().min(need);
+                self.wbuf.extend_from_slice(&b[..k]);
+                need -= k;
+                off += k;
+                if off == bufs[i].len() {
+                    i += 1;
+                    off = 0;
+                }
             }
-            self.tx.seal_record(chunk, &mut self.wbuf)?;
-            taken += chunk.len();
+            self.tx.seal_tail(&mut self.wbuf, at)?;
+            taken += n;
         }
         // Opportunistic write-out; the bytes are accepted either way.
         if let Poll::Ready(Err(e)) = self.poll_flush_wbuf(cx) {
@@ -460,6 +492,13 @@ impl<S: FRead + FWrite + Unpin> FWrite for NoiseStream<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         self.get_mut().poll_write_plain(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_write_parts(cx, bufs)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_flush_all(cx)

@@ -8,11 +8,14 @@
 //! windows and one small record per open stream: the read buffer is freed
 //! whenever it holds no partial frame, the write queue whenever it drained.
 //!
-//! Shape: one driver task owns the socket and parses frames
+//! Shape: one driver task reads the socket and parses frames
 //! ([`crate::wire::h2`], [`crate::wire::hpack`]); the tasks that serve
 //! requests (server) or read responses (client) share a small state with
-//! it behind a mutex: they queue frames into `out` and wake the driver,
-//! the driver wakes them when windows open or data arrives. Request bodies
+//! it behind a mutex, the socket included. A task sending DATA or HEADERS
+//! while nothing is queued writes the frame into the socket itself (one
+//! lock, no hop to the driver task); otherwise, and for the driver's own
+//! frames, frames are queued into `out` and the driver is woken. The
+//! driver wakes the tasks when windows open or data arrives. Request bodies
 //! are buffered whole (bounded by [`Limits`]) and handed over at
 //! END_STREAM; responses and client-side bodies are streamed with flow
 //! control. This module knows nothing of what the requests mean.
@@ -21,7 +24,8 @@ use crate::wire::h2::{self as w, code, flag, kind, setting};
 use crate::wire::hpack;
 use futures_lite::future::poll_fn;
 use futures_lite::io::{AsyncRead, AsyncWrite};
-use std::io;
+use std::io::{self, IoSlice};
+use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
@@ -93,11 +97,24 @@ struct Stream {
     path: String,
 }
 
+/// The byte stream a connection runs on, shared by the driver and the
+/// sending tasks (behind the state's mutex).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
 struct State {
     server: bool,
     limits: &'static Limits,
-    /// Frames waiting for the driver to write.
+    /// Frames waiting for the driver to write: `out[opos..]`; freed when
+    /// written.
     out: Vec<u8>,
+    opos: usize,
+    /// The socket; None once the driver ended (the connection is closed
+    /// then, whoever still holds a stream handle).
+    io: Option<Box<dyn Io>>,
+    /// Written bytes may wait in the stream's own buffer (a Noise record
+    /// the socket did not take whole): the driver flushes them.
+    flushing: bool,
     driver: Option<Waker>,
     /// Set once the connection is ending; no new work is accepted.
     dead: Option<&'static str>,
@@ -133,11 +150,14 @@ pub struct Request {
 }
 
 impl State {
-    fn new(server: bool, limits: &'static Limits) -> State {
+    fn new(server: bool, limits: &'static Limits, io: Box<dyn Io>) -> State {
         State {
             server,
             limits,
             out: Vec::new(),
+            opos: 0,
+            io: Some(io),
+            flushing: false,
             driver: None,
             dead: None,
             peer_window: w::DEFAULT_WINDOW,
@@ -184,6 +204,63 @@ impl State {
         if let Some(w) = self.driver.take() {
             w.wake();
         }
+    }
+
+    /// Bytes queued for the driver and not yet written.
+    fn unsent(&self) -> usize {
+        self.out.len() - self.opos
+    }
+
+    /// Sends one frame (header, payload) from a task other than the
+    /// driver. While nothing is queued, the frame is written into the
+    /// socket here and now, in one write (a Noise record holds header and
+    /// payload together): no wake-up and no poll of the driver task, which
+    /// would otherwise do the same write a moment later and then try a
+    /// read that fails. Writing under the driver's waker makes it the task
+    /// the reactor wakes if the socket is full. What the socket does not
+    /// take is queued, in order, for the driver.
+    fn push_frame(&mut self, hdr: &[u8; w::HEADER_LEN], payload: &[u8]) {
+        let mut done = 0;
+        if let (0, Some(waker), Some(io)) = (self.unsent(), &self.driver, &mut self.io) {
+            let mut cx = Context::from_waker(waker);
+            let bufs = [IoSlice::new(hdr), IoSlice::new(payload)];
+            let r = match Pin::new(&mut **io).poll_write_vectored(&mut cx, &bufs) {
+                Poll::Ready(Ok(n)) => {
+                    done = n;
+                    // The stream may have buffered part of it (a Noise
+                    // record): the driver flushes the rest when the socket
+                    // is writable again (the reactor wakes it).
+                    match Pin::new(&mut **io).poll_flush(&mut cx) {
+                        Poll::Pending => {
+                            self.flushing = true;
+                            Ok(())
+                        }
+                        Poll::Ready(r) => r,
+                    }
+                }
+                Poll::Ready(Err(e)) => Err(e),
+                Poll::Pending => Ok(()),
+            };
+            if r.is_err() {
+                // The connection is over: every stream ends now, the
+                // driver at its next poll (it finds no socket).
+                self.io = None;
+                self.dead.get_or_insert("connection write failed");
+                self.wake_all();
+                self.wake_driver();
+                return;
+            }
+            if done == hdr.len() + payload.len() {
+                return;
+            }
+        }
+        if done < hdr.len() {
+            self.out.extend_from_slice(&hdr[done..]);
+            self.out.extend_from_slice(payload);
+        } else {
+            self.out.extend_from_slice(&payload[done - hdr.len()..]);
+        }
+        self.wake_driver();
     }
 
     /// Wakes every task waiting for a window, room or data.
@@ -682,7 +759,7 @@ impl State {
             if let Some(why) = self.dead {
                 return Poll::Ready(Err(closed(why)));
             }
-            let out_full = self.out.len() >= OUT_HIGH;
+            let out_full = self.unsent() >= OUT_HIGH;
             let (conn, max_frame) = (self.send_conn, self.peer_max_frame as i64);
             let Some(s) = self.find(id) else {
                 return Poll::Ready(Err(closed("stream reset")));
@@ -706,9 +783,8 @@ impl State {
             }
             self.send_conn -= n;
             let chunk = &data[*sent..*sent + n as usize];
-            w::emit_data(id, chunk, last && end, &mut self.out);
+            self.push_frame(&w::data_header(id, chunk.len(), last && end), chunk);
             *sent += n as usize;
-            self.wake_driver();
             if last {
                 return Poll::Ready(Ok(()));
             }
@@ -724,8 +800,7 @@ impl State {
             return Err(closed("stream already ended"));
         }
         s.local_end = end;
-        w::emit_headers(id, block, end, &mut self.out);
-        self.wake_driver();
+        self.push_frame(&w::headers_header(id, block.len(), end), block);
         Ok(())
     }
 
@@ -801,8 +876,7 @@ impl Responder {
         let mut st = lock(&self.sh.st);
         if let Some(s) = st.find(self.id).filter(|s| !s.local_end) {
             s.local_end = true;
-            w::emit_data(self.id, &[], true, &mut st.out);
-            st.wake_driver();
+            st.push_frame(&w::data_header(self.id, 0, true), &[]);
         }
     }
 
@@ -862,40 +936,45 @@ impl Watch {
     }
 }
 
-/// Owns the socket of one connection.
+/// Runs one connection: reads and parses frames, writes what is queued.
+/// Only its constructor knows the socket's type (boxed in the shared
+/// state): the code that runs the connection exists once in the binary,
+/// not once per kind of stream (TCP, TLS, client).
 pub struct Driver<S> {
-    io: S,
+    core: Core,
+    _io: PhantomData<fn() -> S>,
+}
+
+struct Core {
     sh: Arc<Shared>,
     /// Bytes read and not yet a whole frame; freed when empty.
     rbuf: Vec<u8>,
-    /// Frames being written: `wbuf[wpos..]`; freed when written.
-    wbuf: Vec<u8>,
-    wpos: usize,
-    flushing: bool,
     preface: bool,
 }
 
-impl<S> Drop for Driver<S> {
+impl Drop for Core {
     fn drop(&mut self) {
         let mut st = lock(&self.sh.st);
         st.dead.get_or_insert("connection closed");
         st.out = Vec::new();
+        st.opos = 0;
+        // The socket closes with the driver, not with the last handle.
+        st.io = None;
         st.wake_all();
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Driver<S> {
     fn new(io: S, server: bool, limits: &'static Limits) -> Driver<S> {
-        let mut st = State::new(server, limits);
+        let mut st = State::new(server, limits, Box::new(io));
         st.start();
         Driver {
-            io,
-            sh: Arc::new(Shared { st: Mutex::new(st) }),
-            rbuf: Vec::new(),
-            wbuf: Vec::new(),
-            wpos: 0,
-            flushing: false,
-            preface: !server,
+            core: Core {
+                sh: Arc::new(Shared { st: Mutex::new(st) }),
+                rbuf: Vec::new(),
+                preface: !server,
+            },
+            _io: PhantomData,
         }
     }
 
@@ -905,27 +984,32 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
     }
 
     pub fn watch(&self) -> Watch {
-        Watch(self.sh.clone())
+        Watch(self.core.sh.clone())
     }
 
     /// Runs the connection; `on_request` gets each complete request.
-    pub async fn serve(mut self, mut on_request: impl FnMut(Request)) -> io::Result<()> {
-        poll_fn(|cx| self.poll(cx, &mut on_request)).await
+    pub async fn serve(self, mut on_request: impl FnMut(Request)) -> io::Result<()> {
+        let mut core = self.core;
+        poll_fn(|cx| core.poll(cx, &mut on_request)).await
     }
+}
 
+impl Core {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        on_request: &mut impl FnMut(Request),
+        on_request: &mut dyn FnMut(Request),
     ) -> Poll<io::Result<()>> {
         // A read that would block registered this task with the reactor,
         // which wakes it when bytes arrive: reading again in the same poll
-        // would only be a second failing syscall (per message written).
+        // would only be a second failing syscall.
         let mut read_blocked = false;
         loop {
             let mut progress = false;
-            let (dead, queued) = {
-                let mut st = lock(&self.sh.st);
+            let mut reqs = Vec::new();
+            {
+                let mut guard = lock(&self.sh.st);
+                let st = &mut *guard;
                 if !st.driver.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
                     st.driver = Some(cx.waker().clone());
                 }
@@ -934,108 +1018,116 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Driver<S> {
                     w::emit_goaway(0, code::NO_ERROR, &mut st.out);
                     st.dead = Some("client closed");
                 }
-                if self.wpos == self.wbuf.len() && !st.out.is_empty() {
-                    self.wbuf = std::mem::take(&mut st.out);
-                    self.wpos = 0;
-                }
-                (st.dead, st.out.len())
-            };
-            while self.wpos < self.wbuf.len() {
-                match Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                    Poll::Ready(Ok(n)) => {
-                        self.wpos += n;
-                        progress = true;
+                // Out of the state while the lock is held (put back below;
+                // an early return ends the connection and drops it).
+                let Some(mut boxed) = st.io.take() else {
+                    return Poll::Ready(Err(closed(st.dead.unwrap_or("connection closed"))));
+                };
+                let mut io = Pin::new(&mut *boxed);
+                while st.opos < st.out.len() {
+                    match io.as_mut().poll_write(cx, &st.out[st.opos..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            st.opos += n;
+                            progress = true;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => break,
                 }
-            }
-            if !self.wbuf.is_empty() && self.wpos == self.wbuf.len() {
-                self.wbuf = Vec::new();
-                self.wpos = 0;
-                self.flushing = true;
-                lock(&self.sh.st).wake_senders(); // senders waiting for room
-            }
-            if self.flushing {
-                match Pin::new(&mut self.io).poll_flush(cx) {
-                    Poll::Ready(Ok(())) => self.flushing = false,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => {}
+                if st.opos > 0 && st.opos == st.out.len() {
+                    st.out = Vec::new();
+                    st.opos = 0;
+                    st.flushing = true;
+                    st.wake_senders(); // senders waiting for room
                 }
-            }
-            let unsent = queued + self.wbuf.len() - self.wpos;
-            if let Some(why) = dead {
-                if unsent == 0 && !self.flushing {
-                    let _ = Pin::new(&mut self.io).poll_close(cx);
-                    return Poll::Ready(match why {
-                        "client closed" => Ok(()),
-                        _ => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
-                    });
-                }
-            } else if unsent < READ_PAUSE && !read_blocked {
-                let mut tmp = [0u8; 4096];
-                match Pin::new(&mut self.io).poll_read(cx, &mut tmp) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
-                    Poll::Ready(Ok(n)) => {
-                        self.rbuf.extend_from_slice(&tmp[..n]);
-                        self.process(on_request);
-                        progress = true;
+                if st.flushing {
+                    match io.as_mut().poll_flush(cx) {
+                        Poll::Ready(Ok(())) => st.flushing = false,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => {}
                     }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                    Poll::Pending => read_blocked = true,
                 }
+                let unsent = st.out.len() - st.opos;
+                if let Some(why) = st.dead {
+                    if unsent == 0 && !st.flushing {
+                        let _ = io.as_mut().poll_close(cx);
+                        return Poll::Ready(match why {
+                            "client closed" => Ok(()),
+                            _ => Err(io::Error::new(io::ErrorKind::InvalidData, why)),
+                        });
+                    }
+                } else if unsent < READ_PAUSE && !read_blocked {
+                    let mut tmp = [0u8; 4096];
+                    match io.as_mut().poll_read(cx, &mut tmp) {
+                        Poll::Ready(Ok(0)) => return Poll::Ready(Ok(())),
+                        Poll::Ready(Ok(n)) => {
+                            self.rbuf.extend_from_slice(&tmp[..n]);
+                            process(&mut self.rbuf, &mut self.preface, &self.sh, st, &mut reqs);
+                            progress = true;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => read_blocked = true,
+                    }
+                }
+                st.io = Some(boxed);
+            }
+            for r in reqs {
+                on_request(r);
             }
             if !progress {
                 return Poll::Pending;
             }
         }
     }
+}
 
-    fn process(&mut self, on_request: &mut impl FnMut(Request)) {
-        let mut reqs = Vec::new();
-        let mut st = lock(&self.sh.st);
-        let mut pos = 0;
-        if !self.preface {
-            if self.rbuf.len() < w::PREFACE.len() {
-                if !w::PREFACE.starts_with(&self.rbuf) {
-                    st.fail(w::Error {
-                        code: code::PROTOCOL,
-                        why: "bad connection preface",
-                    });
-                }
-                return;
-            }
-            if self.rbuf[..w::PREFACE.len()] != w::PREFACE[..] {
+/// Parses the frames read so far (the driver's read buffer) under the lock.
+fn process(
+    rbuf: &mut Vec<u8>,
+    preface: &mut bool,
+    sh: &Arc<Shared>,
+    st: &mut State,
+    reqs: &mut Vec<Request>,
+) {
+    let mut pos = 0;
+    if !*preface {
+        if rbuf.len() < w::PREFACE.len() {
+            if !w::PREFACE.starts_with(rbuf) {
                 st.fail(w::Error {
                     code: code::PROTOCOL,
                     why: "bad connection preface",
                 });
-                return;
             }
-            self.preface = true;
-            pos = w::PREFACE.len();
+            return;
         }
-        while st.dead.is_none() {
-            match w::split(&self.rbuf[pos..], w::DEFAULT_MAX_FRAME) {
-                Err(e) => st.fail(e),
-                Ok(None) => break,
-                Ok(Some((f, used))) => {
-                    pos += used;
-                    if let Err(e) = st.on_frame(f, &self.sh, &mut reqs) {
-                        st.fail(e);
-                    }
+        if rbuf[..w::PREFACE.len()] != w::PREFACE[..] {
+            st.fail(w::Error {
+                code: code::PROTOCOL,
+                why: "bad connection preface",
+            });
+            return;
+        }
+        *preface = true;
+        pos = w::PREFACE.len();
+    }
+    while st.dead.is_none() {
+        match w::split(&rbuf[pos..], w::DEFAULT_MAX_FRAME) {
+            Err(e) => st.fail(e),
+            Ok(None) => break,
+            Ok(Some((f, used))) => {
+                pos += used;
+                if let Err(e) = st.on_frame(f, sh, reqs) {
+                    st.fail(e);
                 }
             }
         }
-        drop(st);
-        self.rbuf.drain(..pos);
-        if self.rbuf.is_empty() {
-            self.rbuf = Vec::new();
-        }
-        for r in reqs {
-            on_request(r);
-        }
+    }
+    rbuf.drain(..pos);
+    if rbuf.is_empty() {
+        *rbuf = Vec::new();
     }
 }
 
@@ -1054,14 +1146,14 @@ pub struct RecvStream {
 impl Client {
     /// Starts a client connection on `io`; returns it and the driver
     /// future to run (spawn it).
-    pub fn new<S: AsyncRead + AsyncWrite + Unpin>(
+    pub fn new<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         io: S,
         limits: &'static Limits,
     ) -> (Client, impl std::future::Future<Output = io::Result<()>>) {
-        let mut d = Driver::new(io, false, limits);
-        let sh = d.sh.clone();
+        let mut core = Driver::new(io, false, limits).core;
+        let sh = core.sh.clone();
         lock(&sh.st).handles += 1;
-        let run = async move { poll_fn(|cx| d.poll(cx, &mut |_| {})).await };
+        let run = async move { poll_fn(|cx| core.poll(cx, &mut |_| {})).await };
         (Client { sh }, run)
     }
 

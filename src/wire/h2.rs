@@ -228,6 +228,26 @@ pub fn emit_data(stream: u32, data: &[u8], end: bool, out: &mut Vec<u8>) {
     out.extend_from_slice(data);
 }
 
+/// The frame header of a DATA frame of `len` bytes (a sender writes it
+/// and the payload together, without copying them into one buffer).
+pub fn data_header(stream: u32, len: usize, end: bool) -> [u8; HEADER_LEN] {
+    let flags = if end { flag::END_STREAM } else { 0 };
+    header_bytes(len, kind::DATA, flags, stream)
+}
+
+/// The frame header of a HEADERS frame carrying a whole block of `len` bytes.
+pub fn headers_header(stream: u32, len: usize, end: bool) -> [u8; HEADER_LEN] {
+    let flags = flag::END_HEADERS | if end { flag::END_STREAM } else { 0 };
+    header_bytes(len, kind::HEADERS, flags, stream)
+}
+
+fn header_bytes(len: usize, kind: u8, flags: u8, stream: u32) -> [u8; HEADER_LEN] {
+    debug_assert!(len < 1 << 24);
+    let l = (len as u32).to_be_bytes();
+    let s = (stream & 0x7fff_ffff).to_be_bytes();
+    [l[1], l[2], l[3], kind, flags, s[0], s[1], s[2], s[3]]
+}
+
 /// A HEADERS frame carrying a whole header block (we only emit small ones).
 pub fn emit_headers(stream: u32, block: &[u8], end: bool, out: &mut Vec<u8>) {
     let flags = flag::END_HEADERS | if end { flag::END_STREAM } else { 0 };
