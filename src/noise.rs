@@ -7,12 +7,11 @@
 //! polls any futures-io stream (an `async_io::Async<TcpStream>`).
 
 use crate::wire::noise::{self as wn, RecordHeader, MAX_PLAINTEXT_LEN, RECORD_HEADER_LEN, TAG_LEN};
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 use futures_lite::io::{AsyncRead as FRead, AsyncWrite as FWrite};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use tinyscale_aead::Aead;
 
 const PROTOCOL: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
 
@@ -162,14 +161,14 @@ impl Initiator {
 
 /// One direction of the record layer: a key and its big-endian counter.
 pub struct CipherState {
-    aead: ChaCha20Poly1305,
+    aead: Aead,
     counter: u64,
 }
 
 impl CipherState {
     pub fn new(key: &[u8; 32]) -> Self {
         CipherState {
-            aead: ChaCha20Poly1305::new(Key::from_slice(key)),
+            aead: Aead::new(key),
             counter: 0,
         }
     }
@@ -204,7 +203,7 @@ impl CipherState {
         out[at..start].copy_from_slice(&hdr);
         let tag = self
             .aead
-            .encrypt_in_place_detached(Nonce::from_slice(&nonce), &[], &mut out[start..])
+            .seal(&nonce, &mut out[start..])
             .map_err(|_| io::Error::other("noise encrypt failed"))?;
         out.extend_from_slice(&tag);
         Ok(())
@@ -220,12 +219,12 @@ impl CipherState {
         }
         let nonce = self.next_nonce()?;
         let (ct, tag) = body.split_at_mut(body.len() - TAG_LEN);
-        let tag = Tag::clone_from_slice(tag);
-        self.aead
-            .decrypt_in_place_detached(Nonce::from_slice(&nonce), &[], ct, &tag)
-            .map_err(|_| {
-                io::Error::new(io::ErrorKind::InvalidData, "noise record decryption failed")
-            })?;
+        let tag: &[u8; TAG_LEN] = (&*tag)
+            .try_into()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "short noise record"))?;
+        self.aead.open(&nonce, ct, tag).map_err(|_| {
+            io::Error::new(io::ErrorKind::InvalidData, "noise record decryption failed")
+        })?;
         Ok(ct.len())
     }
 }
