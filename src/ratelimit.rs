@@ -7,37 +7,34 @@
 /// log says how much happened without one line per event.
 pub struct RateLimited {
     every_ms: u64,
-    /// Milliseconds since the process's first rate-limited line, +1 (0 =
-    /// never written).
-    last_ms: std::sync::atomic::AtomicU64,
-    held_back: std::sync::atomic::AtomicU64,
+    /// (milliseconds since the process's first rate-limited line, +1 (0 =
+    /// never written); lines held back since). A mutex, not two 64-bit
+    /// atomics: 32-bit MIPS has no `AtomicU64`, and this file is std only
+    /// (the DERP fuzz target includes it by path); a refused event costs
+    /// one uncontended lock.
+    state: std::sync::Mutex<(u64, u64)>,
 }
 
 impl RateLimited {
     pub const fn new(every: std::time::Duration) -> RateLimited {
         RateLimited {
             every_ms: every.as_millis() as u64,
-            last_ms: std::sync::atomic::AtomicU64::new(0),
-            held_back: std::sync::atomic::AtomicU64::new(0),
+            state: std::sync::Mutex::new((0, 0)),
         }
     }
 
     /// Some(lines held back since the last one) when a line may be
     /// written now; None (and counted) when not.
     pub fn allow(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering::Relaxed;
         let now = since_start_ms() + 1;
-        let last = self.last_ms.load(Relaxed);
-        if last != 0 && now < last + self.every_ms
-            || self
-                .last_ms
-                .compare_exchange(last, now, Relaxed, Relaxed)
-                .is_err()
-        {
-            self.held_back.fetch_add(1, Relaxed);
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, held) = &mut *st;
+        if *last != 0 && now < *last + self.every_ms {
+            *held += 1;
             return None;
         }
-        Some(self.held_back.swap(0, Relaxed))
+        *last = now;
+        Some(std::mem::take(held))
     }
 }
 
